@@ -1,0 +1,294 @@
+"""The public verbs. ``compress`` is the one flow: load → prune → (fine-tune) → export → verify → report.
+
+Every stage is a plain function call here; the CLI only builds a :class:`CompressConfig`, calls
+:func:`compress`, renders the :class:`Report` and maps errors to exit codes. Nothing here prints
+or exits; progress is reported through the optional ``progress`` callback.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from slimmer import criteria as _criteria  # noqa: F401  (registers the built-in criteria)
+from slimmer.checkpoint import LoadedModel, load_checkpoint
+from slimmer.config import CompressConfig
+from slimmer.criteria import ScoreContext, get_criterion
+from slimmer.errors import ConfigError
+from slimmer.export import onnx as onnx_export
+from slimmer.export.verify import Verification, agreement, verify_onnx
+from slimmer.report import Report
+from slimmer.stats import accuracy, count_macs, count_nonzero, count_params
+from slimmer.structures.unstructured import MaskSet, prunable_weights, unstructured_masks
+from slimmer.train.data import DataSplits, load_data
+
+Progress = Callable[[str, str], None]
+VERIFY_BATCHES = (1, 3)
+
+
+def _no_progress(stage: str, message: str) -> None:
+    return None
+
+
+@dataclass
+class PruneResult:
+    """What pruning did: masks (unstructured), and what it achieved."""
+
+    masks: MaskSet | None = None
+    sparsity_requested: float | None = None
+    sparsity_achieved: float | None = None
+    per_layer: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def load(config: CompressConfig) -> tuple[LoadedModel, tuple[int, ...]]:
+    """Load the checkpoint safely and resolve the input shape (option, else the architecture's)."""
+    loaded = load_checkpoint(
+        config.model,
+        arch=config.arch,
+        trust_remote_code=config.trust_remote_code,
+        expect_sha256=config.expect_sha256,
+    )
+    shape = config.input_shape or (loaded.arch.input_shape if loaded.arch and loaded.arch.input_shape else None)
+    if not shape:
+        raise ConfigError(
+            "the input shape is unknown for this model",
+            hint="pass --input-shape, e.g. --input-shape 1,3,224,224",
+        )
+    return loaded, tuple(shape)
+
+
+def example_input(shape: tuple[int, ...], batch: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, *shape[1:]), generator=gen)
+
+
+def prune(model: nn.Module, config: CompressConfig, data: DataSplits | None) -> PruneResult:
+    """Apply the configured pruning to ``model`` in place."""
+    result = PruneResult()
+    for method in config.methods:
+        if method != "unstructured":
+            raise ConfigError(
+                f"--method {method} is not available in this version of slimmer",
+                hint="use --method unstructured",
+            )
+        crit = get_criterion(config.criterion)
+        if crit.needs != "none" and data is None:
+            raise ConfigError(f"--criterion {crit.name} needs data: pass --data")
+        weights = prunable_weights(model)
+        if not weights:
+            raise ConfigError("the model has no Conv or Linear weights to prune")
+        ctx = ScoreContext(model=model, seed=config.seed)
+        scores = crit.score(dict(weights), ctx)
+        masks = unstructured_masks(scores, config.sparsity, scope=config.scope)
+        masks.apply(model)
+        result.masks = masks
+        result.sparsity_requested = config.sparsity
+        result.sparsity_achieved = masks.sparsity
+        result.per_layer = masks.per_layer_sparsity()
+        result.warnings += masks.warnings
+    return result
+
+
+def compress(config: CompressConfig, progress: Progress | None = None) -> Report:
+    """Run the whole flow and return the report. Raises :class:`SlimmerError` on bad input or export
+    failure; a verification failure returns a report with ``status="failed"`` and ``exit_code=5``."""
+    say = progress or _no_progress
+    report = Report(config=config.to_dict())
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(stage: str) -> None:
+        nonlocal t0
+        now = time.perf_counter()
+        timings[stage] = round(now - t0, 3)
+        t0 = now
+
+    final = config.output_path
+    onnx_export.check_writable(final, config.force)
+    onnx_export.check_writable(config.report_path, config.force)
+
+    say("load", f"loading {config.model}")
+    loaded, shape = load(config)
+    report.input = {"path": str(loaded.path), "sha256": loaded.sha256, "format": loaded.format,
+                    "arch": loaded.arch.name if loaded.arch else None, "input_shape": list(shape)}
+    report.warnings += loaded.notes
+    torch.manual_seed(config.seed)
+    model = loaded.model
+    data = None
+    if config.data is not None:
+        mean = config.mean or (loaded.arch.mean if loaded.arch and loaded.arch.mean else (0.0,))
+        std = config.std or (loaded.arch.std if loaded.arch and loaded.arch.std else (1.0,))
+        say("data", f"reading {config.data}")
+        data = load_data(config.data, shape, mean, std, seed=config.seed, val_fraction=config.val_fraction)
+    lap("load")
+
+    original = copy.deepcopy(model).eval()
+    example = example_input(shape, 1, config.seed)
+    report.params = {"before": count_params(model), "nonzero_before": count_nonzero(model)}
+    report.macs = {"before": count_macs(model, example)}
+    eval_x, eval_y = _eval_set(data, config.eval_samples)
+    if eval_y is not None:
+        report.accuracy["before"] = accuracy(original, eval_x, eval_y)
+    lap("measure")
+
+    say("prune", f"pruning: {','.join(config.methods)}, {config.criterion}, sparsity {config.sparsity:g}")
+    pruned = prune(model, config, data)
+    report.warnings += pruned.warnings
+    report.sparsity = {
+        "requested": pruned.sparsity_requested,
+        "achieved": pruned.sparsity_achieved,
+        "per_layer": pruned.per_layer,
+        "tolerance": config.sparsity_tolerance,
+    }
+    if eval_y is not None:
+        report.accuracy["after_prune"] = accuracy(model, eval_x, eval_y)
+    report.params.update(after=count_params(model), nonzero_after=count_nonzero(model))
+    report.macs["after"] = count_macs(model, example)
+    if "unstructured" in config.methods:
+        report.warnings.append(
+            "unstructured zeros do not reduce dense MACs or onnxruntime CPU latency; the file compresses better"
+        )
+    if config.finetune_steps == 0:
+        report.warnings.append("no fine-tuning was run (pass --data and --finetune-steps to recover accuracy)")
+    lap("prune")
+
+    say("export", f"exporting ONNX (opset {config.opset or 'default'})")
+    exported = onnx_export.export_onnx(
+        model, example, final, opset=config.opset, dynamic_batch=config.dynamic_batch
+    )
+    committed = False
+    try:
+        lap("export")
+        say("verify", "verifying with onnxruntime")
+        batches = VERIFY_BATCHES if config.dynamic_batch else (shape[0],)
+        inputs = [example_input(shape, b, config.seed + i + 1) for i, b in enumerate(batches)]
+        verification = verify_onnx(exported.temp_path, model, inputs, atol=config.atol, rtol=config.rtol)
+        compare_x = eval_x[:256] if eval_x is not None else torch.cat(inputs)
+        verification.cosine, verification.top1_agreement = agreement(original, model, compare_x)
+        report.warnings += verification.warnings
+        _fill_verification(report, verification)
+        failures = _failures(verification, pruned, config)
+        lap("verify")
+        if failures:
+            report.status, report.exit_code, report.error = "failed", 5, "; ".join(failures)
+            if config.keep_failed:
+                kept = onnx_export.failed_name(final)
+                onnx_export.commit(exported.temp_path, kept)
+                report.onnx = _onnx_info(kept, exported.opset)
+                report.warnings.append(f"the failed artifact was kept as {kept} (--keep-failed)")
+            else:
+                exported.temp_path.unlink(missing_ok=True)
+                report.onnx = {"path": None, "sha256": None, "opset": exported.opset, "size_bytes": exported.size_bytes}
+        else:
+            onnx_export.commit(exported.temp_path, final)
+            committed = True
+            report.onnx = _onnx_info(final, exported.opset)
+            report.status, report.exit_code = "ok", 0
+    finally:
+        if not committed:
+            exported.temp_path.unlink(missing_ok=True)
+    report.timings_s = timings
+    onnx_export.write_atomic(config.report_path, report.to_json().encode())
+    return report
+
+
+def _eval_set(data: DataSplits | None, limit: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if data is None:
+        return None, None
+    x = data.eval.x[:limit]
+    y = data.eval.y[:limit] if data.eval.y is not None else None
+    return x, y
+
+
+def _fill_verification(report: Report, v: Verification) -> None:
+    report.verification = {
+        "passed": v.passed,
+        "max_abs_diff": v.max_abs_diff,
+        "max_rel_diff": v.max_rel_diff,
+        "cosine": v.cosine,
+        "top1_agreement": v.top1_agreement,
+        "atol": v.atol,
+        "rtol": v.rtol,
+        "provider": v.provider,
+        "outputs": [c.__dict__ for c in v.checks],
+    }
+
+
+def _failures(v: Verification, pruned: PruneResult, config: CompressConfig) -> list[str]:
+    failures = []
+    if not v.passed:
+        failures.append("verification failed: " + v.failure_summary())
+    if pruned.sparsity_achieved is not None and pruned.sparsity_requested is not None:
+        short = pruned.sparsity_requested - pruned.sparsity_achieved
+        if short > config.sparsity_tolerance:
+            failures.append(
+                f"sparsity not reached: requested {pruned.sparsity_requested:.4f}, achieved "
+                f"{pruned.sparsity_achieved:.4f} (tolerance {config.sparsity_tolerance:g})"
+            )
+    return failures
+
+
+def _onnx_info(path: Path, opset: int) -> dict:
+    data = path.read_bytes()
+    return {"path": str(path), "sha256": hashlib.sha256(data).hexdigest(), "opset": opset, "size_bytes": len(data)}
+
+
+def inspect_model(
+    path: Path, *, arch: str | None = None, input_shape: str | None = None, trust_remote_code: bool = False
+) -> dict:
+    """Parameters, MACs and prunable layers of a checkpoint, as a plain dict."""
+    from slimmer.config import parse_shape
+
+    config = CompressConfig(model=Path(path), arch=arch, input_shape=parse_shape(input_shape),
+                            trust_remote_code=trust_remote_code)
+    loaded, shape = load(config)
+    model = loaded.model
+    layers = [
+        {"name": name, "shape": list(p.shape), "numel": p.numel(),
+         "sparsity": 1.0 - int(torch.count_nonzero(p)) / p.numel()}
+        for name, p in prunable_weights(model).items()
+    ]
+    return {
+        "input": {"path": str(loaded.path), "sha256": loaded.sha256, "format": loaded.format,
+                  "arch": loaded.arch.name if loaded.arch else None},
+        "input_shape": list(shape),
+        "params": count_params(model),
+        "macs": count_macs(model, example_input(shape, 1, 0)),
+        "layers": layers,
+    }
+
+
+def verify_exported(
+    model_path: Path,
+    onnx_path: Path,
+    *,
+    arch: str | None = None,
+    input_shape: str | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+) -> Verification:
+    """Compare an ONNX file with the checkpoint it was exported from, at two batch sizes."""
+    from slimmer.config import parse_shape
+    from slimmer.errors import InputError
+    from slimmer.export.verify import check_external_data
+
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise InputError(f"{onnx_path}: no such ONNX file")
+    check_external_data(onnx_path)
+    config = CompressConfig(model=Path(model_path), arch=arch, input_shape=parse_shape(input_shape),
+                            atol=atol, rtol=rtol, seed=seed, trust_remote_code=trust_remote_code)
+    loaded, shape = load(config)
+    inputs = [example_input(shape, b, seed + i + 1) for i, b in enumerate(VERIFY_BATCHES)]
+    v = verify_onnx(onnx_path, loaded.model, inputs, atol=atol, rtol=rtol)
+    return v

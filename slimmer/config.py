@@ -1,0 +1,156 @@
+"""Frozen option dataclasses. Validation raises :class:`ConfigError` naming the bad value (never assert)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slimmer.errors import ConfigError
+
+METHODS = ("unstructured", "channel", "nm", "fold")
+SCOPES = ("global", "layer")
+SCHEDULES = ("oneshot", "iterative", "gradual", "cyclical")
+
+
+def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    """``"0.5"`` or ``"0.485,0.456,0.406"`` → tuple of finite floats."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(p) for p in str(text).split(",") if p.strip())
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected numbers separated by commas") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{option} {text!r}: expected finite numbers separated by commas")
+    return values
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """``"1,3,224,224"`` → (1, 3, 224, 224); every dimension a positive integer."""
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        dims = tuple(int(p) for p in str(text).replace("x", ",").split(","))
+    except ValueError:
+        raise ConfigError(f"--input-shape {text!r}: expected integers separated by commas, e.g. 1,3,224,224") from None
+    if len(dims) < 2 or any(d <= 0 for d in dims):
+        raise ConfigError(f"--input-shape {text!r}: need at least 2 positive dimensions (batch first)")
+    return dims
+
+
+def _check_fraction(name: str, value: float, *, low_open: bool, high_open: bool) -> None:
+    bad = not isinstance(value, (int, float)) or not math.isfinite(value)
+    if not bad:
+        bad = (value <= 0 if low_open else value < 0) or (value >= 1 if high_open else value > 1)
+    if bad:
+        interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
+        raise ConfigError(f"{name} must be a number in {interval}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Every option of ``slimmer compress``; built by the CLI (or directly by library users)."""
+
+    model: Path
+    arch: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    methods: tuple[str, ...] = ("unstructured",)
+    sparsity: float = 0.5
+    sparsity_tolerance: float = 0.01
+    macs_target: float | None = None
+    criterion: str = "magnitude"
+    scope: str = "global"
+    schedule: str = "oneshot"
+    data: str | None = None
+    finetune_steps: int = 0
+    batch_size: int = 64
+    lr: float = 0.01
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    round_to: int | None = None
+    expect_sha256: str | None = None
+    keep_failed: bool = False
+    device: str = "auto"
+    output: Path | None = None
+    report: Path | None = None
+    opset: int | None = None
+    dynamic_batch: bool = True
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    seed: int = 0
+    force: bool = False
+    trust_remote_code: bool = field(default=False, repr=False)
+    eval_samples: int = 2000
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check_fraction("--sparsity", self.sparsity, low_open=False, high_open=True)
+        _check_fraction("--sparsity-tolerance", self.sparsity_tolerance, low_open=False, high_open=True)
+        if self.macs_target is not None:
+            _check_fraction("--macs-target", self.macs_target, low_open=True, high_open=False)
+        if not self.methods:
+            raise ConfigError("--method: give at least one of " + ", ".join(METHODS))
+        for m in self.methods:
+            if m not in METHODS:
+                raise ConfigError(f"--method {m!r} is not one of {', '.join(METHODS)}")
+        if self.scope not in SCOPES:
+            raise ConfigError(f"--scope {self.scope!r} is not one of {', '.join(SCOPES)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"--schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        for name, value in (("--atol", self.atol), ("--rtol", self.rtol), ("--lr", self.lr)):
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number ≥ 0, got {value!r}")
+        if self.finetune_steps < 0:
+            raise ConfigError(f"--finetune-steps must be ≥ 0, got {self.finetune_steps}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be ≥ 1, got {self.batch_size}")
+        if self.round_to is not None and self.round_to < 1:
+            raise ConfigError(f"--round-to must be ≥ 1, got {self.round_to}")
+        if self.opset is not None and not 7 <= self.opset <= 30:
+            raise ConfigError(f"--opset {self.opset} is not a valid ONNX opset")
+        if self.expect_sha256 is not None:
+            h = self.expect_sha256.strip().lower()
+            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+                raise ConfigError(f"--expect-sha256 {self.expect_sha256!r}: expected 64 hexadecimal digits")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be ≥ 0, got {self.seed}")
+        if self.eval_samples < 1:
+            raise ConfigError(f"--eval-samples must be ≥ 1, got {self.eval_samples}")
+        if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction <= 1):
+            raise ConfigError(f"--val-fraction must be in (0, 1], got {self.val_fraction!r}")
+        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"--device {self.device!r}: expected auto, cpu, cuda or cuda:N")
+        for name, values in (("--mean", self.mean), ("--std", self.std)):
+            if values is not None and not all(math.isfinite(v) for v in values):
+                raise ConfigError(f"{name} must hold finite numbers")
+        if self.std is not None and any(v == 0 for v in self.std):
+            raise ConfigError("--std must not contain 0")
+        if self.finetune_steps > 0 and self.data is None:
+            raise ConfigError("--finetune-steps needs --data to train on")
+
+    @property
+    def output_path(self) -> Path:
+        if self.output is not None:
+            return Path(self.output)
+        return Path(self.model).with_name(Path(self.model).stem + ".slim.onnx")
+
+    @property
+    def report_path(self) -> Path:
+        if self.report is not None:
+            return Path(self.report)
+        out = self.output_path
+        return out.with_name(out.name + ".report.json")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved options for the report (paths as strings, the trust flag included)."""
+        d = asdict(self)
+        for key, value in d.items():
+            if isinstance(value, Path):
+                d[key] = str(value)
+            elif isinstance(value, tuple):
+                d[key] = list(value)
+        d["output"] = str(self.output_path)
+        d["report"] = str(self.report_path)
+        return d

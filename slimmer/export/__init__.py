@@ -1,0 +1,1 @@
+"""ONNX export (atomic), onnxruntime verification and paired latency."""

@@ -1,0 +1,198 @@
+"""ONNX export with ``torch.onnx.export`` (the default, torch.export-based exporter).
+
+The graph is written to a temporary file in the output's own directory and moved into place by
+:func:`commit` only after verification passed, so the final path never holds a partial or unverified
+file. The exporter's progress and log output are captured (never on stdout) and kept for errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from slimmer.errors import ExportError, OutputError
+
+MAX_PROTO_BYTES = 2**31 - 1
+QUIET_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir", "torch.fx")
+
+
+@dataclass
+class ExportResult:
+    """A verified-to-be-written ONNX file: where it sits now and what it holds."""
+
+    temp_path: Path
+    final_path: Path
+    opset: int
+    size_bytes: int
+    log: str
+
+
+def check_writable(path: Path, force: bool) -> None:
+    """Refuse early: an existing output without ``force``, or a directory we cannot write to."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputError(f"{path} already exists", hint="pass --force to replace it, or choose another -o/--output")
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; -o/--output must name a file")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"the output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"the output directory {parent} is not writable")
+
+
+def temp_path_for(final: Path) -> Path:
+    """A fresh, hidden file beside ``final`` (same filesystem, so the final rename is atomic)."""
+    fd, name = tempfile.mkstemp(dir=final.parent if str(final.parent) else ".", prefix=f".{final.name}.", suffix=".partial")
+    os.close(fd)
+    os.chmod(name, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual mode
+    return Path(name)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+@contextlib.contextmanager
+def _quiet_exporter(log: io.StringIO):
+    levels = {n: logging.getLogger(n).level for n in QUIET_LOGGERS}
+    handler = logging.StreamHandler(log)
+    for n in QUIET_LOGGERS:
+        logging.getLogger(n).setLevel(logging.ERROR)
+        logging.getLogger(n).addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+            logging.getLogger(n).removeHandler(handler)
+
+
+def _summarize(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:  # the first line naming a torch op or an export failure is the informative one
+        if "aten." in ln or "Unsupported" in ln or "not supported" in ln or "data-dependent" in ln.lower():
+            return f"{type(exc).__name__}: {ln[:400]}"
+    return f"{type(exc).__name__}: {(lines[0] if lines else '')[:400]}"
+
+
+def export_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    final_path: Path,
+    *,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+) -> ExportResult:
+    """Export ``model`` on ``example`` to a temporary file beside ``final_path`` and check it.
+
+    Raises :class:`ExportError` (exit 4) when the exporter fails, the graph exceeds 2 GB, or the
+    opset written differs from the one requested (the exporter silently raises opsets below 18).
+    """
+    final_path = Path(final_path)
+    tmp = temp_path_for(final_path)
+    log = io.StringIO()
+    model = model.eval()
+    if dynamic_batch and example.shape[0] < 2:
+        example = example.expand(2, *example.shape[1:]).contiguous()
+    dynamic_shapes = ({0: torch.export.Dim.DYNAMIC},) if dynamic_batch else None
+    try:
+        try:
+            with _quiet_exporter(log), torch.no_grad():
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    str(tmp),
+                    dynamo=True,
+                    external_data=False,
+                    opset_version=opset,
+                    dynamic_shapes=dynamic_shapes,
+                    input_names=["input"],
+                    verbose=False,
+                )
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - every exporter failure becomes exit 4
+            if "2GB" in str(exc) or "2 GB" in str(exc) or "protobuf" in str(exc).lower():
+                raise ExportError(
+                    "the model is too large for a single ONNX file (protobuf limit 2 GB)",
+                    hint="slimmer writes self-contained files only; prune further before export",
+                ) from None
+            raise ExportError(
+                f"ONNX export failed: {_summarize(exc)}",
+                hint="run with --debug for the exporter's full message",
+            ) from exc
+        size = tmp.stat().st_size
+        if size > MAX_PROTO_BYTES:
+            raise ExportError(f"the exported graph is {size} bytes, above the 2 GB limit of one ONNX file")
+        proto = onnx.load(str(tmp), load_external_data=False)
+        written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        if written is None:
+            raise ExportError("the exported graph declares no default-domain opset")
+        if opset is not None and written != opset:
+            raise ExportError(
+                f"--opset: requested {opset}, produced {written} (the exporter does not support the requested opset)",
+                hint=f"use --opset {written} or higher, or omit --opset",
+            )
+        try:
+            onnx.checker.check_model(proto, full_check=False)
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"the exported graph is not valid ONNX: {str(exc).splitlines()[0]}") from None
+        return ExportResult(temp_path=tmp, final_path=final_path, opset=int(written), size_bytes=size, log=log.getvalue())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(str(path), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def commit(temp: Path, final: Path) -> None:
+    """fsync ``temp`` and atomically rename it to ``final`` (replacing an old file only now)."""
+    try:
+        with open(temp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(temp, final)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from None
+    _fsync_dir(final.parent if str(final.parent) else Path("."))
+
+
+def failed_name(final: Path) -> Path:
+    """Where ``--keep-failed`` puts an artifact that failed verification: never mistaken for a good one."""
+    return final.with_name(final.name + ".FAILED-VERIFICATION")
+
+
+def write_atomic(final: Path, data: bytes) -> None:
+    """Write bytes through a temporary file beside ``final``, fsync, rename."""
+    final = Path(final)
+    tmp = temp_path_for(final)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from None
+    commit(tmp, final)

@@ -1,0 +1,37 @@
+"""Model measurements: parameter counts, MACs (via torch's FlopCounterMode), accuracy."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_nonzero(model: nn.Module) -> int:
+    return sum(int(torch.count_nonzero(p)) for p in model.parameters())
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass at batch 1 (MACs = FLOPs / 2, dense)."""
+    x = example[:1]
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    return int(counter.get_total_flops() // 2)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)``, evaluated in batches in eval mode."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        out = model(x[i : i + batch_size])
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        correct += int((out.argmax(1) == y[i : i + batch_size]).sum())
+    return correct / max(1, len(x))

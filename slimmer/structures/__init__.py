@@ -1,0 +1,1 @@
+"""Structures turn scores into masks (unstructured, N:M) or a PruningPlan (channel)."""

@@ -1,0 +1,1 @@
+"""Data, fine-tuning and regularizers. Knows nothing of how masks are chosen."""

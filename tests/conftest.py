@@ -1,0 +1,60 @@
+"""Shared fixtures: small checkpoints written to tmp_path, and a CLI runner that keeps stderr apart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from slimmer.cli import app
+from slimmer.zoo import ARCHITECTURES
+
+
+@pytest.fixture(scope="session")
+def resnet20_state(tmp_path_factory) -> Path:
+    """A randomly initialized resnet20-fmnist state_dict (BN statistics perturbed so they matter)."""
+    torch.manual_seed(0)
+    model = ARCHITECTURES.get("resnet20-fmnist").build()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("ckpt") / "r20.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def r20(tmp_path, resnet20_state) -> Path:
+    """A private copy of the resnet20 checkpoint in this test's tmp_path (outputs land beside it)."""
+    dst = tmp_path / "r20.pt"
+    dst.write_bytes(resnet20_state.read_bytes())
+    return dst
+
+
+class Run:
+    def __init__(self, result):
+        self.result = result
+        self.code = result.exit_code
+        self.stdout = result.stdout
+        self.stderr = result.stderr
+
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+
+@pytest.fixture
+def cli():
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Run:
+        return Run(runner.invoke(app, [str(a) for a in args]))
+
+    return invoke
+
+
+def partial_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob(".*.partial"))

@@ -1,0 +1,93 @@
+import pytest
+import torch
+from torch import nn
+
+from slimmer.criteria import CRITERIA, ScoreContext, get_criterion
+from slimmer.criteria.lamp import lamp_scores
+from slimmer.structures.unstructured import prunable_weights, unstructured_masks
+from slimmer.zoo import ARCHITECTURES
+
+
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return ARCHITECTURES.get("resnet20-fmnist").build()
+
+
+def test_prunable_weights_are_conv_and_linear_weights_only():
+    names = set(prunable_weights(net()))
+    assert "conv1.weight" in names and "fc.weight" in names
+    assert not any("bn" in n or n.endswith("bias") for n in names)
+    assert len(names) == 19 + 2 + 1  # 19 3x3 convs, 2 projection shortcuts, the classifier
+
+
+def test_lamp_scores_by_hand():
+    # sorted squares 1, 4, 9 → suffix sums 14, 13, 9 → scores 1/14, 4/13, 9/9
+    s = lamp_scores(torch.tensor([3.0, -1.0, 2.0]))
+    assert torch.allclose(s, torch.tensor([1.0, 1 / 14, 4 / 13]))
+
+
+def test_global_magnitude_prunes_the_smallest_weights():
+    scores = {"a": torch.tensor([0.1, 5.0, 0.3]), "b": torch.tensor([0.2, 4.0])}
+    m = unstructured_masks(scores, 0.6, scope="global")
+    assert m.masks["a"].tolist() == [False, True, False]
+    assert m.masks["b"].tolist() == [False, True]
+    assert m.pruned == 3 and m.sparsity == pytest.approx(0.6)
+
+
+def test_layer_scope_prunes_each_tensor_to_the_fraction():
+    scores = {"a": torch.arange(10.0), "b": torch.arange(100.0)}
+    m = unstructured_masks(scores, 0.3, scope="layer")
+    assert m.per_layer_sparsity() == {"a": pytest.approx(0.3), "b": pytest.approx(0.3)}
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "lamp", "random"])
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9])
+def test_exact_sparsity_for_every_registered_criterion(criterion, scope, sparsity):
+    model = net()
+    weights = prunable_weights(model)
+    crit = get_criterion(criterion)
+    masks = unstructured_masks(crit.score(dict(weights), ScoreContext(model, seed=1)), sparsity, scope=scope)
+    masks.apply(model)
+    total = sum(w.numel() for w in weights.values())
+    zeros = sum(int((w == 0).sum()) for w in weights.values())
+    assert abs(zeros / total - sparsity) <= 1.0 / 1000
+    assert masks.sparsity == pytest.approx(zeros / total, abs=1e-9)
+
+
+def test_every_criterion_is_deterministic_for_a_seed():
+    model = net()
+    w = dict(prunable_weights(model))
+    for name in CRITERIA.names():
+        a = CRITERIA.get(name).score(w, ScoreContext(model, seed=3))
+        b = CRITERIA.get(name).score(w, ScoreContext(model, seed=3))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_lamp_never_empties_a_layer_at_999_permille():
+    model = net()
+    w = dict(prunable_weights(model))
+    m = unstructured_masks(get_criterion("lamp").score(w, ScoreContext(model)), 0.999, min_keep=0)
+    assert all(int(mask.sum()) >= 1 for mask in m.masks.values())
+    assert not m.warnings
+
+
+def test_row16_collapse_guard_keeps_a_weight_and_warns():
+    scores = {"big": torch.full((100,), 10.0), "small": torch.full((4,), 0.01)}
+    m = unstructured_masks(scores, 0.5, scope="global")
+    assert int(m.masks["small"].sum()) == 1
+    assert any("small" in w and "layer collapse" in w for w in m.warnings)
+    unguarded = unstructured_masks(scores, 0.5, scope="global", min_keep=0)
+    assert int(unguarded.masks["small"].sum()) == 0
+
+
+def test_apply_is_idempotent_and_leaves_biases_alone():
+    model = net()
+    w = dict(prunable_weights(model))
+    m = unstructured_masks(get_criterion("magnitude").score(w, ScoreContext(model)), 0.7)
+    bias_before = model.fc.bias.clone()
+    m.apply(model)
+    snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+    m.apply(model)
+    assert all(torch.equal(snapshot[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(model.fc.bias, bias_before)
