@@ -70,6 +70,19 @@ def example_input(shape: tuple[int, ...], batch: int, seed: int) -> torch.Tensor
     return torch.randn((batch, *shape[1:]), generator=gen)
 
 
+def check_forward(model: nn.Module, example: torch.Tensor) -> None:
+    """Run the model once on the example input; a failure here is a wrong input shape, not a bug."""
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"the model fails on an input of shape {tuple(example.shape)}: {first}",
+            hint="check --input-shape (batch first, e.g. 1,3,224,224)",
+        ) from None
+
+
 def prune(model: nn.Module, config: CompressConfig, data: DataSplits | None) -> PruneResult:
     """Apply the configured pruning to ``model`` in place."""
     result = PruneResult()
@@ -131,7 +144,8 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
     lap("load")
 
     original = copy.deepcopy(model).eval()
-    example = example_input(shape, 1, config.seed)
+    example = example_input(shape, 2 if config.dynamic_batch else shape[0], config.seed)
+    check_forward(model, example)
     report.params = {"before": count_params(model), "nonzero_before": count_nonzero(model)}
     report.macs = {"before": count_macs(model, example)}
     eval_x, eval_y = _eval_set(data, config.eval_samples)

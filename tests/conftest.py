@@ -56,5 +56,11 @@ def cli():
     return invoke
 
 
-def partial_files(folder: Path) -> list[Path]:
-    return sorted(folder.glob(".*.partial"))
+@pytest.fixture
+def partial_files():
+    """Lists the temporary files an interrupted or failed write could leave in a folder."""
+
+    def find(folder: Path) -> list[Path]:
+        return sorted(folder.glob(".*.partial"))
+
+    return find

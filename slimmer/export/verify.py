@@ -156,12 +156,22 @@ def verify_onnx(
     output_names = [o.name for o in session.get_outputs()]
     checks: list[OutputCheck] = []
     warnings: list[str] = []
+    declared = session.get_inputs()[0].shape
     for x in inputs:
-        want = torch_outputs(model, x)
+        if len(declared) != x.ndim:
+            raise InputError(
+                f"invalid rank for input {input_name!r}: got {x.ndim} ({tuple(x.shape)}), the graph expects "
+                f"{len(declared)} ({declared})",
+                hint="pass --input-shape with the model's full input shape, batch first",
+            )
         try:
             got = session.run(None, {input_name: x.detach().cpu().numpy().astype(np.float32)})
         except Exception as exc:  # noqa: BLE001 - ORT's message is the useful part
             raise InputError(f"onnxruntime failed on a batch of shape {tuple(x.shape)}: {str(exc).splitlines()[0]}") from None
+        try:
+            want = torch_outputs(model, x)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"the torch model fails on a batch of shape {tuple(x.shape)}: {str(exc).splitlines()[0]}") from None
         if len(got) != len(want):
             checks.append(OutputCheck("*", x.shape[0], float("inf"), float("inf"), True, False,
                                       f"{len(got)} ONNX outputs vs {len(want)} torch outputs"))

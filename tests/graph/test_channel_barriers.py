@@ -1,0 +1,121 @@
+"""Barriers: ops without a rule, attention, hard-coded shapes, and models that cannot be captured."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimmer.errors import InputError
+from slimmer.graph import build_groups, capture
+from slimmer.graph.rules import RULES
+
+
+def cbr(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class Spectral(nn.Module):
+    """One branch goes through an FFT (no channel rule); the rest of the model is ordinary."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 8)
+        self.spec_in, self.post = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+        self.other = cbr(8, 12)
+        self.out = nn.Conv2d(20, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        s = self.post(torch.fft.fft(self.spec_in(x)).real)
+        return self.out(torch.cat([s, self.other(x)], 1))
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block with nn.MultiheadAttention and an MLP."""
+
+    def __init__(self, fused: bool) -> None:
+        super().__init__()
+        self.fused = fused
+        self.embed, self.ln1 = nn.Linear(16, 32), nn.LayerNorm(32)
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.ln2, self.fc1, self.fc2 = nn.LayerNorm(32), nn.Linear(32, 64), nn.Linear(64, 32)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        y = self.ln1(x)
+        x = x + self.attn(y, y, y, need_weights=not self.fused)[0]
+        x = x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        return self.head(x.mean(1))
+
+
+class HardCoded(nn.Module):
+    """``reshape(-1, 96)`` bakes the channel count into user code: the graph cannot see it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = cbr(3, 8), cbr(8, 6)
+        self.fc = nn.Linear(96, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(self.b(self.a(x)), 4).reshape(-1, 96))
+
+
+X = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+
+
+def test_unknown_op_blocks_only_what_it_touches(check) -> None:
+    assert "aten.fft_fft.default" not in RULES
+    groups, result = check(Spectral(), X)
+    blocked = [g for g in groups.blocked if ("spec_in.weight", 0) in g.signature]
+    assert len(blocked) == 1 and "aten.fft_fft.default" in blocked[0].blocked_by
+    assert "spec_in" in blocked[0].blocked_by  # the layer is named
+    prunable = {name for g in groups.prunable for name, dim in g.signature if dim == 0}
+    assert {"stem.0.weight", "post.weight", "other.0.weight"} <= prunable
+    pruned_ids = {g.id for g in result.plan.groups if g.pruned}
+    assert pruned_ids and all("spec_in" not in gid for gid in pruned_ids)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["bmm-softmax", "sdpa"])
+def test_attention_is_blocked_and_mlp_pruned(check, fused: bool) -> None:
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(3))
+    model = Block(fused)
+    groups, _ = check(model, x, sparsity=0.5)
+    attention = [g for g in groups.groups if ("attn.in_proj_weight", 0) in g.signature]
+    assert attention and all(g.blocked_by for g in attention)
+    expected = "aten.scaled_dot_product_attention.default" if fused else "contraction of two activations"
+    assert any(expected in g.blocked_by for g in attention)
+    residual = next(g for g in groups.groups if ("embed.weight", 0) in g.signature)
+    assert "aten.layer_norm.default" in residual.blocked_by
+    assert model.fc1.out_features == model.fc2.in_features < 64
+    assert model.attn.in_proj_weight.shape == (96, 32)
+
+
+def test_hard_coded_shape_is_rolled_back_not_broken(check) -> None:
+    model = HardCoded()
+    groups, result = check(model, X, sparsity=0.5)
+    b_group = next(g for g in groups.prunable if ("b.0.weight", 0) in g.signature)
+    assert b_group.id in result.rolled_back
+    assert model.b[0].out_channels == 6 and model.a[0].out_channels < 8
+    assert any("rolled back" in note for note in result.plan.notes)
+
+
+def test_outputs_and_inputs_are_never_pruned() -> None:
+    model = cbr(3, 4).eval()
+    groups = build_groups(model, (X,))
+    assert not groups.prunable
+    assert [g.blocked_by for g in groups.blocked] == ["model output [layers: 0, 1]"]
+
+
+class DataDependent(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if x.sum() > 0 else x - 1
+
+
+def test_uncapturable_model_is_an_input_error() -> None:
+    with pytest.raises(InputError) as caught:
+        capture(DataDependent(), (X,))
+    assert caught.value.exit_code == 3
+    assert "torch.export" in str(caught.value) and "\n" not in str(caught.value)
