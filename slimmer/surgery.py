@@ -40,7 +40,10 @@ class SurgeryResult:
 
 def _tensor_aliases(model: nn.Module) -> dict[int, list[str]]:
     aliases: dict[int, list[str]] = {}
-    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+    for name, tensor in [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]:
         aliases.setdefault(id(tensor), []).append(name)
     return aliases
 
@@ -128,7 +131,9 @@ def _outputs(model: nn.Module, example_inputs: Sequence[Any]) -> list[torch.Tens
     return [t for t in tree_leaves(result) if isinstance(t, torch.Tensor)]
 
 
-def _compare(pruned: list[torch.Tensor], reference: list[torch.Tensor], rtol: float) -> tuple[float, float, str | None]:
+def _compare(
+    pruned: list[torch.Tensor], reference: list[torch.Tensor], rtol: float
+) -> tuple[float, float, str | None]:
     """(max abs diff, output scale, failure reason or None)."""
     if len(pruned) != len(reference):
         return float("inf"), 0.0, f"{len(pruned)} outputs instead of {len(reference)}"
@@ -158,8 +163,9 @@ def _restore(model: nn.Module, original: nn.Module) -> None:
         target.__dict__.update({k: v for k, v in module.__dict__.items() if k != "_modules"})
 
 
-def _attempt(model: nn.Module, original: nn.Module, plan: PruningPlan, example_inputs: Sequence[Any],
-             rtol: float) -> tuple[float, float, str | None]:  # fmt: skip
+def _attempt(
+    model: nn.Module, original: nn.Module, plan: PruningPlan, example_inputs: Sequence[Any], rtol: float
+) -> tuple[float, float, str | None]:
     reference = _outputs(mask_model(copy.deepcopy(original), plan), example_inputs)
     try:
         remove_channels(model, plan)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from slimmer.cli import compress, demo, inspect, verify
+from slimmer.cli import bench, compress, demo, inspect, verify
 
 app = typer.Typer(
     name="slimmer",
@@ -17,6 +17,7 @@ app.command("compress")(compress.compress_command)
 app.command("demo")(demo.demo_command)
 app.command("inspect")(inspect.inspect_command)
 app.command("verify")(verify.verify_command)
+app.command("bench")(bench.bench_command)
 
 
 def main() -> None:

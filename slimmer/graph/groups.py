@@ -115,8 +115,10 @@ def _matches(labels: Any, shapes: Any) -> bool:
     if shapes is None:
         return True
     if isinstance(shapes, list):
-        return isinstance(labels, list) and len(labels) == len(shapes) and all(
-            _matches(lab, s) for lab, s in zip(labels, shapes, strict=True)
+        return (
+            isinstance(labels, list)
+            and len(labels) == len(shapes)
+            and all(_matches(lab, s) for lab, s in zip(labels, shapes, strict=True))
         )
     return (
         isinstance(labels, list)

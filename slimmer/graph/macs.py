@@ -27,5 +27,42 @@ def count_macs(model: nn.Module, example_inputs: Sequence[Any]) -> int:
 def to_meta(model: nn.Module, example_inputs: Sequence[Any]) -> tuple[nn.Module, tuple[Any, ...]]:
     """A ``meta``-device copy of the model (eval mode) and of its inputs, for shape-only counting."""
     meta_model = copy.deepcopy(model).to("meta").eval()
-    meta_inputs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, tuple(example_inputs))
+    meta_inputs = tree_map(
+        lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, tuple(example_inputs)
+    )
     return meta_model, meta_inputs
+
+
+class MacsByWeight:
+    """MACs attributed to each Conv/Linear weight, to re-estimate MACs after channel removal.
+
+    A convolution's or linear layer's MACs are its weight's element count times the number of
+    output positions, so removing channels scales them by the weight's kept fraction exactly.
+    MACs of other ops (attention matmuls, ...) are kept constant; the planner confirms its final
+    choice with a real count.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Sequence[Any]) -> None:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*example_inputs)
+        per_module = {
+            key.split(".", 1)[1]: flops for key, flops in counter.get_flop_counts().items() if "." in key
+        }
+        self.total = int(counter.get_total_flops()) // 2
+        self.weights: dict[str, tuple[int, tuple[int, ...]]] = {}
+        for path, module in model.named_modules():
+            if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and path in per_module:
+                macs = sum(per_module[path].values()) // 2
+                self.weights[f"{path}.weight"] = (macs, tuple(module.weight.shape))
+
+    def estimate(self, removals: dict[str, dict[int, set[int]]]) -> int:
+        """MACs after removing ``removals`` (tensor name → dim → removed indices)."""
+        macs = float(self.total)
+        for name, dims in removals.items():
+            if name in self.weights:
+                original, shape = self.weights[name]
+                kept = 1.0
+                for dim, removed in dims.items():
+                    kept *= (shape[dim] - len(removed)) / shape[dim]
+                macs -= original * (1.0 - kept)
+        return round(macs)

@@ -23,7 +23,9 @@ import numpy as np
 from slimmer.graph.space import Labels, RuleContext
 
 
-def reshape_labels(ctx: RuleContext, xl: Labels, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Labels:
+def reshape_labels(
+    ctx: RuleContext, xl: Labels, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+) -> Labels:
     """Map labels through a reshape from ``in_shape`` to ``out_shape`` (same number of elements)."""
     out: list[np.ndarray | None] = [None] * len(out_shape)
     in_dims = [i for i, s in enumerate(in_shape) if s != 1]
@@ -44,7 +46,9 @@ def reshape_labels(ctx: RuleContext, xl: Labels, in_shape: tuple[int, ...], out_
                 j += 1
                 group_out.append(out_dims[j])
                 p_out *= out_shape[out_dims[j]]
-        for o, atoms in zip(group_out, _map_run(ctx, xl, in_shape, out_shape, group_in, group_out), strict=True):
+        for o, atoms in zip(
+            group_out, _map_run(ctx, xl, in_shape, out_shape, group_in, group_out), strict=True
+        ):
             out[o] = atoms
         i += 1
         j += 1
@@ -52,9 +56,13 @@ def reshape_labels(ctx: RuleContext, xl: Labels, in_shape: tuple[int, ...], out_
 
 
 def _map_run(
-    ctx: RuleContext, xl: Labels, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
-    group_in: list[int], group_out: list[int],
-) -> list[np.ndarray]:  # fmt: skip
+    ctx: RuleContext,
+    xl: Labels,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    group_in: list[int],
+    group_out: list[int],
+) -> list[np.ndarray]:
     if len(group_in) == 1 and len(group_out) == 1:
         return [xl[group_in[0]]]
     sizes_in = [in_shape[d] for d in group_in]
@@ -226,21 +234,36 @@ def _no_tensor(ctx: RuleContext) -> None:
 def register_layout_rules(register: Callable[..., Callable[[Any], Any]]) -> None:
     """Register this module's rules with the rule registry (called once by rules.py)."""
     register(
-        "aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", "aten.flatten.using_ints",
-        "aten.unflatten.int", "aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default",
-        "aten.unsqueeze.default", "aten.view_as.default", "aten.reshape_as.default",
-    )(_reshape)  # fmt: skip
+        "aten.view.default",
+        "aten.reshape.default",
+        "aten._unsafe_view.default",
+        "aten.flatten.using_ints",
+        "aten.unflatten.int",
+        "aten.squeeze.dim",
+        "aten.squeeze.dims",
+        "aten.squeeze.default",
+        "aten.unsqueeze.default",
+        "aten.view_as.default",
+        "aten.reshape_as.default",
+    )(_reshape)
     register("aten.permute.default")(_permute)
     register("aten.transpose.int", "aten.t.default")(_transpose)
     register("aten.expand.default", "aten.expand_as.default")(_expand)
     register("aten.cat.default", "aten.concat.default")(_cat)
     register("aten.stack.default")(_stack)
-    register("aten.chunk.default", "aten.split.Tensor", "aten.split_with_sizes.default",
-             "aten.unsafe_split.Tensor", "aten.unbind.int")(_split)  # fmt: skip
+    register(
+        "aten.chunk.default",
+        "aten.split.Tensor",
+        "aten.split_with_sizes.default",
+        "aten.unsafe_split.Tensor",
+        "aten.unbind.int",
+    )(_split)
     register("getitem")(_getitem)
     register("aten.slice.Tensor")(_slice)
     register("aten.select.int")(_select)
     register("aten.pad.default", "aten.constant_pad_nd.default")(_pad)
     register("aten.roll.default")(_roll)
     register("aten.flip.default")(_flip)
-    register("aten.sym_size.int", "aten._assert_tensor_metadata.default", "aten._assert_scalar.default")(_no_tensor)
+    register("aten.sym_size.int", "aten._assert_tensor_metadata.default", "aten._assert_scalar.default")(
+        _no_tensor
+    )

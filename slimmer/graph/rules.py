@@ -47,24 +47,68 @@ def _variants(*bases: str) -> list[str]:
 
 # --------------------------------------------------------------------------- element-wise
 _UNARY = [
-    "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh",
-    "leaky_relu", "elu", "selu", "celu", "mish", "softplus", "neg", "abs", "exp", "sqrt", "rsqrt",
-    "erf", "clamp", "clamp_min", "clamp_max", "dropout", "alpha_dropout", "feature_dropout",
-    "square", "log_sigmoid", "reciprocal", "sin", "cos", "log", "floor", "ceil", "round",
-]  # fmt: skip
+    "relu",
+    "relu6",
+    "gelu",
+    "silu",
+    "sigmoid",
+    "tanh",
+    "hardswish",
+    "hardsigmoid",
+    "hardtanh",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "celu",
+    "mish",
+    "softplus",
+    "neg",
+    "abs",
+    "exp",
+    "sqrt",
+    "rsqrt",
+    "erf",
+    "clamp",
+    "clamp_min",
+    "clamp_max",
+    "dropout",
+    "alpha_dropout",
+    "feature_dropout",
+    "square",
+    "log_sigmoid",
+    "reciprocal",
+    "sin",
+    "cos",
+    "log",
+    "floor",
+    "ceil",
+    "round",
+]
 _BINARY = ["add", "sub", "mul", "div", "pow", "maximum", "minimum", "where", "rsub"]
 _ELEMENTWISE_NAMES = (
     [f"aten.{u}.default" for u in _UNARY]
     + [f"aten.{u}_.default" for u in _UNARY]
-    + [f"aten.{b}.{o}" for b in _BINARY for o in ("Tensor", "Scalar", "self", "Tensor_Scalar", "Tensor_Tensor")]
+    + [
+        f"aten.{b}.{o}"
+        for b in _BINARY
+        for o in ("Tensor", "Scalar", "self", "Tensor_Scalar", "Tensor_Tensor")
+    ]
     + [f"aten.{b}_.{o}" for b in _BINARY for o in ("Tensor", "Scalar")]
     + [f"aten.{u}.Tensor" for u in ("clamp", "clamp_min", "clamp_max")]
     + [f"aten.{u}.Scalar" for u in ("leaky_relu", "hardtanh", "elu")]
     + [f"aten.div.{o}" for o in ("Tensor_mode", "Scalar_mode")]
     + _variants(
-        "clone.default", "contiguous.default", "alias.default", "detach.default", "type_as.default",
-        "to.dtype", "to.dtype_layout", "_to_copy.default", "lift_fresh_copy.default",
-        "gelu_.default", "real.default",
+        "clone.default",
+        "contiguous.default",
+        "alias.default",
+        "detach.default",
+        "type_as.default",
+        "to.dtype",
+        "to.dtype_layout",
+        "_to_copy.default",
+        "lift_fresh_copy.default",
+        "gelu_.default",
+        "real.default",
     )
 )
 
@@ -130,27 +174,49 @@ def _weighted_conv(ctx: RuleContext, x: Any, w: Any, bias: Any, groups: int, tra
 @register("aten.conv1d.default", "aten.conv2d.default", "aten.conv3d.default")
 def conv(ctx: RuleContext) -> Labels:
     """Output channels are produced by weight dim 0; input channels meet weight dim 1."""
-    return _weighted_conv(ctx, ctx.arg(0, "input"), ctx.arg(1, "weight"), ctx.arg(2, "bias"),
-                          int(ctx.arg(6, "groups", 1)), transposed=False)  # fmt: skip
+    return _weighted_conv(
+        ctx,
+        ctx.arg(0, "input"),
+        ctx.arg(1, "weight"),
+        ctx.arg(2, "bias"),
+        int(ctx.arg(6, "groups", 1)),
+        transposed=False,
+    )
 
 
 @register("aten.conv_transpose1d.default", "aten.conv_transpose2d.input", "aten.conv_transpose3d.input")
 def conv_transpose(ctx: RuleContext) -> Labels:
     """Weight is (in, out/groups, k...): output channels come from weight dim 1."""
-    return _weighted_conv(ctx, ctx.arg(0, "input"), ctx.arg(1, "weight"), ctx.arg(2, "bias"),
-                          int(ctx.arg(6, "groups", 1)), transposed=True)  # fmt: skip
+    return _weighted_conv(
+        ctx,
+        ctx.arg(0, "input"),
+        ctx.arg(1, "weight"),
+        ctx.arg(2, "bias"),
+        int(ctx.arg(6, "groups", 1)),
+        transposed=True,
+    )
 
 
 @register("aten.convolution.default")
 def convolution(ctx: RuleContext) -> Labels:
-    return _weighted_conv(ctx, ctx.arg(0, "input"), ctx.arg(1, "weight"), ctx.arg(2, "bias"),
-                          int(ctx.arg(8, "groups", 1)), transposed=bool(ctx.arg(6, "transposed")))  # fmt: skip
+    return _weighted_conv(
+        ctx,
+        ctx.arg(0, "input"),
+        ctx.arg(1, "weight"),
+        ctx.arg(2, "bias"),
+        int(ctx.arg(8, "groups", 1)),
+        transposed=bool(ctx.arg(6, "transposed")),
+    )
 
 
 @register("aten.linear.default")
 def linear(ctx: RuleContext) -> Labels:
     """``x @ W.T + b``: x's last dim meets W dim 1; W dim 0 produces the output features."""
-    xl, wl, bl = ctx.labels(ctx.arg(0, "input")), ctx.labels(ctx.arg(1, "weight")), ctx.labels(ctx.arg(2, "bias"))
+    xl, wl, bl = (
+        ctx.labels(ctx.arg(0, "input")),
+        ctx.labels(ctx.arg(1, "weight")),
+        ctx.labels(ctx.arg(2, "bias")),
+    )
     ctx.unify(xl[-1], wl[1])
     ctx.space.produce(wl[0])
     if bl is not None:
@@ -160,8 +226,15 @@ def linear(ctx: RuleContext) -> Labels:
 
 def _from_state(ctx: RuleContext, arg: Any) -> bool:
     """Whether a tensor is a parameter/buffer reached only through layout ops (t, permute, view)."""
-    layout = {"aten.t.default", "aten.permute.default", "aten.transpose.int", "aten.view.default",
-              "aten.reshape.default", "aten.contiguous.default", "aten.expand.default"}  # fmt: skip
+    layout = {
+        "aten.t.default",
+        "aten.permute.default",
+        "aten.transpose.int",
+        "aten.view.default",
+        "aten.reshape.default",
+        "aten.contiguous.default",
+        "aten.expand.default",
+    }
     node = arg
     while node is not None and node.op == "call_function" and str(node.target) in layout:
         node = node.args[0]
@@ -289,10 +362,16 @@ def _spatial(ctx: RuleContext, spatial_dims: int) -> Labels:
 
 
 for _dims in (1, 2, 3):
-    _names = [f"aten.{k}{_dims}d.default" for k in ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool")]
+    _names = [
+        f"aten.{k}{_dims}d.default"
+        for k in ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool")
+    ]
     _names += [f"aten.upsample_nearest{_dims}d.vec", f"aten.upsample_nearest{_dims}d.default"]
-    _names += [f"aten.{m}.vec" for m in ("upsample_linear1d", "upsample_bilinear2d", "upsample_trilinear3d")
-               if m.endswith(f"{_dims}d")]  # fmt: skip
+    _names += [
+        f"aten.{m}.vec"
+        for m in ("upsample_linear1d", "upsample_bilinear2d", "upsample_trilinear3d")
+        if m.endswith(f"{_dims}d")
+    ]
 
     def _rule(ctx: RuleContext, _d: int = _dims) -> Any:
         out = _spatial(ctx, _d)
@@ -317,8 +396,14 @@ def _reduce(ctx: RuleContext, dims: list[int] | None, keepdim: bool, what: str) 
     return out
 
 
-@register("aten.mean.dim", "aten.sum.dim_IntList", "aten.amax.default", "aten.amin.default",
-          "aten.std.correction", "aten.var.correction")  # fmt: skip
+@register(
+    "aten.mean.dim",
+    "aten.sum.dim_IntList",
+    "aten.amax.default",
+    "aten.amin.default",
+    "aten.std.correction",
+    "aten.var.correction",
+)
 def reduce(ctx: RuleContext) -> Labels:
     """Reduced dims disappear; a channel reduced without a weight cannot be masked exactly."""
     dims = ctx.arg(1, "dim")

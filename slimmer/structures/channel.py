@@ -28,7 +28,7 @@ from torch import nn
 
 from slimmer.errors import ConfigError
 from slimmer.graph.groups import ChannelGroup, GroupSet
-from slimmer.graph.macs import count_macs, to_meta
+from slimmer.graph.macs import MacsByWeight, count_macs, to_meta
 from slimmer.structures.plan import PlannedGroup, PruningPlan
 from slimmer.surgery import remove_channels
 
@@ -68,7 +68,9 @@ def group_scores(group: ChannelGroup, model: nn.Module, kind: str = "l1", seed: 
             if not (isinstance(owner, nn.modules.batchnorm._BatchNorm) and member.name.endswith(".weight")):
                 continue
         found = True
-        values = tensor.detach().to(torch.float64).movedim(member.dim, 0).reshape(tensor.shape[member.dim], -1)
+        values = (
+            tensor.detach().to(torch.float64).movedim(member.dim, 0).reshape(tensor.shape[member.dim], -1)
+        )
         per_index = values.abs().sum(1) if kind in ("l1", "bn-scale") else values.square().sum(1)
         total += _per_channel(group, k, per_index)
     if kind == "bn-scale" and not found:
@@ -82,8 +84,15 @@ def _keep_count(n: int, pruned: int, round_to: int, max_ratio: float) -> int:
     return min(keep, n)
 
 
-def _validate(sparsity: float | None, macs_target: float | None, round_to: int, max_ratio: float, scope: str,
-              criterion: str, example_inputs: Sequence[Any] | None) -> None:  # fmt: skip
+def _validate(
+    sparsity: float | None,
+    macs_target: float | None,
+    round_to: int,
+    max_ratio: float,
+    scope: str,
+    criterion: str,
+    example_inputs: Sequence[Any] | None,
+) -> None:
     if (sparsity is None) == (macs_target is None):
         raise ConfigError("give exactly one of sparsity and macs_target for channel pruning")
     if sparsity is not None and not 0.0 <= sparsity < 1.0:
@@ -159,12 +168,24 @@ def plan_channels(
 
     def plan_for(counts: list[int]) -> PruningPlan:
         planned = [
-            PlannedGroup(group.id, group.signature, group.channels,
-                         sorted(order[group.id][: _keep_count(group.channels, c, round_to, max_ratio)]))  # fmt: skip
+            PlannedGroup(
+                group.id,
+                group.signature,
+                group.channels,
+                sorted(order[group.id][: _keep_count(group.channels, c, round_to, max_ratio)]),
+            )
             for group, c in zip(groups, counts, strict=True)
         ]
-        plan = PruningPlan(planned, criterion=criterion, scope=scope, sparsity=sparsity, macs_target=macs_target,
-                           round_to=round_to, seed=seed, notes=list(notes))  # fmt: skip
+        plan = PruningPlan(
+            planned,
+            criterion=criterion,
+            scope=scope,
+            sparsity=sparsity,
+            macs_target=macs_target,
+            round_to=round_to,
+            seed=seed,
+            notes=list(notes),
+        )
         return plan.bind(GroupSet(groups))
 
     steps = 24
@@ -188,7 +209,8 @@ def plan_channels(
     macs_before = None
     if example_inputs is not None:
         meta = to_meta(model, example_inputs)
-        macs_before = count_macs(*meta)
+        by_weight = MacsByWeight(*meta)
+        macs_before = by_weight.total
 
     def macs_of(plan: PruningPlan) -> int | None:
         """MACs with the plan's channels removed, or None when that forward fails."""
@@ -211,11 +233,16 @@ def plan_channels(
     if macs_target is not None:
         goal = macs_target * (macs_before or 0)
 
-        def reaches(k: int) -> bool:
+        def estimated(k: int) -> bool:
+            return by_weight.estimate(plan_for(counts_at(k)).removals()) <= goal
+
+        def counted(k: int) -> bool:
             macs = macs_of(plan_for(counts_at(k)))
             return macs is not None and macs <= goal
 
-        k = _bisect(space, reaches)
+        k = _bisect(space, estimated)
+        if not counted(k):  # ops the estimate holds constant: continue on real counts
+            k += _bisect(space - k, lambda extra: counted(k + extra))
     elif scope == "layer":
         k = None
         plan = plan_for([math.floor(sparsity * g.channels + 1e-9) for g in groups])
@@ -230,9 +257,13 @@ def plan_channels(
     if plan.macs_after is None and meta is not None:
         plan.notes.append("MACs after pruning could not be counted: the forward fails on a meta copy")
     elif macs_target is not None and plan.macs_after > macs_target * macs_before:
-        plan.notes.append(f"MACs target {macs_target:g} not reached: kept {plan.macs_after / macs_before:.3f} "
-                          f"(max_ratio {max_ratio:g}, {len(groupset.blocked)} blocked groups)")  # fmt: skip
+        plan.notes.append(
+            f"MACs target {macs_target:g} not reached: kept {plan.macs_after / macs_before:.3f} "
+            f"(max_ratio {max_ratio:g}, {len(groupset.blocked)} blocked groups)"
+        )
     if sparsity is not None and plan.channels_pruned < sparsity * plan.channels_total - 1e-9:
-        plan.notes.append(f"channel sparsity {sparsity:g} not reached: removed "
-                          f"{plan.channels_pruned}/{plan.channels_total} prunable channels")  # fmt: skip
+        plan.notes.append(
+            f"channel sparsity {sparsity:g} not reached: removed "
+            f"{plan.channels_pruned}/{plan.channels_total} prunable channels"
+        )
     return plan

@@ -66,7 +66,9 @@ class PruningPlan:
             if [tuple(m) for m in planned.members] != group.signature or planned.channels != group.channels:
                 raise InputError(f"group {planned.id!r} of the pruning plan does not match this model")
             if planned.pruned and group.blocked_by is not None:
-                raise InputError(f"the plan prunes group {planned.id!r}, which is blocked: {group.blocked_by}")
+                raise InputError(
+                    f"the plan prunes group {planned.id!r}, which is blocked: {group.blocked_by}"
+                )
             bound[planned.id] = group
         self._bound = bound
         return self
@@ -96,8 +98,12 @@ class PruningPlan:
     def restricted(self, group_ids: set[str]) -> PruningPlan:
         """A copy pruning only ``group_ids`` (every other group keeps all its channels)."""
         groups = [
-            PlannedGroup(g.id, list(g.members), g.channels,
-                         list(g.kept) if g.id in group_ids else list(range(g.channels)))  # fmt: skip
+            PlannedGroup(
+                g.id,
+                list(g.members),
+                g.channels,
+                list(g.kept) if g.id in group_ids else list(range(g.channels)),
+            )
             for g in self.groups
         ]
         copy = PruningPlan(groups, **{k: v for k, v in self._fields().items() if k != "groups"})
@@ -116,16 +122,27 @@ class PruningPlan:
     # ------------------------------------------------------------------ JSON
     def _fields(self) -> dict[str, Any]:
         return {
-            "groups": self.groups, "criterion": self.criterion, "scope": self.scope,
-            "sparsity": self.sparsity, "macs_target": self.macs_target, "round_to": self.round_to,
-            "seed": self.seed, "macs_before": self.macs_before, "macs_after": self.macs_after,
+            "groups": self.groups,
+            "criterion": self.criterion,
+            "scope": self.scope,
+            "sparsity": self.sparsity,
+            "macs_target": self.macs_target,
+            "round_to": self.round_to,
+            "seed": self.seed,
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
             "notes": list(self.notes),
-        }  # fmt: skip
+        }
 
     def to_dict(self) -> dict[str, Any]:
         data = self._fields()
         data["groups"] = [
-            {"id": g.id, "members": [list(m) for m in g.members], "channels": g.channels, "kept": list(g.kept)}
+            {
+                "id": g.id,
+                "members": [list(m) for m in g.members],
+                "channels": g.channels,
+                "kept": list(g.kept),
+            }
             for g in self.groups
         ]
         return {"version": PLAN_VERSION, **data}
@@ -133,15 +150,25 @@ class PruningPlan:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
         if data.get("version") != PLAN_VERSION:
-            raise InputError(f"unsupported pruning plan version {data.get('version')!r} (expected {PLAN_VERSION})")
+            raise InputError(
+                f"unsupported pruning plan version {data.get('version')!r} (expected {PLAN_VERSION})"
+            )
         try:
             groups = [
-                PlannedGroup(str(g["id"]), [(str(n), int(d)) for n, d in g["members"]], int(g["channels"]),
-                             [int(k) for k in g["kept"]])  # fmt: skip
+                PlannedGroup(
+                    str(g["id"]),
+                    [(str(n), int(d)) for n, d in g["members"]],
+                    int(g["channels"]),
+                    [int(k) for k in g["kept"]],
+                )
                 for g in data["groups"]
             ]
             for g in groups:
-                if not g.kept or any(not 0 <= k < g.channels for k in g.kept) or len(set(g.kept)) != len(g.kept):
+                if (
+                    not g.kept
+                    or any(not 0 <= k < g.channels for k in g.kept)
+                    or len(set(g.kept)) != len(g.kept)
+                ):
                     raise ValueError(f"group {g.id!r} keeps invalid channels")
             fields = {k: data[k] for k in cls._scalar_keys() if k in data}
             return cls(groups, notes=[str(n) for n in data.get("notes", [])], **fields)
@@ -150,7 +177,16 @@ class PruningPlan:
 
     @staticmethod
     def _scalar_keys() -> tuple[str, ...]:
-        return ("criterion", "scope", "sparsity", "macs_target", "round_to", "seed", "macs_before", "macs_after")
+        return (
+            "criterion",
+            "scope",
+            "sparsity",
+            "macs_target",
+            "round_to",
+            "seed",
+            "macs_before",
+            "macs_after",
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

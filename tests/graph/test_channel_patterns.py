@@ -10,8 +10,9 @@ from slimmer.graph import ChannelGroup, GroupSet
 
 
 def cbr(cin: int, cout: int, k: int = 3, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU())  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+    )
 
 
 class Residual(nn.Module):

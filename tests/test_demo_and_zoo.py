@@ -1,0 +1,57 @@
+"""The bundled default (``slimmer demo``) and a real torchvision model end to end."""
+
+import json
+
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from slimmer.bundled import DEMO_SAMPLE, DEMO_WEIGHTS, bundled_file
+from slimmer.checkpoint import describe_safetensors_metadata
+
+
+def test_bundled_files_ship_with_recorded_accuracy():
+    meta = describe_safetensors_metadata(bundled_file(DEMO_WEIGHTS))
+    assert meta["arch"] == "resnet20-fmnist" and float(meta["test_accuracy"]) > 0.9
+    import numpy as np
+
+    with np.load(bundled_file(DEMO_SAMPLE)) as npz:
+        assert npz["x"].shape == (2000, 28, 28) and npz["x"].dtype == np.uint8
+        assert sorted(set(npz["y"].tolist())) == list(range(10))
+
+
+def test_demo_writes_verified_onnx_and_reports_accuracy(cli, tmp_path):
+    out = tmp_path / "demo" / "r20.onnx"
+    run = cli("demo", "-o", out, "--json")
+    assert run.code == 0, run.stderr
+    report = run.json()
+    assert out.is_file() and out.with_name("r20.onnx.report.json").is_file()
+    acc = report["accuracy"]
+    assert acc["before"] > 0.88 and acc["after_prune"] > 0.8
+    assert report["verification"]["passed"] and report["verification"]["top1_agreement"] > 0.85
+    assert "slimmer: OK" in run.stderr and "accuracy" in run.stderr
+    again = cli("demo", "-o", out)  # the demo replaces its own outputs
+    assert again.code == 0
+    assert cli("demo", "-o", out, "--no-force").code == 3
+
+
+@pytest.mark.slow
+def test_resnet18_state_dict_at_90_percent(cli, tmp_path):
+    """Issue 2's acceptance run: a torchvision resnet18 state_dict, --sparsity 0.9."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    ckpt = tmp_path / "r18.pt"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), ckpt)
+    run = cli("compress", ckpt, "--arch", "torchvision:resnet18", "--sparsity", "0.9", "--json")
+    assert run.code == 0, run.stderr
+    report = run.json()
+    assert abs(report["sparsity"]["achieved"] - 0.90) <= 0.005
+    assert report["verification"]["passed"] is True
+    graph = onnx.load(report["onnx"]["path"])
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    names = list(report["sparsity"]["per_layer"])
+    assert len(names) == 21 and all(n in inits for n in names)
+    zeros = sum(int((inits[n] == 0).sum()) for n in names) / sum(inits[n].size for n in names)
+    assert abs(zeros - 0.90) <= 0.005
+    assert json.loads(ckpt.with_name("r18.slim.onnx.report.json").read_text())["status"] == "ok"

@@ -1,0 +1,49 @@
+"""``slimmer inspect`` and ``slimmer bench``."""
+
+import pytest
+
+
+def test_inspect_lists_layers_params_and_macs(cli, r20):
+    run = cli("inspect", r20, "--arch", "resnet20-fmnist", "--json")
+    assert run.code == 0, run.stderr
+    info = run.json()
+    assert info["params"] == 272_186 and info["macs"] == 31_021_952
+    assert info["input_shape"] == [1, 1, 28, 28]
+    assert [layer["name"] for layer in info["layers"]][:2] == ["conv1.weight", "layer1.0.conv1.weight"]
+    assert "conv1.weight" in run.stderr and "MACs 31,021,952" in run.stderr
+
+
+def test_inspect_refuses_unsafe_like_compress(cli, tmp_path):
+    import torch
+
+    from slimmer.zoo import ARCHITECTURES
+
+    torch.save(ARCHITECTURES.get("resnet20-fmnist").build(), tmp_path / "m.pt")
+    run = cli("inspect", tmp_path / "m.pt")
+    assert run.code == 3 and "slimmer.zoo.ResNet20" in run.stderr
+
+
+@pytest.fixture
+def two_graphs(cli, r20, tmp_path):
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    assert cli("compress", r20, "--arch", "resnet20-fmnist", "--sparsity", "0", "-o", a).code == 0
+    assert cli("compress", r20, "--arch", "resnet20-fmnist", "--sparsity", "0.5", "-o", b).code == 0
+    return a, b
+
+
+def test_bench_pairs_two_graphs(cli, two_graphs):
+    a, b = two_graphs
+    run = cli("bench", a, b, "--warmup", "2", "--pairs", "10", "--json")
+    assert run.code == 0, run.stderr
+    res = run.json()
+    assert res["a"]["runs"] == res["b"]["runs"] == 10
+    assert res["a"]["p50_ms"] > 0 and 0.2 < res["speedup"] < 5
+    assert "speedup of B over A" in run.stderr
+
+
+def test_bench_single_and_bad_arguments(cli, two_graphs, tmp_path):
+    a, _ = two_graphs
+    run = cli("bench", a, "--pairs", "3", "--warmup", "0", "--json")
+    assert run.code == 0 and run.json()["speedup"] is None and run.json()["b"] is None
+    assert cli("bench", a, "--pairs", "0").code == 2
+    assert cli("bench", tmp_path / "missing.onnx").code == 3
