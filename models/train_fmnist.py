@@ -80,7 +80,9 @@ def main() -> None:
             opt.step()
             sched.step()
         acc = evaluate(model, x_test, y_test)
-        print(f"epoch {epoch + 1}/{EPOCHS}: loss {loss.item():.4f} test accuracy {acc:.4f} ({time.time() - start:.0f}s)")
+        print(
+            f"epoch {epoch + 1}/{EPOCHS}: loss {loss.item():.4f} test accuracy {acc:.4f} ({time.time() - start:.0f}s)"
+        )
     recipe = (
         f"{EPOCHS} epochs, batch {BATCH}, SGD nesterov m=0.9 wd={WD}, one-cycle peak lr {PEAK_LR}, "
         f"pad-crop + flip, seed {SEED}"
@@ -96,9 +98,15 @@ def main() -> None:
     pick.sort()
     np.savez_compressed(HERE / "fmnist_sample.npz", x=xte[pick], y=yte[pick].astype(np.int64))
     sample_acc = evaluate(model, x_test[pick], y_test[pick])
-    record = {"arch": "resnet20-fmnist", "test_accuracy": acc, "sample_accuracy": sample_acc,
-              "sample_size": int(len(pick)), "recipe": recipe, "torch": torch.__version__,
-              "seconds": round(time.time() - start)}
+    record = {
+        "arch": "resnet20-fmnist",
+        "test_accuracy": acc,
+        "sample_accuracy": sample_acc,
+        "sample_size": int(len(pick)),
+        "recipe": recipe,
+        "torch": torch.__version__,
+        "seconds": round(time.time() - start),
+    }
     (HERE / "resnet20_fmnist.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record))
 

@@ -11,22 +11,20 @@ import copy
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from slimmer import criteria as _criteria  # noqa: F401  (registers the built-in criteria)
 from slimmer.checkpoint import LoadedModel, load_checkpoint
 from slimmer.config import CompressConfig
-from slimmer.criteria import ScoreContext, get_criterion
 from slimmer.errors import ConfigError
 from slimmer.export import onnx as onnx_export
 from slimmer.export.verify import Verification, agreement, verify_onnx
+from slimmer.prune import PruneResult, prune, shrink_model
 from slimmer.report import Report
 from slimmer.stats import accuracy, count_macs, count_nonzero, count_params
-from slimmer.structures.unstructured import MaskSet, prunable_weights, unstructured_masks
+from slimmer.structures.unstructured import prunable_weights
 from slimmer.train.data import DataSplits, load_data
 
 Progress = Callable[[str, str], None]
@@ -35,17 +33,6 @@ VERIFY_BATCHES = (1, 3)
 
 def _no_progress(stage: str, message: str) -> None:
     return None
-
-
-@dataclass
-class PruneResult:
-    """What pruning did: masks (unstructured), and what it achieved."""
-
-    masks: MaskSet | None = None
-    sparsity_requested: float | None = None
-    sparsity_achieved: float | None = None
-    per_layer: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
 
 
 def load(config: CompressConfig) -> tuple[LoadedModel, tuple[int, ...]]:
@@ -83,33 +70,6 @@ def check_forward(model: nn.Module, example: torch.Tensor) -> None:
         ) from None
 
 
-def prune(model: nn.Module, config: CompressConfig, data: DataSplits | None) -> PruneResult:
-    """Apply the configured pruning to ``model`` in place."""
-    result = PruneResult()
-    for method in config.methods:
-        if method != "unstructured":
-            raise ConfigError(
-                f"--method {method} is not available in this version of slimmer",
-                hint="use --method unstructured",
-            )
-        crit = get_criterion(config.criterion)
-        if crit.needs != "none" and data is None:
-            raise ConfigError(f"--criterion {crit.name} needs data: pass --data")
-        weights = prunable_weights(model)
-        if not weights:
-            raise ConfigError("the model has no Conv or Linear weights to prune")
-        ctx = ScoreContext(model=model, seed=config.seed)
-        scores = crit.score(dict(weights), ctx)
-        masks = unstructured_masks(scores, config.sparsity, scope=config.scope)
-        masks.apply(model)
-        result.masks = masks
-        result.sparsity_requested = config.sparsity
-        result.sparsity_achieved = masks.sparsity
-        result.per_layer = masks.per_layer_sparsity()
-        result.warnings += masks.warnings
-    return result
-
-
 def compress(config: CompressConfig, progress: Progress | None = None) -> Report:
     """Run the whole flow and return the report. Raises :class:`SlimmerError` on bad input or export
     failure; a verification failure returns a report with ``status="failed"`` and ``exit_code=5``."""
@@ -125,13 +85,18 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
         t0 = now
 
     final = config.output_path
-    onnx_export.check_writable(final, config.force)
-    onnx_export.check_writable(config.report_path, config.force)
+    for path in (final, config.report_path, plan_path(final)):
+        onnx_export.check_writable(path, config.force)
 
     say("load", f"loading {config.model}")
     loaded, shape = load(config)
-    report.input = {"path": str(loaded.path), "sha256": loaded.sha256, "format": loaded.format,
-                    "arch": loaded.arch.name if loaded.arch else None, "input_shape": list(shape)}
+    report.input = {
+        "path": str(loaded.path),
+        "sha256": loaded.sha256,
+        "format": loaded.format,
+        "arch": loaded.arch.name if loaded.arch else None,
+        "input_shape": list(shape),
+    }
     report.warnings += loaded.notes
     torch.manual_seed(config.seed)
     model = loaded.model
@@ -153,8 +118,11 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
         report.accuracy["before"] = accuracy(original, eval_x, eval_y)
     lap("measure")
 
-    say("prune", f"pruning: {','.join(config.methods)}, {config.criterion}, sparsity {config.sparsity:g}")
-    pruned = prune(model, config, data)
+    target = (
+        f"MACs target {config.macs_target:g}" if config.macs_target is not None else f"sparsity {config.sparsity:g}"
+    )
+    say("prune", f"pruning: {','.join(config.methods)}, {config.criterion}, {target}")
+    pruned = prune(model, config, example, data)
     report.warnings += pruned.warnings
     report.sparsity = {
         "requested": pruned.sparsity_requested,
@@ -164,8 +132,21 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
     }
     if eval_y is not None:
         report.accuracy["after_prune"] = accuracy(model, eval_x, eval_y)
+    if pruned.plan is not None:
+        say("shrink", "removing pruned channels")
+        surgery = shrink_model(model, pruned, example)
+        report.surgery = {
+            "max_abs_diff": surgery.max_abs_diff,
+            "output_scale": surgery.output_scale,
+            "rolled_back": surgery.rolled_back,
+            "channels_removed": surgery.plan.channels_pruned,
+        }
+        report.warnings += [w for w in pruned.warnings if w not in report.warnings]
+    report.pruning = pruned.details
     report.params.update(after=count_params(model), nonzero_after=count_nonzero(model))
     report.macs["after"] = count_macs(model, example)
+    if config.macs_target is not None:
+        report.macs["target"] = config.macs_target
     if "unstructured" in config.methods:
         report.warnings.append(
             "unstructured zeros do not reduce dense MACs or onnxruntime CPU latency; the file compresses better"
@@ -175,9 +156,7 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
     lap("prune")
 
     say("export", f"exporting ONNX (opset {config.opset or 'default'})")
-    exported = onnx_export.export_onnx(
-        model, example, final, opset=config.opset, dynamic_batch=config.dynamic_batch
-    )
+    exported = onnx_export.export_onnx(model, example, final, opset=config.opset, dynamic_batch=config.dynamic_batch)
     committed = False
     try:
         lap("export")
@@ -189,7 +168,7 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
         verification.cosine, verification.top1_agreement = agreement(original, model, compare_x)
         report.warnings += verification.warnings
         _fill_verification(report, verification)
-        failures = _failures(verification, pruned, config)
+        failures = _failures(verification, pruned, config, report.macs)
         lap("verify")
         if failures:
             report.status, report.exit_code, report.error = "failed", 5, "; ".join(failures)
@@ -206,6 +185,9 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
             committed = True
             report.onnx = _onnx_info(final, exported.opset)
             report.status, report.exit_code = "ok", 0
+            if pruned.plan is not None:
+                onnx_export.write_atomic(plan_path(final), pruned.plan.to_json().encode())
+                report.onnx["plan"] = str(plan_path(final))
     finally:
         if not committed:
             exported.temp_path.unlink(missing_ok=True)
@@ -236,8 +218,20 @@ def _fill_verification(report: Report, v: Verification) -> None:
     }
 
 
-def _failures(v: Verification, pruned: PruneResult, config: CompressConfig) -> list[str]:
+def plan_path(output: Path) -> Path:
+    """Where the PruningPlan of a channel-pruned export is saved: beside the ONNX file."""
+    return output.with_name(output.name + ".plan.json")
+
+
+def _failures(v: Verification, pruned: PruneResult, config: CompressConfig, macs: dict) -> list[str]:
     failures = []
+    if config.macs_target is not None and macs.get("before"):
+        kept = macs["after"] / macs["before"]
+        if kept > config.macs_target + config.sparsity_tolerance:
+            failures.append(
+                f"MACs target not reached: requested {config.macs_target:.4f} of the original, kept {kept:.4f} "
+                f"(tolerance {config.sparsity_tolerance:g}; see warnings for what blocked further pruning)"
+            )
     if not v.passed:
         failures.append("verification failed: " + v.failure_summary())
     if pruned.sparsity_achieved is not None and pruned.sparsity_requested is not None:
@@ -261,22 +255,40 @@ def inspect_model(
     """Parameters, MACs and prunable layers of a checkpoint, as a plain dict."""
     from slimmer.config import parse_shape
 
-    config = CompressConfig(model=Path(path), arch=arch, input_shape=parse_shape(input_shape),
-                            trust_remote_code=trust_remote_code)
+    config = CompressConfig(
+        model=Path(path), arch=arch, input_shape=parse_shape(input_shape), trust_remote_code=trust_remote_code
+    )
     loaded, shape = load(config)
     model = loaded.model
     layers = [
-        {"name": name, "shape": list(p.shape), "numel": p.numel(),
-         "sparsity": 1.0 - int(torch.count_nonzero(p)) / p.numel()}
+        {
+            "name": name,
+            "shape": list(p.shape),
+            "numel": p.numel(),
+            "sparsity": 1.0 - int(torch.count_nonzero(p)) / p.numel(),
+        }
         for name, p in prunable_weights(model).items()
     ]
+    from slimmer.graph.groups import build_groups
+
+    example = example_input(shape, 2, 0)
+    check_forward(model, example)
+    groups = build_groups(model, (example,))
     return {
-        "input": {"path": str(loaded.path), "sha256": loaded.sha256, "format": loaded.format,
-                  "arch": loaded.arch.name if loaded.arch else None},
+        "input": {
+            "path": str(loaded.path),
+            "sha256": loaded.sha256,
+            "format": loaded.format,
+            "arch": loaded.arch.name if loaded.arch else None,
+        },
         "input_shape": list(shape),
         "params": count_params(model),
-        "macs": count_macs(model, example_input(shape, 1, 0)),
+        "macs": count_macs(model, example),
         "layers": layers,
+        "groups": [
+            {"id": g.id, "channels": g.channels, "layers": g.layers, "prunable": g.prunable, "blocked_by": g.blocked_by}
+            for g in groups.groups
+        ],
     }
 
 
@@ -300,8 +312,15 @@ def verify_exported(
     if not onnx_path.is_file():
         raise InputError(f"{onnx_path}: no such ONNX file")
     check_external_data(onnx_path)
-    config = CompressConfig(model=Path(model_path), arch=arch, input_shape=parse_shape(input_shape),
-                            atol=atol, rtol=rtol, seed=seed, trust_remote_code=trust_remote_code)
+    config = CompressConfig(
+        model=Path(model_path),
+        arch=arch,
+        input_shape=parse_shape(input_shape),
+        atol=atol,
+        rtol=rtol,
+        seed=seed,
+        trust_remote_code=trust_remote_code,
+    )
     loaded, shape = load(config)
     inputs = [example_input(shape, b, seed + i + 1) for i, b in enumerate(VERIFY_BATCHES)]
     v = verify_onnx(onnx_path, loaded.model, inputs, atol=atol, rtol=rtol)

@@ -339,7 +339,8 @@ def load_checkpoint(
         if architecture is None:
             raise ConfigError(
                 f"{path} holds only weights (a state_dict); slimmer needs the architecture to rebuild the model",
-                hint="pass --arch NAME: a built-in name (" + ", ".join(ARCHITECTURES.names())
+                hint="pass --arch NAME: a built-in name ("
+                + ", ".join(ARCHITECTURES.names())
                 + "), torchvision:NAME, timm:NAME or package.module:callable",
             )
         model = architecture.build()
@@ -366,9 +367,7 @@ def _torchvision_arch(name: str) -> Architecture:
     try:
         import torchvision
     except ImportError:
-        raise ConfigError(
-            f"--arch torchvision:{name} needs torchvision", hint="pip install torchvision"
-        ) from None
+        raise ConfigError(f"--arch torchvision:{name} needs torchvision", hint="pip install torchvision") from None
     names = torchvision.models.list_models()
     if name not in names:
         raise ConfigError(f"unknown torchvision model {name!r}.{did_you_mean(name, names)}")

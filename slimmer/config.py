@@ -90,6 +90,8 @@ class CompressConfig:
         _check_fraction("--sparsity-tolerance", self.sparsity_tolerance, low_open=False, high_open=True)
         if self.macs_target is not None:
             _check_fraction("--macs-target", self.macs_target, low_open=True, high_open=False)
+        if self.macs_target is not None and "channel" not in self.methods:
+            raise ConfigError("--macs-target applies to --method channel", hint="add --method channel")
         if not self.methods:
             raise ConfigError("--method: give at least one of " + ", ".join(METHODS))
         for m in self.methods:

@@ -22,16 +22,19 @@ class Report:
     config: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=lambda: {"before": None, "after": None})
     macs: dict[str, Any] = field(default_factory=lambda: {"before": None, "after": None})
-    sparsity: dict[str, Any] = field(
-        default_factory=lambda: {"requested": None, "achieved": None, "per_layer": {}}
-    )
+    sparsity: dict[str, Any] = field(default_factory=lambda: {"requested": None, "achieved": None, "per_layer": {}})
     onnx: dict[str, Any] = field(
         default_factory=lambda: {"path": None, "sha256": None, "opset": None, "size_bytes": None}
     )
     verification: dict[str, Any] = field(
         default_factory=lambda: {
-            "passed": False, "max_abs_diff": None, "max_rel_diff": None,
-            "cosine": None, "top1_agreement": None, "atol": None, "rtol": None,
+            "passed": False,
+            "max_abs_diff": None,
+            "max_rel_diff": None,
+            "cosine": None,
+            "top1_agreement": None,
+            "atol": None,
+            "rtol": None,
         }
     )
     accuracy: dict[str, Any] = field(
@@ -39,6 +42,8 @@ class Report:
     )
     latency_ms: dict[str, Any] = field(default_factory=lambda: {"before": None, "after": None})
     warnings: list[str] = field(default_factory=list)
+    pruning: dict[str, Any] = field(default_factory=dict)
+    surgery: dict[str, Any] | None = None
     error: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
 
@@ -59,14 +64,18 @@ class Report:
         table.add_column("after", justify="right")
         table.add_row("parameters", _n(self.params.get("before")), _n(self.params.get("after")))
         if self.params.get("nonzero_after") is not None:
-            table.add_row("non-zero parameters", _n(self.params.get("nonzero_before")), _n(self.params.get("nonzero_after")))
+            table.add_row(
+                "non-zero parameters", _n(self.params.get("nonzero_before")), _n(self.params.get("nonzero_after"))
+            )
         table.add_row("MACs", _n(self.macs.get("before")), _n(self.macs.get("after")))
         req, got = self.sparsity.get("requested"), self.sparsity.get("achieved")
         if req is not None or got is not None:
             table.add_row("sparsity (requested → achieved)", _pct(req), _pct(got))
         acc = self.accuracy
         if acc.get("before") is not None:
-            table.add_row("accuracy", _pct(acc.get("before")), _pct(_last(acc.get("after_finetune"), acc.get("after_prune"))))
+            table.add_row(
+                "accuracy", _pct(acc.get("before")), _pct(_last(acc.get("after_finetune"), acc.get("after_prune")))
+            )
         if self.latency_ms.get("before") is not None:
             table.add_row("latency (ms)", f"{self.latency_ms['before']:.3f}", f"{self.latency_ms['after']:.3f}")
         v = self.verification
@@ -75,9 +84,17 @@ class Report:
             table.add_row("ONNX vs torch", "", f"{verdict} (max abs {v['max_abs_diff']:.2e})")
         if v.get("cosine") is not None:
             top1 = v.get("top1_agreement")
-            table.add_row("pruned vs original", "", f"cosine {v['cosine']:.4f}" + (f", top-1 {top1:.1%}" if top1 is not None else ""))
+            table.add_row(
+                "pruned vs original",
+                "",
+                f"cosine {v['cosine']:.4f}" + (f", top-1 {top1:.1%}" if top1 is not None else ""),
+            )
         if self.onnx.get("path"):
-            table.add_row("ONNX file", "", f"{self.onnx['path']} ({_n(self.onnx.get('size_bytes'))} B, opset {self.onnx.get('opset')})")
+            table.add_row(
+                "ONNX file",
+                "",
+                f"{self.onnx['path']} ({_n(self.onnx.get('size_bytes'))} B, opset {self.onnx.get('opset')})",
+            )
         return table
 
 

@@ -115,7 +115,10 @@ def test_row2_env_override_cannot_unlock_the_payload(tmp_path):
     env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     proc = subprocess.run(
         [sys.executable, "-m", "slimmer", "compress", str(path), "--arch", "resnet20-fmnist"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 3, proc.stderr
     assert "posix.system" in proc.stderr

@@ -11,8 +11,20 @@ from onnx import numpy_helper
 from slimmer.export import verify as verify_mod
 
 REPORT_KEYS = {
-    "schema_version", "slimmer_version", "status", "exit_code", "input", "config", "params", "macs",
-    "sparsity", "onnx", "verification", "accuracy", "latency_ms", "warnings",
+    "schema_version",
+    "slimmer_version",
+    "status",
+    "exit_code",
+    "input",
+    "config",
+    "params",
+    "macs",
+    "sparsity",
+    "onnx",
+    "verification",
+    "accuracy",
+    "latency_ms",
+    "warnings",
 }
 
 
@@ -132,8 +144,19 @@ def test_explicit_supported_opset_is_written(cli, r20, tmp_path):
 def test_row28_same_seed_gives_identical_onnx_and_report(cli, r20, tmp_path):
     reports = []
     for name in ("a.onnx", "b.onnx"):
-        run = cli("compress", r20, "--arch", "resnet20-fmnist", "--criterion", "random", "--seed", "7",
-                  "-o", tmp_path / name, "--json")
+        run = cli(
+            "compress",
+            r20,
+            "--arch",
+            "resnet20-fmnist",
+            "--criterion",
+            "random",
+            "--seed",
+            "7",
+            "-o",
+            tmp_path / name,
+            "--json",
+        )
         assert run.code == 0
         reports.append(run.json())
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
@@ -146,8 +169,18 @@ def test_row28_same_seed_gives_identical_onnx_and_report(cli, r20, tmp_path):
 
 
 def test_static_batch_verifies_at_the_given_batch(cli, r20, tmp_path):
-    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--static-batch", "--input-shape", "2,1,28,28",
-              "-o", tmp_path / "s.onnx", "--json")
+    run = cli(
+        "compress",
+        r20,
+        "--arch",
+        "resnet20-fmnist",
+        "--static-batch",
+        "--input-shape",
+        "2,1,28,28",
+        "-o",
+        tmp_path / "s.onnx",
+        "--json",
+    )
     assert run.code == 0, run.stderr
     assert {c["batch_size"] for c in run.json()["verification"]["outputs"]} == {2}
     dims = onnx.load(str(tmp_path / "s.onnx")).graph.input[0].type.tensor_type.shape.dim

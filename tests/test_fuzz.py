@@ -66,7 +66,9 @@ def test_random_bytes_only_documented_errors(tmp_path_factory, data):
 
 
 @FUZZ
-@given(which=st.sampled_from(["zip.pt", "clean.pt", "legacy.pt", "w.safetensors", "ts.pt", "m.pt2"]), cut=st.floats(0, 1))
+@given(
+    which=st.sampled_from(["zip.pt", "clean.pt", "legacy.pt", "w.safetensors", "ts.pt", "m.pt2"]), cut=st.floats(0, 1)
+)
 def test_truncated_checkpoints_only_documented_errors(tmp_path_factory, seeds, which, cut):
     data = seeds[which]
     _load(tmp_path_factory.mktemp("f"), data[: int(len(data) * cut)])
@@ -106,8 +108,15 @@ def test_pickle_scanner_never_raises_or_runs(data):
 def test_random_option_values_only_config_errors(sparsity, macs, atol, steps, shape, mean, method):
     try:
         cfg = CompressConfig(
-            model=Path("m.pt"), sparsity=sparsity, macs_target=macs, atol=atol, finetune_steps=steps,
-            input_shape=parse_shape(shape), mean=parse_floats(mean, "--mean"), methods=(method,), data="d.npz",
+            model=Path("m.pt"),
+            sparsity=sparsity,
+            macs_target=macs,
+            atol=atol,
+            finetune_steps=steps,
+            input_shape=parse_shape(shape),
+            mean=parse_floats(mean, "--mean"),
+            methods=(method,),
+            data="d.npz",
         )
     except SlimmerError as exc:
         assert exc.exit_code == 2

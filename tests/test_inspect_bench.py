@@ -47,3 +47,12 @@ def test_bench_single_and_bad_arguments(cli, two_graphs, tmp_path):
     assert run.code == 0 and run.json()["speedup"] is None and run.json()["b"] is None
     assert cli("bench", a, "--pairs", "0").code == 2
     assert cli("bench", tmp_path / "missing.onnx").code == 3
+
+
+def test_inspect_lists_groups_and_blockers(cli, r20):
+    run = cli("inspect", r20, "--arch", "resnet20-fmnist", "--json")
+    groups = run.json()["groups"]
+    blocked = [g for g in groups if not g["prunable"]]
+    assert len(groups) - len(blocked) >= 10
+    assert [g["blocked_by"].split(" [")[0] for g in blocked] == ["model output"]
+    assert "prunable channel groups" in run.stderr

@@ -60,8 +60,13 @@ def _external_model(tmp_path, location: str):
         e = t.external_data.add()
         e.key, e.value = k, v
     node = helper.make_node("Add", ["x", "w"], ["y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [t])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [t],
+    )
     path = tmp_path / "ext.onnx"
     path.write_bytes(helper.make_model(graph).SerializeToString())
     return path
@@ -71,14 +76,20 @@ def _external_model(tmp_path, location: str):
 def test_row24_external_data_outside_or_missing_is_refused(cli, r20, tmp_path, kind):
     secret = tmp_path.parent / f"secret-{kind}.bin"
     secret.write_bytes(b"\x00" * 4)
-    location = {"parent": f"../{secret.name}", "absolute": str(secret), "symlink": "link.bin", "missing": "gone.bin"}[kind]
+    location = {"parent": f"../{secret.name}", "absolute": str(secret), "symlink": "link.bin", "missing": "gone.bin"}[
+        kind
+    ]
     if kind == "symlink":
         os.symlink(secret, tmp_path / "link.bin")
     path = _external_model(tmp_path, location)
     run = cli("verify", r20, path, "--arch", "resnet20-fmnist")
     assert run.code == 3
-    expected = {"parent": "outside its folder", "absolute": "outside its folder", "symlink": "symbolic link",
-                "missing": "is missing"}[kind]
+    expected = {
+        "parent": "outside its folder",
+        "absolute": "outside its folder",
+        "symlink": "symbolic link",
+        "missing": "is missing",
+    }[kind]
     assert expected in run.stderr
 
 

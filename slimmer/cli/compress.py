@@ -33,12 +33,24 @@ def run_compress(json_output: bool, debug: bool, **opts) -> None:
 
 def compress_command(
     model: Path = typer.Argument(..., help="checkpoint: .pt/.pth/.bin state_dict or .safetensors"),
-    arch: str | None = typer.Option(None, "--arch", help="architecture: built-in name, torchvision:NAME, timm:NAME or pkg.module:callable"),
-    input_shape: str | None = typer.Option(None, "--input-shape", help="e.g. 1,3,224,224 (default: the architecture's)"),
-    method: str = typer.Option("unstructured", "--method", help="unstructured (more to come), comma-separated to combine"),
+    arch: str | None = typer.Option(
+        None, "--arch", help="architecture: built-in name, torchvision:NAME, timm:NAME or pkg.module:callable"
+    ),
+    input_shape: str | None = typer.Option(
+        None, "--input-shape", help="e.g. 1,3,224,224 (default: the architecture's)"
+    ),
+    method: str = typer.Option("unstructured", "--method", help="unstructured or channel; comma-separated to combine"),
     sparsity: float = typer.Option(0.5, "--sparsity", help="fraction of prunable weights to zero, in [0, 1)"),
-    sparsity_tolerance: float = typer.Option(0.01, "--sparsity-tolerance", help="exit 5 when achieved sparsity falls short by more"),
-    criterion: str = typer.Option("magnitude", "--criterion", help="importance criterion: magnitude, lamp, random"),
+    macs_target: float | None = typer.Option(
+        None, "--macs-target", help="channel: keep this fraction of the MACs, in (0, 1]"
+    ),
+    round_to: int | None = typer.Option(None, "--round-to", help="channel: kept channel counts are multiples of this"),
+    sparsity_tolerance: float = typer.Option(
+        0.01, "--sparsity-tolerance", help="exit 5 when achieved sparsity falls short by more"
+    ),
+    criterion: str = typer.Option(
+        "magnitude", "--criterion", help="importance criterion: magnitude, lamp, random; channel: also l2, bn-scale"
+    ),
     scope: str = typer.Option("global", "--scope", help="global or layer"),
     data: str | None = typer.Option(None, "--data", help=".npz (x, y), a folder of IDX files, or fashion-mnist"),
     mean: str | None = typer.Option(None, "--mean", help="input normalization mean (one value or per channel)"),
@@ -46,25 +58,57 @@ def compress_command(
     eval_samples: int = typer.Option(2000, "--eval-samples", help="held-out samples used for accuracy"),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="fraction of a .npz held out for evaluation"),
     expect_sha256: str | None = typer.Option(None, "--expect-sha256", help="refuse a checkpoint whose sha256 differs"),
-    keep_failed: bool = typer.Option(False, "--keep-failed", help="keep an artifact that failed verification, marked as failed"),
-    output: Path | None = typer.Option(None, "-o", "--output", help="ONNX file (default: <model stem>.slim.onnx beside the model)"),
+    keep_failed: bool = typer.Option(
+        False, "--keep-failed", help="keep an artifact that failed verification, marked as failed"
+    ),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="ONNX file (default: <model stem>.slim.onnx beside the model)"
+    ),
     report: Path | None = typer.Option(None, "--report", help="JSON report (default: <output>.report.json)"),
     opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)"),
-    dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch", help="dynamic batch axis in the ONNX graph"),
+    dynamic_batch: bool = typer.Option(
+        True, "--dynamic-batch/--static-batch", help="dynamic batch axis in the ONNX graph"
+    ),
     atol: float = typer.Option(1e-4, "--atol", help="verification absolute tolerance"),
     rtol: float = typer.Option(1e-3, "--rtol", help="verification relative tolerance"),
     seed: int = typer.Option(0, "--seed", help="seed for every random choice"),
     force: bool = typer.Option(False, "--force", help="allow replacing existing outputs"),
     json_output: bool = typer.Option(False, "--json", help="print exactly one JSON object (the report) on stdout"),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="allow formats that run code when loaded (pickled modules, TorchScript, .pt2)"),
+    trust_remote_code: bool = typer.Option(
+        False,
+        "--trust-remote-code",
+        help="allow formats that run code when loaded (pickled modules, TorchScript, .pt2)",
+    ),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Prune MODEL, export it to ONNX, verify the export with onnxruntime, and write a report."""
     run_compress(
-        json_output, debug,
-        model=model, arch=arch, input_shape=input_shape, method=method, sparsity=sparsity,
-        sparsity_tolerance=sparsity_tolerance, criterion=criterion, scope=scope, data=data, mean=mean,
-        std=std, eval_samples=eval_samples, val_fraction=val_fraction, expect_sha256=expect_sha256, keep_failed=keep_failed,
-        output=output, report=report, opset=opset, dynamic_batch=dynamic_batch, atol=atol, rtol=rtol,
-        seed=seed, force=force, trust_remote_code=trust_remote_code,
+        json_output,
+        debug,
+        model=model,
+        arch=arch,
+        input_shape=input_shape,
+        method=method,
+        sparsity=sparsity,
+        macs_target=macs_target,
+        round_to=round_to,
+        sparsity_tolerance=sparsity_tolerance,
+        criterion=criterion,
+        scope=scope,
+        data=data,
+        mean=mean,
+        std=std,
+        eval_samples=eval_samples,
+        val_fraction=val_fraction,
+        expect_sha256=expect_sha256,
+        keep_failed=keep_failed,
+        output=output,
+        report=report,
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+        atol=atol,
+        rtol=rtol,
+        seed=seed,
+        force=force,
+        trust_remote_code=trust_remote_code,
     )

@@ -10,7 +10,9 @@ from slimmer.cli.compress import run_compress
 
 
 def demo_command(
-    output: Path = typer.Option(Path("slimmer-demo/resnet20_fmnist.slim.onnx"), "-o", "--output", help="where the demo writes its ONNX file"),
+    output: Path = typer.Option(
+        Path("slimmer-demo/resnet20_fmnist.slim.onnx"), "-o", "--output", help="where the demo writes its ONNX file"
+    ),
     method: str = typer.Option("unstructured", "--method", help="pruning method"),
     sparsity: float = typer.Option(0.5, "--sparsity", help="fraction of prunable weights to zero, in [0, 1)"),
     criterion: str = typer.Option("lamp", "--criterion", help="importance criterion"),
@@ -30,7 +32,16 @@ def demo_command(
 
     weights, sample = run_guarded(paths, debug=debug, json_mode=json_output)
     run_compress(
-        json_output, debug,
-        model=weights, arch=DEMO_ARCH, method=method, sparsity=sparsity, criterion=criterion,
-        data=str(sample), val_fraction=1.0, output=output, seed=seed, force=force,
+        json_output,
+        debug,
+        model=weights,
+        arch=DEMO_ARCH,
+        method=method,
+        sparsity=sparsity,
+        criterion=criterion,
+        data=str(sample),
+        val_fraction=1.0,
+        output=output,
+        seed=seed,
+        force=force,
     )

@@ -17,7 +17,9 @@ def inspect_command(
     arch: str | None = typer.Option(None, "--arch", help="architecture for a state_dict"),
     input_shape: str | None = typer.Option(None, "--input-shape", help="e.g. 1,3,224,224"),
     json_output: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="allow formats that run code when loaded"),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="allow formats that run code when loaded"
+    ),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Show parameters, MACs and the prunable Conv/Linear layers of MODEL."""
@@ -36,6 +38,19 @@ def inspect_command(
     table.add_column("weights", justify="right")
     table.add_column("zeros", justify="right")
     for layer in info["layers"]:
-        table.add_row(layer["name"], "×".join(map(str, layer["shape"])), f"{layer['numel']:,}", f"{layer['sparsity']:.1%}")
+        table.add_row(
+            layer["name"], "×".join(map(str, layer["shape"])), f"{layer['numel']:,}", f"{layer['sparsity']:.1%}"
+        )
     err_console.print(table)
+    groups = Table(title="channel groups")
+    groups.add_column("group")
+    groups.add_column("channels", justify="right")
+    groups.add_column("layers")
+    groups.add_column("prunable")
+    for g in info["groups"]:
+        layers = ", ".join(g["layers"][:4]) + (f" (+{len(g['layers']) - 4})" if len(g["layers"]) > 4 else "")
+        groups.add_row(g["id"], str(g["channels"]), layers, "yes" if g["prunable"] else f"no: {g['blocked_by']}")
+    err_console.print(groups)
+    blocked = sum(not g["prunable"] for g in info["groups"])
+    err_console.print(f"{len(info['groups']) - blocked} prunable channel groups, {blocked} blocked")
     err_console.print(f"parameters {info['params']:,}   MACs {info['macs']:,}   input {info['input_shape']}")

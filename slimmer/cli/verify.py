@@ -20,7 +20,9 @@ def verify_command(
     rtol: float = typer.Option(1e-3, "--rtol"),
     seed: int = typer.Option(0, "--seed"),
     json_output: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="allow formats that run code when loaded"),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="allow formats that run code when loaded"
+    ),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Run EXPORTED in onnxruntime and compare every output with MODEL (exit 5 when they differ)."""
@@ -29,8 +31,14 @@ def verify_command(
         from slimmer.api import verify_exported
 
         return verify_exported(
-            model, exported, arch=arch, input_shape=input_shape, atol=atol, rtol=rtol,
-            seed=seed, trust_remote_code=trust_remote_code,
+            model,
+            exported,
+            arch=arch,
+            input_shape=input_shape,
+            atol=atol,
+            rtol=rtol,
+            seed=seed,
+            trust_remote_code=trust_remote_code,
         )
 
     result = run_guarded(go, debug=debug, json_mode=json_output)

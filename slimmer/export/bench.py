@@ -50,8 +50,10 @@ def _feed(session, batch: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feed = {}
     for inp in session.get_inputs():
-        shape = [batch if i == 0 and not isinstance(d, int) else (d if isinstance(d, int) else 1)
-                 for i, d in enumerate(inp.shape)]
+        shape = [
+            batch if i == 0 and not isinstance(d, int) else (d if isinstance(d, int) else 1)
+            for i, d in enumerate(inp.shape)
+        ]
         feed[inp.name] = rng.standard_normal(shape).astype(np.float32)
     return feed
 
@@ -68,7 +70,14 @@ def _stats(times: list[float]) -> Latency:
 
 
 def paired_latency(
-    a: Path, b: Path | None = None, *, warmup: int = 10, pairs: int = 50, threads: int = 1, batch: int = 1, seed: int = 0
+    a: Path,
+    b: Path | None = None,
+    *,
+    warmup: int = 10,
+    pairs: int = 50,
+    threads: int = 1,
+    batch: int = 1,
+    seed: int = 0,
 ) -> PairedLatency:
     """Latency of ``a`` alone, or of ``a`` and ``b`` interleaved with the per-pair speedup."""
     if warmup < 0 or pairs < 1 or threads < 1 or batch < 1:
@@ -86,5 +95,5 @@ def paired_latency(
         ta.append(_timed(sa, fa))
         if sb is not None:
             tb.append(_timed(sb, fb))
-    speedup = statistics.median(x / y for x, y in zip(ta, tb)) if tb else None
+    speedup = statistics.median(x / y for x, y in zip(ta, tb, strict=True)) if tb else None
     return PairedLatency(_stats(ta), _stats(tb) if tb else None, speedup, threads, batch)

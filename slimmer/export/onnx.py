@@ -53,7 +53,9 @@ def check_writable(path: Path, force: bool) -> None:
 
 def temp_path_for(final: Path) -> Path:
     """A fresh, hidden file beside ``final`` (same filesystem, so the final rename is atomic)."""
-    fd, name = tempfile.mkstemp(dir=final.parent if str(final.parent) else ".", prefix=f".{final.name}.", suffix=".partial")
+    fd, name = tempfile.mkstemp(
+        dir=final.parent if str(final.parent) else ".", prefix=f".{final.name}.", suffix=".partial"
+    )
     os.close(fd)
     os.chmod(name, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual mode
     return Path(name)
@@ -149,14 +151,35 @@ def export_onnx(
                 f"--opset: requested {opset}, produced {written} (the exporter does not support the requested opset)",
                 hint=f"use --opset {written} or higher, or omit --opset",
             )
+        if _strip_source_paths(proto):
+            onnx.save(proto, str(tmp))
+            size = tmp.stat().st_size
         try:
             onnx.checker.check_model(proto, full_check=False)
         except onnx.checker.ValidationError as exc:
             raise ExportError(f"the exported graph is not valid ONNX: {str(exc).splitlines()[0]}") from None
-        return ExportResult(temp_path=tmp, final_path=final_path, opset=int(written), size_bytes=size, log=log.getvalue())
+        return ExportResult(
+            temp_path=tmp, final_path=final_path, opset=int(written), size_bytes=size, log=log.getvalue()
+        )
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+PRIVATE_NODE_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
+
+
+def _strip_source_paths(proto: onnx.ModelProto) -> bool:
+    """Drop per-node stack traces: they embed this machine's source paths, and the same model
+    exported from two install locations must give the same bytes."""
+    changed = False
+    for node in proto.graph.node:
+        keep = [p for p in node.metadata_props if p.key not in PRIVATE_NODE_METADATA]
+        if len(keep) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+            changed = True
+    return changed
 
 
 def _fsync_dir(path: Path) -> None:

@@ -70,14 +70,18 @@ def check_external_data(path: Path) -> None:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path} is not a readable ONNX file: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        raise InputError(
+            f"{path} is not a readable ONNX file: {str(exc).splitlines()[0] if str(exc) else exc}"
+        ) from None
     base = path.resolve().parent
     for tensor in _all_initializers(proto.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         if not location or os.path.isabs(location) or ".." in Path(location).parts:
-            raise InputError(f"{path}: tensor {tensor.name!r} points to external data {location!r} outside its folder; refused")
+            raise InputError(
+                f"{path}: tensor {tensor.name!r} points to external data {location!r} outside its folder; refused"
+            )
         target = base / location
         if target.is_symlink():
             raise InputError(f"{path}: external data {location!r} is a symbolic link; refused")
@@ -131,9 +135,13 @@ def compare(name: str, batch: int, got: np.ndarray, want: np.ndarray, atol: floa
     finite = bool(np.isfinite(got).all() and np.isfinite(want).all())
     if not finite:
         which = "onnxruntime" if not np.isfinite(got).all() else "torch"
-        return OutputCheck(name, batch, float("inf"), float("inf"), False, False, f"non-finite values in the {which} output")
+        return OutputCheck(
+            name, batch, float("inf"), float("inf"), False, False, f"non-finite values in the {which} output"
+        )
     if got.shape != want.shape:
-        return OutputCheck(name, batch, float("inf"), float("inf"), True, False, f"shape {got.shape} != torch {want.shape}")
+        return OutputCheck(
+            name, batch, float("inf"), float("inf"), True, False, f"shape {got.shape} != torch {want.shape}"
+        )
     diff = np.abs(got - want)
     max_abs = float(diff.max()) if diff.size else 0.0
     scale = float(np.abs(want).max()) if want.size else 0.0
@@ -167,16 +175,29 @@ def verify_onnx(
         try:
             got = session.run(None, {input_name: x.detach().cpu().numpy().astype(np.float32)})
         except Exception as exc:  # noqa: BLE001 - ORT's message is the useful part
-            raise InputError(f"onnxruntime failed on a batch of shape {tuple(x.shape)}: {str(exc).splitlines()[0]}") from None
+            raise InputError(
+                f"onnxruntime failed on a batch of shape {tuple(x.shape)}: {str(exc).splitlines()[0]}"
+            ) from None
         try:
             want = torch_outputs(model, x)
         except Exception as exc:  # noqa: BLE001
-            raise InputError(f"the torch model fails on a batch of shape {tuple(x.shape)}: {str(exc).splitlines()[0]}") from None
+            raise InputError(
+                f"the torch model fails on a batch of shape {tuple(x.shape)}: {str(exc).splitlines()[0]}"
+            ) from None
         if len(got) != len(want):
-            checks.append(OutputCheck("*", x.shape[0], float("inf"), float("inf"), True, False,
-                                      f"{len(got)} ONNX outputs vs {len(want)} torch outputs"))
+            checks.append(
+                OutputCheck(
+                    "*",
+                    x.shape[0],
+                    float("inf"),
+                    float("inf"),
+                    True,
+                    False,
+                    f"{len(got)} ONNX outputs vs {len(want)} torch outputs",
+                )
+            )
             continue
-        for name, g, w in zip(output_names, got, want):
+        for name, g, w in zip(output_names, got, want, strict=True):
             checks.append(compare(name, int(x.shape[0]), g, w, atol, rtol))
             if w.ndim >= 1 and w.shape[0] > 1 and np.ptp(w.reshape(w.shape[0], -1), axis=0).max(initial=0) == 0:
                 warnings.append(f"output {name!r} is the same for every input: the comparison proves little")

@@ -1,9 +1,11 @@
-"""The ``--data`` sources: ``.npz`` arrays, IDX folders (MNIST layout) and ``fashion-mnist``.
+"""The ``--data`` sources: ``.npz`` arrays, IDX folders (MNIST layout), image folders, ``fashion-mnist``.
 
 Every source becomes a :class:`Dataset` of float tensors shaped like the model input (without the
 batch axis), normalized with the given mean and std, plus integer labels when the source has them.
-Sources with an official split (IDX ``train``/``t10k`` files, ``fashion-mnist``) keep it; others
-hold out ``val_fraction`` of the samples, chosen with the seed.
+Sources with an official split (IDX ``train``/``t10k`` files, ``fashion-mnist``, an image folder with
+``train/`` and ``val/`` (or ``test/``) subfolders) keep it; others hold out ``val_fraction`` of the
+samples, chosen with the seed. :func:`iterate_batches` turns a dataset into an endless, seeded
+stream of (optionally rank-sharded, augmented) batches for the fine-tuning loop.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import torch.nn.functional as F
 from slimmer.errors import ConfigError, InputError
 
 FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+SPLIT_NAMES = (("train",), ("val", "valid", "validation", "test"))
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.int16, 0x0C: np.int32, 0x0D: np.float32, 0x0E: np.float64}
 
 
@@ -32,6 +36,7 @@ class Dataset:
     x: torch.Tensor
     y: torch.Tensor | None
     source: str
+    classes: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])

@@ -1,0 +1,140 @@
+"""The pruning stage: turn the configured methods into masks (unstructured) or a PruningPlan (channel).
+
+``prune`` chooses what to remove and zeroes it in place (the masked model: what fine-tuning keeps);
+``shrink`` physically removes planned channels afterwards and checks that the smaller model equals
+the masked one. Methods run in the order given (``channel,nm`` prunes channels first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from slimmer.config import CompressConfig
+from slimmer.criteria import ScoreContext, get_criterion
+from slimmer.errors import ConfigError
+from slimmer.graph.groups import GroupSet, build_groups
+from slimmer.structures.channel import plan_channels
+from slimmer.structures.plan import PruningPlan
+from slimmer.structures.unstructured import MaskSet, prunable_weights, unstructured_masks
+from slimmer.surgery import SurgeryResult, mask_model, shrink
+from slimmer.train.data import DataSplits
+
+CHANNEL_CRITERIA = {"magnitude": "l1", "l1": "l1", "l2": "l2", "bn-scale": "bn-scale", "random": "random"}
+DEFAULT_MAX_RATIO = 0.9
+
+
+@dataclass
+class PruneResult:
+    """What pruning chose and achieved; ``plan`` is set for channel pruning (removed in ``shrink``)."""
+
+    masks: MaskSet | None = None
+    plan: PruningPlan | None = None
+    groups: GroupSet | None = None
+    sparsity_requested: float | None = None
+    sparsity_achieved: float | None = None
+    per_layer: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+
+
+def prune(model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits | None) -> PruneResult:
+    """Apply every configured method to ``model`` in place (channels are masked, not yet removed)."""
+    result = PruneResult()
+    for method in config.methods:
+        if method == "unstructured":
+            _unstructured(model, config, data, result)
+        elif method == "channel":
+            _channel(model, config, example, result)
+        else:
+            raise ConfigError(
+                f"--method {method} is not available in this version of slimmer",
+                hint="use --method unstructured or --method channel",
+            )
+    return result
+
+
+def _unstructured(model: nn.Module, config: CompressConfig, data: DataSplits | None, result: PruneResult) -> None:
+    crit = get_criterion(config.criterion)
+    if crit.needs != "none" and data is None:
+        raise ConfigError(f"--criterion {crit.name} needs data: pass --data")
+    weights = prunable_weights(model)
+    if not weights:
+        raise ConfigError("the model has no Conv or Linear weights to prune")
+    scores = crit.score(dict(weights), ScoreContext(model=model, seed=config.seed))
+    masks = unstructured_masks(scores, config.sparsity, scope=config.scope)
+    masks.apply(model)
+    result.masks = masks
+    result.sparsity_requested = config.sparsity
+    result.sparsity_achieved = masks.sparsity
+    result.per_layer = masks.per_layer_sparsity()
+    result.warnings += masks.warnings
+
+
+def _channel(model: nn.Module, config: CompressConfig, example: torch.Tensor, result: PruneResult) -> None:
+    kind = CHANNEL_CRITERIA.get(config.criterion)
+    if kind is None:
+        raise ConfigError(
+            f"--criterion {config.criterion} cannot rank channels; use one of {', '.join(CHANNEL_CRITERIA)}"
+        )
+    groups = build_groups(model, (example,))
+    if not groups.prunable:
+        reasons = sorted({g.blocked_by for g in groups.blocked if g.blocked_by})
+        raise ConfigError(
+            "no channel group of this model can be pruned" + (f": {reasons[0]}" if reasons else ""),
+            hint="run `slimmer inspect` to see what blocks each layer, or use --method unstructured",
+        )
+    plan = plan_channels(
+        groups,
+        model,
+        sparsity=None if config.macs_target is not None else config.sparsity,
+        macs_target=config.macs_target,
+        round_to=config.round_to or 1,
+        max_ratio=DEFAULT_MAX_RATIO,
+        scope=config.scope,
+        criterion=kind,
+        example_inputs=(example,),
+        seed=config.seed,
+    )
+    mask_model(model, plan)
+    result.plan, result.groups = plan, groups
+    result.warnings += plan.notes
+    for reason in sorted({g.blocked_by for g in groups.blocked if g.blocked_by}):
+        if not reason.startswith(("model output", "model input")):  # never pruned, by design
+            result.warnings.append(f"not pruned: {reason}")
+    if config.macs_target is None:
+        result.sparsity_requested = config.sparsity
+        result.sparsity_achieved = plan.channels_pruned / max(1, plan.channels_total)
+    result.per_layer = _channel_fractions(plan)
+    result.details = {
+        "criterion": kind,
+        "groups": len(groups.groups),
+        "prunable_groups": len(groups.prunable),
+        "blocked_groups": len(groups.blocked),
+        "channels_total": plan.channels_total,
+        "channels_pruned": plan.channels_pruned,
+        "macs_target": config.macs_target,
+        "blocked": sorted({g.blocked_by for g in groups.blocked if g.blocked_by}),
+    }
+
+
+def _channel_fractions(plan: PruningPlan) -> dict[str, float]:
+    """Fraction of channels removed per group, keyed by the group's first member (its producer)."""
+    out: dict[str, float] = {}
+    for g in plan.groups:
+        name = g.members[0][0] if g.members else g.id
+        out[name] = len(g.pruned) / g.channels if g.channels else 0.0
+    return out
+
+
+def shrink_model(model: nn.Module, result: PruneResult, example: torch.Tensor) -> SurgeryResult | None:
+    """Physically remove the planned channels; ``result.plan`` becomes what was really applied."""
+    if result.plan is None:
+        return None
+    surgery = shrink(model, result.plan, (example,))
+    for gid, why in surgery.rolled_back.items():
+        result.warnings.append(f"group {gid} was rolled back (kept whole): {why}")
+    result.plan = surgery.plan
+    return surgery

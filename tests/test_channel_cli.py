@@ -1,0 +1,68 @@
+"""``--method channel`` through the CLI: physical shrinking, MACs target, plan beside the ONNX file."""
+
+import json
+
+import onnx
+import pytest
+import torch
+
+from slimmer.structures.plan import PruningPlan
+from slimmer.surgery import shrink
+from slimmer.zoo import ARCHITECTURES
+
+
+def test_channel_macs_target_shrinks_and_saves_a_replayable_plan(cli, r20, partial_files):
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", "channel", "--macs-target", "0.5", "--json")
+    assert run.code == 0, run.stderr
+    report = run.json()
+    assert report["macs"]["after"] / report["macs"]["before"] <= 0.52
+    assert report["params"]["after"] < 0.75 * report["params"]["before"]
+    assert report["verification"]["passed"] and report["surgery"]["rolled_back"] == {}
+    assert report["surgery"]["max_abs_diff"] <= 1e-5 * max(1.0, report["surgery"]["output_scale"])
+    out = r20.with_name("r20.slim.onnx")
+    plan_file = r20.with_name("r20.slim.onnx.plan.json")
+    assert report["onnx"]["plan"] == str(plan_file)
+    conv_weights = [i for i in onnx.load(str(out)).graph.initializer if len(i.dims) == 4]
+    assert min(i.dims[0] for i in conv_weights) < 16  # channels really gone from the graph
+    # replay the plan on a fresh model built from the same checkpoint
+    model = ARCHITECTURES.get("resnet20-fmnist").build().eval()
+    model.load_state_dict(torch.load(r20, weights_only=True))
+    x = torch.randn(2, 1, 28, 28)
+    plan = PruningPlan.load(plan_file)
+    result = shrink(model, plan, (x,))
+    assert result.params_after == report["params"]["after"]
+    assert partial_files(r20.parent) == []
+
+
+def test_channel_sparsity_removes_that_fraction_of_channels(cli, r20):
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", "channel", "--sparsity", "0.25", "--json")
+    assert run.code == 0, run.stderr
+    report = run.json()
+    assert abs(report["sparsity"]["achieved"] - 0.25) <= 0.01
+    assert report["macs"]["after"] < report["macs"]["before"]
+
+
+def test_channel_with_unknown_criterion_is_usage_error(cli, r20):
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", "channel", "--criterion", "lamp")
+    assert run.code == 2 and "cannot rank channels" in run.stderr
+
+
+def test_unknown_method_is_usage_error(cli, r20):
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", "channel,telepathy")
+    assert run.code == 2 and "telepathy" in run.stderr
+
+
+@pytest.mark.slow
+def test_resnet50_macs_target_half(cli, tmp_path):
+    """Issue 3's acceptance run."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    ckpt = tmp_path / "r50.pt"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), ckpt)
+    run = cli(
+        "compress", ckpt, "--arch", "torchvision:resnet50", "--method", "channel", "--macs-target", "0.5", "--json"
+    )
+    assert run.code == 0, run.stderr
+    r = run.json()
+    assert r["macs"]["after"] / r["macs"]["before"] <= 0.52 and r["verification"]["passed"]
+    assert json.loads(ckpt.with_name("r50.slim.onnx.plan.json").read_text())["macs_target"] == 0.5
