@@ -84,6 +84,7 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
         timings[stage] = round(now - t0, 3)
         t0 = now
 
+    onnx_export.preflight()
     final = config.output_path
     for path in (final, config.report_path, plan_path(final)):
         onnx_export.check_writable(path, config.force)

@@ -20,7 +20,7 @@ import onnx
 import torch
 from torch import nn
 
-from slimmer.errors import ExportError, OutputError
+from slimmer.errors import ExportError, InputError, OutputError
 
 MAX_PROTO_BYTES = 2**31 - 1
 QUIET_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir", "torch.fx")
@@ -35,6 +35,31 @@ class ExportResult:
     opset: int
     size_bytes: int
     log: str
+
+
+MIN_ONNXSCRIPT = (0, 3)
+
+
+def preflight() -> None:
+    """Before any work: the default exporter needs onnxscript; refuse early if it is missing or too old."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("onnxscript") is None:
+        raise InputError(
+            "onnxscript is not installed; torch.onnx.export needs it",
+            hint="pip install 'onnxscript>=0.3' (it is a dependency of slimmer: reinstall slimmer)",
+        )
+    try:
+        version = importlib.metadata.version("onnxscript")
+    except importlib.metadata.PackageNotFoundError:
+        return
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if parts < MIN_ONNXSCRIPT:
+        raise InputError(
+            f"onnxscript {version} is too old for torch.onnx.export",
+            hint="pip install -U 'onnxscript>=0.3'",
+        )
 
 
 def check_writable(path: Path, force: bool) -> None:
