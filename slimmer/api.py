@@ -157,7 +157,10 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
     lap("prune")
 
     say("export", f"exporting ONNX (opset {config.opset or 'default'})")
-    exported = onnx_export.export_onnx(model, example, final, opset=config.opset, dynamic_batch=config.dynamic_batch)
+    exported = onnx_export.export_onnx(
+        model, example, final, opset=config.opset, dynamic_batch=config.dynamic_batch, exporter=config.exporter
+    )
+    report.warnings += exported.warnings
     committed = False
     try:
         lap("export")

@@ -77,6 +77,7 @@ class CompressConfig:
     report: Path | None = None
     opset: int | None = None
     dynamic_batch: bool = True
+    exporter: str = "dynamo"
     atol: float = 1e-4
     rtol: float = 1e-3
     seed: int = 0
@@ -97,6 +98,8 @@ class CompressConfig:
         for m in self.methods:
             if m not in METHODS:
                 raise ConfigError(f"--method {m!r} is not one of {', '.join(METHODS)}")
+        if self.exporter not in ("dynamo", "legacy"):
+            raise ConfigError(f"--exporter {self.exporter!r} is not one of dynamo, legacy")
         if self.scope not in SCOPES:
             raise ConfigError(f"--scope {self.scope!r} is not one of {', '.join(SCOPES)}")
         if self.schedule not in SCHEDULES:

@@ -86,3 +86,32 @@ def test_row27_json_in_a_non_tty_subprocess(r20):
     assert report["status"] == "ok"
     assert "\x1b[" not in proc.stdout and "\x1b[" not in proc.stderr
     assert "exporting ONNX" in proc.stderr and "verifying with onnxruntime" in proc.stderr
+
+
+def test_legacy_exporter_verifies(cli, r20, tmp_path):
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--exporter", "legacy", "-o", tmp_path / "l.onnx", "--json")
+    assert run.code == 0, run.stderr
+    assert run.json()["onnx"]["opset"] == 17 and run.json()["verification"]["passed"]
+
+
+def test_row20_legacy_exporter_warns_that_only_the_traced_branch_is_exported(cli, tmp_path):
+    path = _save_toy(tmp_path)
+    run = cli("compress", path, "--arch", "toy_models:DataDependent", "--exporter", "legacy", "--json")
+    warnings = run.json()["warnings"]
+    assert any("only the branch taken by the example input" in w for w in warnings), warnings
+
+
+class FFT2(torch.nn.Module):
+    def forward(self, x):
+        return torch.fft.fft2(x).abs()
+
+
+def test_row21_op_unsupported_by_the_legacy_exporter_names_it(tmp_path):
+    from slimmer.errors import ExportError
+    from slimmer.export.onnx import export_onnx
+
+    with pytest.raises(ExportError) as info:
+        export_onnx(FFT2(), torch.randn(2, 3, 8, 8), tmp_path / "f.onnx", exporter="legacy")
+    assert "fft" in str(info.value).lower() and info.value.exit_code == 4
+    assert "--exporter dynamo" in info.value.hint
+    assert list(tmp_path.iterdir()) == []

@@ -69,6 +69,9 @@ def compress_command(
     dynamic_batch: bool = typer.Option(
         True, "--dynamic-batch/--static-batch", help="dynamic batch axis in the ONNX graph"
     ),
+    exporter: str = typer.Option(
+        "dynamo", "--exporter", help="dynamo (torch.export-based, default) or legacy (TorchScript tracing)"
+    ),
     atol: float = typer.Option(1e-4, "--atol", help="verification absolute tolerance"),
     rtol: float = typer.Option(1e-3, "--rtol", help="verification relative tolerance"),
     seed: int = typer.Option(0, "--seed", help="seed for every random choice"),
@@ -106,6 +109,7 @@ def compress_command(
         report=report,
         opset=opset,
         dynamic_batch=dynamic_batch,
+        exporter=exporter,
         atol=atol,
         rtol=rtol,
         seed=seed,

@@ -13,16 +13,18 @@ import logging
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 import torch
 from torch import nn
 
-from slimmer.errors import ExportError, InputError, OutputError
+from slimmer.errors import ConfigError, ExportError, InputError, OutputError
 
 MAX_PROTO_BYTES = 2**31 - 1
+EXPORTERS = ("dynamo", "legacy")
+LEGACY_OPSET = 17
 QUIET_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir", "torch.fx")
 
 
@@ -35,6 +37,7 @@ class ExportResult:
     opset: int
     size_bytes: int
     log: str
+    warnings: list[str] = field(default_factory=list)
 
 
 MIN_ONNXSCRIPT = (0, 3)
@@ -93,16 +96,21 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def _quiet_exporter(log: io.StringIO):
+def _quiet_exporter(log: io.StringIO, warned: list[str]):
     levels = {n: logging.getLogger(n).level for n in QUIET_LOGGERS}
     handler = logging.StreamHandler(log)
     for n in QUIET_LOGGERS:
         logging.getLogger(n).setLevel(logging.ERROR)
         logging.getLogger(n).addHandler(handler)
     try:
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with (
+            contextlib.redirect_stdout(log),
+            contextlib.redirect_stderr(log),
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            warnings.simplefilter("always")
             yield
+            warned.extend(f"{w.category.__name__}: {w.message}" for w in caught)
     finally:
         for n, level in levels.items():
             logging.getLogger(n).setLevel(level)
@@ -125,12 +133,18 @@ def export_onnx(
     *,
     opset: int | None = None,
     dynamic_batch: bool = True,
+    exporter: str = "dynamo",
 ) -> ExportResult:
     """Export ``model`` on ``example`` to a temporary file beside ``final_path`` and check it.
 
-    Raises :class:`ExportError` (exit 4) when the exporter fails, the graph exceeds 2 GB, or the
-    opset written differs from the one requested (the exporter silently raises opsets below 18).
+    ``exporter`` is ``dynamo`` (torch.export-based, the default) or ``legacy`` (TorchScript
+    tracing: faster, but it records only the branch the example input takes; a tracer warning
+    about that becomes a warning in the result). Raises :class:`ExportError` (exit 4) when the
+    exporter fails, the graph exceeds 2 GB, or the opset written differs from the one requested
+    (the dynamo exporter silently raises opsets below 18).
     """
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"--exporter {exporter!r} is not one of {', '.join(EXPORTERS)}")
     final_path = Path(final_path)
     tmp = temp_path_for(final_path)
     log = io.StringIO()
@@ -138,20 +152,34 @@ def export_onnx(
     if dynamic_batch and example.shape[0] < 2:
         example = example.expand(2, *example.shape[1:]).contiguous()
     dynamic_shapes = ({0: torch.export.Dim.DYNAMIC},) if dynamic_batch else None
+    other = "legacy" if exporter == "dynamo" else "dynamo"
+    warned: list[str] = []
     try:
         try:
-            with _quiet_exporter(log), torch.no_grad():
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    str(tmp),
-                    dynamo=True,
-                    external_data=False,
-                    opset_version=opset,
-                    dynamic_shapes=dynamic_shapes,
-                    input_names=["input"],
-                    verbose=False,
-                )
+            with _quiet_exporter(log, warned), torch.no_grad():
+                if exporter == "dynamo":
+                    torch.onnx.export(
+                        model,
+                        (example,),
+                        str(tmp),
+                        dynamo=True,
+                        external_data=False,
+                        opset_version=opset,
+                        dynamic_shapes=dynamic_shapes,
+                        input_names=["input"],
+                        verbose=False,
+                    )
+                else:
+                    torch.onnx.export(
+                        model,
+                        (example,),
+                        str(tmp),
+                        dynamo=False,
+                        opset_version=opset or LEGACY_OPSET,
+                        input_names=["input"],
+                        output_names=["output"],
+                        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None,
+                    )
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - every exporter failure becomes exit 4
@@ -161,8 +189,8 @@ def export_onnx(
                     hint="slimmer writes self-contained files only; prune further before export",
                 ) from None
             raise ExportError(
-                f"ONNX export failed: {_summarize(exc)}",
-                hint="run with --debug for the exporter's full message",
+                f"ONNX export failed ({exporter} exporter): {_summarize(exc)}",
+                hint=f"try --exporter {other}; run with --debug for the exporter's full message",
             ) from exc
         size = tmp.stat().st_size
         if size > MAX_PROTO_BYTES:
@@ -183,8 +211,19 @@ def export_onnx(
             onnx.checker.check_model(proto, full_check=False)
         except onnx.checker.ValidationError as exc:
             raise ExportError(f"the exported graph is not valid ONNX: {str(exc).splitlines()[0]}") from None
+        notes = []
+        if any(w.startswith("TracerWarning") and "trace might not generalize" in w for w in warned):
+            notes.append(
+                "the legacy exporter traced data-dependent Python control flow: only the branch taken by the "
+                "example input is in the ONNX graph"
+            )
         return ExportResult(
-            temp_path=tmp, final_path=final_path, opset=int(written), size_bytes=size, log=log.getvalue()
+            temp_path=tmp,
+            final_path=final_path,
+            opset=int(written),
+            size_bytes=size,
+            log=log.getvalue(),
+            warnings=notes,
         )
     except BaseException:
         tmp.unlink(missing_ok=True)
