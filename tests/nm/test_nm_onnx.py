@@ -1,0 +1,79 @@
+"""An N:M-pruned model exported to ONNX keeps the pattern in every pruned initializer."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from slimmer.structures.nm import check_nm, check_onnx_nm, nm_masks, onnx_weight_layouts
+
+
+def small_model() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 8),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = small_model()
+    result = nm_masks(model, 2, 4)
+    result.masks.apply(model)
+    path = tmp_path_factory.mktemp("onnx") / "nm.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 4, 8, 8),), str(path), dynamo=True, external_data=False)
+    return path, result
+
+
+def test_every_pruned_initializer_is_nm(exported) -> None:
+    path, result = exported
+    checks = check_onnx_nm(path, 2, 4)
+    assert len(checks) == len(result.masks.masks) == 4
+    assert all(checks.values()), checks
+    # the same check by hand, reading every weight initializer with numpy_helper
+    model = onnx.load(str(path))
+    layouts = onnx_weight_layouts(model)
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in layouts}
+    assert len(weights) == 4
+    for name, array in weights.items():
+        assert check_nm(array, 2, 4, layouts[name]), name
+        assert np.count_nonzero(array) == array.size // 2
+
+
+def test_dense_export_fails_the_check(tmp_path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "dense.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(small_model(), (torch.randn(1, 4, 8, 8),), str(path), dynamo=True, external_data=False)
+    checks = check_onnx_nm(path, 2, 4)
+    assert len(checks) == 4 and not any(checks.values())
+    assert check_onnx_nm(path, 2, 4, names=["missing"]) == {"missing": False}
+
+
+def test_transposed_matmul_weights_are_checked_on_their_input_axis(tmp_path) -> None:
+    # on 3-d inputs the exporter turns Linear into MatMul with a pre-transposed [in, out] initializer
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8)).eval()
+    nm_masks(model, 2, 4).masks.apply(model)
+    path = tmp_path / "matmul.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 3, 8),), str(path), dynamo=True, external_data=False)
+    layouts = onnx_weight_layouts(onnx.load(str(path)))
+    assert len(layouts) == 2
+    checks = check_onnx_nm(path, 2, 4)
+    assert len(checks) == 2 and all(checks.values())
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    for name, layout in layouts.items():
+        wrong = "OI" if layout == "IO" else "IO"
+        assert not check_nm(weights[name], 2, 4, wrong) or weights[name].shape[0] == weights[name].shape[1]
