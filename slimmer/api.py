@@ -21,7 +21,7 @@ from slimmer.config import CompressConfig
 from slimmer.errors import ConfigError
 from slimmer.export import onnx as onnx_export
 from slimmer.export.verify import Verification, agreement, verify_onnx
-from slimmer.prune import PruneResult, prune, shrink_model
+from slimmer.prune import PruneResult, after_shrink, prune, shrink_model
 from slimmer.report import Report
 from slimmer.stats import accuracy, count_macs, count_nonzero, count_params
 from slimmer.structures.unstructured import prunable_weights
@@ -120,7 +120,9 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
     lap("measure")
 
     target = (
-        f"MACs target {config.macs_target:g}" if config.macs_target is not None else f"sparsity {config.sparsity:g}"
+        f"MACs target {config.macs_target:g}"
+        if config.macs_target is not None
+        else f"sparsity {config.target_sparsity:g}"
     )
     say("prune", f"pruning: {','.join(config.methods)}, {config.criterion}, {target}")
     pruned = prune(model, config, example, data)
@@ -143,6 +145,12 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
             "channels_removed": surgery.plan.channels_pruned,
         }
         report.warnings += [w for w in pruned.warnings if w not in report.warnings]
+    after_shrink(model, config, example, pruned)
+    if pruned.nm is not None or pruned.fold is not None:
+        report.sparsity.update(
+            requested=pruned.sparsity_requested, achieved=pruned.sparsity_achieved, per_layer=pruned.per_layer
+        )
+        report.warnings += [w for w in pruned.warnings if w not in report.warnings]
     report.pruning = pruned.details
     report.params.update(after=count_params(model), nonzero_after=count_nonzero(model))
     report.macs["after"] = count_macs(model, example)
@@ -161,6 +169,10 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
         model, example, final, opset=config.opset, dynamic_batch=config.dynamic_batch, exporter=config.exporter
     )
     report.warnings += exported.warnings
+    if pruned.nm is not None:
+        from slimmer.structures.nm import nm_metadata
+
+        onnx_export.add_metadata(exported.temp_path, nm_metadata(pruned.nm.n, pruned.nm.m, pruned.nm.layers))
     committed = False
     try:
         lap("export")
@@ -173,6 +185,8 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
         report.warnings += verification.warnings
         _fill_verification(report, verification)
         failures = _failures(verification, pruned, config, report.macs)
+        if pruned.nm is not None:
+            failures += _nm_failures(exported.temp_path, pruned, report)
         lap("verify")
         if failures:
             report.status, report.exit_code, report.error = "failed", 5, "; ".join(failures)
@@ -220,6 +234,21 @@ def _fill_verification(report: Report, v: Verification) -> None:
         "provider": v.provider,
         "outputs": [c.__dict__ for c in v.checks],
     }
+
+
+def _nm_failures(path: Path, pruned: PruneResult, report: Report) -> list[str]:
+    """Read the exported initializers back and check the N:M pattern in each of them."""
+    from slimmer.structures.nm import check_onnx_nm, compressed_size
+
+    skipped = {f"{layer}.weight" for layer in pruned.nm.skipped}
+    checked = {k: v for k, v in check_onnx_nm(path, pruned.nm.n, pruned.nm.m).items() if k not in skipped}
+    bad = sorted(name for name, ok in checked.items() if not ok)
+    report.pruning.setdefault("nm", {}).update(
+        onnx_initializers_checked=len(checked),
+        onnx_initializers_with_pattern=len(checked) - len(bad),
+        compressed_size_bytes=compressed_size(path),
+    )
+    return [f"N:M pattern broken in the exported initializers: {', '.join(bad[:5])}"] if bad else []
 
 
 def plan_path(output: Path) -> Path:

@@ -57,7 +57,8 @@ class CompressConfig:
     arch: str | None = None
     input_shape: tuple[int, ...] | None = None
     methods: tuple[str, ...] = ("unstructured",)
-    sparsity: float = 0.5
+    sparsity: float | None = None
+    nm: str = "2:4"
     sparsity_tolerance: float = 0.01
     macs_target: float | None = None
     criterion: str = "magnitude"
@@ -87,7 +88,8 @@ class CompressConfig:
     val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        _check_fraction("--sparsity", self.sparsity, low_open=False, high_open=True)
+        if self.sparsity is not None:
+            _check_fraction("--sparsity", self.sparsity, low_open=False, high_open=True)
         _check_fraction("--sparsity-tolerance", self.sparsity_tolerance, low_open=False, high_open=True)
         if self.macs_target is not None:
             _check_fraction("--macs-target", self.macs_target, low_open=True, high_open=False)
@@ -100,6 +102,16 @@ class CompressConfig:
                 raise ConfigError(f"--method {m!r} is not one of {', '.join(METHODS)}")
         if self.exporter not in ("dynamo", "legacy"):
             raise ConfigError(f"--exporter {self.exporter!r} is not one of dynamo, legacy")
+        if "nm" in self.methods:
+            from slimmer.structures.nm import parse_nm
+
+            n, m = parse_nm(self.nm)
+            if self.sparsity is not None and not {"unstructured", "channel"} & set(self.methods):
+                raise ConfigError(
+                    f"--sparsity {self.sparsity:g} does not apply to --method nm: the pattern {n}:{m} sets the "
+                    f"sparsity of every pruned layer to {1 - n / m:g}",
+                    hint="drop --sparsity, or choose the pattern with --nm (e.g. --nm 1:4 for 75%)",
+                )
         if self.scope not in SCOPES:
             raise ConfigError(f"--scope {self.scope!r} is not one of {', '.join(SCOPES)}")
         if self.schedule not in SCHEDULES:
@@ -134,6 +146,11 @@ class CompressConfig:
             raise ConfigError("--std must not contain 0")
         if self.finetune_steps > 0 and self.data is None:
             raise ConfigError("--finetune-steps needs --data to train on")
+
+    @property
+    def target_sparsity(self) -> float:
+        """The sparsity asked for, or the default 0.5 when none was given."""
+        return 0.5 if self.sparsity is None else self.sparsity
 
     @property
     def output_path(self) -> Path:

@@ -17,6 +17,7 @@ from slimmer.criteria import ScoreContext, get_criterion
 from slimmer.errors import ConfigError
 from slimmer.graph.groups import GroupSet, build_groups
 from slimmer.structures.channel import plan_channels
+from slimmer.structures.nm import NMResult, nm_masks, parse_nm
 from slimmer.structures.plan import PruningPlan
 from slimmer.structures.unstructured import MaskSet, prunable_weights, unstructured_masks
 from slimmer.surgery import SurgeryResult, mask_model, shrink
@@ -24,6 +25,11 @@ from slimmer.train.data import DataSplits
 
 CHANNEL_CRITERIA = {"magnitude": "l1", "l1": "l1", "l2": "l2", "bn-scale": "bn-scale", "random": "random"}
 DEFAULT_MAX_RATIO = 0.9
+AFTER_SHRINK = ("nm", "fold")
+NM_CPU_NOTE = (
+    "N:M zeros give no speed on CPU onnxruntime (sparse initializers are densified at load); a runtime with "
+    "sparse tensor cores (Ampere or later, e.g. TensorRT) can run the pattern up to 2x faster"
+)
 
 
 @dataclass
@@ -31,6 +37,8 @@ class PruneResult:
     """What pruning chose and achieved; ``plan`` is set for channel pruning (removed in ``shrink``)."""
 
     masks: MaskSet | None = None
+    nm: NMResult | None = None
+    fold: dict | None = None
     plan: PruningPlan | None = None
     groups: GroupSet | None = None
     sparsity_requested: float | None = None
@@ -48,10 +56,12 @@ def prune(model: nn.Module, config: CompressConfig, example: torch.Tensor, data:
             _unstructured(model, config, data, result)
         elif method == "channel":
             _channel(model, config, example, result)
+        elif method in AFTER_SHRINK:
+            continue  # applied to the physically pruned model, see after_shrink()
         else:
             raise ConfigError(
                 f"--method {method} is not available in this version of slimmer",
-                hint="use --method unstructured or --method channel",
+                hint="use --method unstructured, channel, nm or fold",
             )
     return result
 
@@ -64,10 +74,10 @@ def _unstructured(model: nn.Module, config: CompressConfig, data: DataSplits | N
     if not weights:
         raise ConfigError("the model has no Conv or Linear weights to prune")
     scores = crit.score(dict(weights), ScoreContext(model=model, seed=config.seed))
-    masks = unstructured_masks(scores, config.sparsity, scope=config.scope)
+    masks = unstructured_masks(scores, config.target_sparsity, scope=config.scope)
     masks.apply(model)
     result.masks = masks
-    result.sparsity_requested = config.sparsity
+    result.sparsity_requested = config.target_sparsity
     result.sparsity_achieved = masks.sparsity
     result.per_layer = masks.per_layer_sparsity()
     result.warnings += masks.warnings
@@ -89,7 +99,7 @@ def _channel(model: nn.Module, config: CompressConfig, example: torch.Tensor, re
     plan = plan_channels(
         groups,
         model,
-        sparsity=None if config.macs_target is not None else config.sparsity,
+        sparsity=None if config.macs_target is not None else config.target_sparsity,
         macs_target=config.macs_target,
         round_to=config.round_to or 1,
         max_ratio=DEFAULT_MAX_RATIO,
@@ -105,7 +115,7 @@ def _channel(model: nn.Module, config: CompressConfig, example: torch.Tensor, re
         if not reason.startswith(("model output", "model input")):  # never pruned, by design
             result.warnings.append(f"not pruned: {reason}")
     if config.macs_target is None:
-        result.sparsity_requested = config.sparsity
+        result.sparsity_requested = config.target_sparsity
         result.sparsity_achieved = plan.channels_pruned / max(1, plan.channels_total)
     result.per_layer = _channel_fractions(plan)
     result.details = {
@@ -138,3 +148,43 @@ def shrink_model(model: nn.Module, result: PruneResult, example: torch.Tensor) -
         result.warnings.append(f"group {gid} was rolled back (kept whole): {why}")
     result.plan = surgery.plan
     return surgery
+
+
+def after_shrink(model: nn.Module, config: CompressConfig, example: torch.Tensor, result: PruneResult) -> None:
+    """Methods applied to the physically pruned model: N:M masks, then folding."""
+    if "nm" in config.methods:
+        n, m = parse_nm(config.nm)
+        nm = nm_masks(model, n, m)
+        if not nm.layers:
+            raise ConfigError(
+                f"--nm {n}:{m}: no layer can take the pattern ("
+                + "; ".join(f"{k}: {v}" for k, v in list(nm.skipped.items())[:3])
+                + ")",
+                hint="choose an M that divides the layers' input channels, e.g. --nm 2:4",
+            )
+        nm.masks.apply(model)
+        result.nm = nm
+        result.warnings += [f"N:M skipped {layer}: {why}" for layer, why in nm.skipped.items()]
+        result.warnings.append(NM_CPU_NOTE)
+        if result.masks is None and result.plan is None:
+            result.sparsity_requested = 1 - n / m
+            result.sparsity_achieved = nm.masks.sparsity
+            result.per_layer = nm.masks.per_layer_sparsity()
+        result.details["nm"] = {"pattern": f"{n}:{m}", "layers": nm.layers, "skipped": nm.skipped}
+    if "fold" in config.methods:
+        from slimmer.folding import fold_batchnorm, functional_activations, merge_model
+
+        folded = fold_batchnorm(model, example)
+        merged = merge_model(model, example)
+        not_foldable = functional_activations(model, example)
+        result.fold = {
+            "batchnorm_folded": [f"{a} <- {b}" for a, b in folded.folded],
+            "batchnorm_skipped": folded.skipped,
+            "merge": merged.as_dict(),
+            "activations_not_foldable": not_foldable,
+        }
+        result.details["fold"] = result.fold
+        if not_foldable:
+            result.warnings.append(
+                f"{len(not_foldable)} activations are called as functions in forward() and cannot be linearized"
+            )

@@ -40,7 +40,10 @@ def compress_command(
         None, "--input-shape", help="e.g. 1,3,224,224 (default: the architecture's)"
     ),
     method: str = typer.Option("unstructured", "--method", help="unstructured or channel; comma-separated to combine"),
-    sparsity: float = typer.Option(0.5, "--sparsity", help="fraction of prunable weights to zero, in [0, 1)"),
+    sparsity: float | None = typer.Option(
+        None, "--sparsity", help="fraction of weights (or channels) to remove, in [0, 1); default 0.5"
+    ),
+    nm: str = typer.Option("2:4", "--nm", help="N:M pattern for --method nm"),
     macs_target: float | None = typer.Option(
         None, "--macs-target", help="channel: keep this fraction of the MACs, in (0, 1]"
     ),
@@ -93,6 +96,7 @@ def compress_command(
         input_shape=input_shape,
         method=method,
         sparsity=sparsity,
+        nm=nm,
         macs_target=macs_target,
         round_to=round_to,
         sparsity_tolerance=sparsity_tolerance,

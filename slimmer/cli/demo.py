@@ -14,7 +14,9 @@ def demo_command(
         Path("slimmer-demo/resnet20_fmnist.slim.onnx"), "-o", "--output", help="where the demo writes its ONNX file"
     ),
     method: str = typer.Option("unstructured", "--method", help="pruning method"),
-    sparsity: float = typer.Option(0.5, "--sparsity", help="fraction of prunable weights to zero, in [0, 1)"),
+    sparsity: float | None = typer.Option(
+        None, "--sparsity", help="fraction of weights (or channels) to remove, in [0, 1); default 0.5"
+    ),
     criterion: str = typer.Option("lamp", "--criterion", help="importance criterion"),
     seed: int = typer.Option(0, "--seed", help="seed for every random choice"),
     force: bool = typer.Option(True, "--force/--no-force", help="the demo replaces its own earlier outputs by default"),

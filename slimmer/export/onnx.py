@@ -246,6 +246,18 @@ def _strip_source_paths(proto: onnx.ModelProto) -> bool:
     return changed
 
 
+def add_metadata(path: Path, props: dict[str, str]) -> None:
+    """Add ``metadata_props`` to an exported (not yet committed) ONNX file, rewriting it in place."""
+    proto = onnx.load(str(path), load_external_data=False)
+    existing = {p.key: p for p in proto.metadata_props}
+    for key, value in sorted(props.items()):
+        if key in existing:
+            existing[key].value = value
+        else:
+            proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(str(path), os.O_RDONLY)
