@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 from slimmer.config import CompressConfig
-from slimmer.criteria import ScoreContext, get_criterion
+from slimmer.criteria import CRITERIA, ScoreContext, get_criterion
+from slimmer.criteria.channel import channel_scores_from
 from slimmer.errors import ConfigError
+from slimmer.registry import did_you_mean
 from slimmer.graph.groups import GroupSet, build_groups
 from slimmer.structures.channel import plan_channels
 from slimmer.structures.nm import NMResult, nm_masks, parse_nm
@@ -53,9 +55,9 @@ def prune(model: nn.Module, config: CompressConfig, example: torch.Tensor, data:
     result = PruneResult()
     for method in config.methods:
         if method == "unstructured":
-            _unstructured(model, config, data, result)
+            _unstructured(model, config, example, data, result)
         elif method == "channel":
-            _channel(model, config, example, result)
+            _channel(model, config, example, data, result)
         elif method in AFTER_SHRINK:
             continue  # applied to the physically pruned model, see after_shrink()
         else:
@@ -66,14 +68,35 @@ def prune(model: nn.Module, config: CompressConfig, example: torch.Tensor, data:
     return result
 
 
-def _unstructured(model: nn.Module, config: CompressConfig, data: DataSplits | None, result: PruneResult) -> None:
+SCORE_BATCH, SCORE_BATCHES = 128, 10
+
+
+def score_context(
+    model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits | None
+) -> ScoreContext:
+    """What a criterion may use: a few seeded training batches (when there is data) and the targets."""
+    batches = None
+    if data is not None and len(data.train):
+        gen = torch.Generator().manual_seed(config.seed)
+        order = torch.randperm(len(data.train), generator=gen)[: SCORE_BATCH * SCORE_BATCHES]
+        batches = [
+            (data.train.x[idx], data.train.y[idx] if data.train.y is not None else None)
+            for idx in order.split(SCORE_BATCH)
+        ]
+    extra = {"sparsity": config.target_sparsity, "input_shape": (1, *example.shape[1:]), "scope": config.scope}
+    return ScoreContext(model=model, seed=config.seed, batches=batches, extra=extra)
+
+
+def _unstructured(
+    model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits | None, result: PruneResult
+) -> None:
     crit = get_criterion(config.criterion)
-    if crit.needs != "none" and data is None:
-        raise ConfigError(f"--criterion {crit.name} needs data: pass --data")
+    if crit.needs != "none" and (data is None or not len(data.train)):
+        raise ConfigError(f"--criterion {crit.name} needs --data (it scores weights on training batches)")
     weights = prunable_weights(model)
     if not weights:
         raise ConfigError("the model has no Conv or Linear weights to prune")
-    scores = crit.score(dict(weights), ScoreContext(model=model, seed=config.seed))
+    scores = crit.score(dict(weights), score_context(model, config, example, data))
     masks = unstructured_masks(scores, config.target_sparsity, scope=config.scope)
     masks.apply(model)
     result.masks = masks
@@ -81,14 +104,30 @@ def _unstructured(model: nn.Module, config: CompressConfig, data: DataSplits | N
     result.sparsity_achieved = masks.sparsity
     result.per_layer = masks.per_layer_sparsity()
     result.warnings += masks.warnings
+    result.details["criterion"] = crit.name
 
 
-def _channel(model: nn.Module, config: CompressConfig, example: torch.Tensor, result: PruneResult) -> None:
+def _channel(
+    model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits | None, result: PruneResult
+) -> None:
     kind = CHANNEL_CRITERIA.get(config.criterion)
-    if kind is None:
-        raise ConfigError(
-            f"--criterion {config.criterion} cannot rank channels; use one of {', '.join(CHANNEL_CRITERIA)}"
-        )
+    channel_scores = None
+    if kind is None:  # a weight criterion (lamp, snip, taylor, synflow, ...): its scores summed per group
+        if config.criterion not in CRITERIA or config.criterion in ("bn-scale",):
+            known = sorted(set(CHANNEL_CRITERIA) | set(CRITERIA.names()))
+            raise ConfigError(
+                f"--criterion {config.criterion} cannot rank channels.{did_you_mean(config.criterion, known)} "
+                f"Known: {', '.join(known)}"
+            )
+        crit = get_criterion(config.criterion)
+        if crit.needs != "none" and (data is None or not len(data.train)):
+            raise ConfigError(f"--criterion {crit.name} needs --data (it scores weights on training batches)")
+        weight_scores = crit.score(dict(prunable_weights(model)), score_context(model, config, example, data))
+        kind = crit.name
+
+        def channel_scores(group):
+            return channel_scores_from(weight_scores, group)
+
     groups = build_groups(model, (example,))
     if not groups.prunable:
         reasons = sorted({g.blocked_by for g in groups.blocked if g.blocked_by})
@@ -107,6 +146,7 @@ def _channel(model: nn.Module, config: CompressConfig, example: torch.Tensor, re
         criterion=kind,
         example_inputs=(example,),
         seed=config.seed,
+        channel_scores=channel_scores,
     )
     mask_model(model, plan)
     result.plan, result.groups = plan, groups

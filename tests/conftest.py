@@ -64,3 +64,14 @@ def partial_files():
         return sorted(folder.glob(".*.partial"))
 
     return find
+
+
+@pytest.fixture
+def fmnist_like_npz(tmp_path) -> Path:
+    """300 random 28×28 uint8 images with labels 0-9: enough for data criteria and fine-tuning tests."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "data.npz"
+    np.savez(path, x=rng.integers(0, 256, (300, 28, 28), dtype=np.uint8), y=rng.integers(0, 10, 300))
+    return path

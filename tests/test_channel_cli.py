@@ -43,8 +43,26 @@ def test_channel_sparsity_removes_that_fraction_of_channels(cli, r20):
 
 
 def test_channel_with_unknown_criterion_is_usage_error(cli, r20):
-    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", "channel", "--criterion", "lamp")
-    assert run.code == 2 and "cannot rank channels" in run.stderr
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", "channel", "--criterion", "lmap")
+    assert run.code == 2 and "Did you mean 'lamp'" in run.stderr
+
+
+@pytest.mark.parametrize("criterion", ["lamp", "synflow", "bn-scale", "l2"])
+def test_channel_with_data_free_criteria(cli, r20, criterion):
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", "channel", "--criterion", criterion,
+              "--sparsity", "0.3", "--json")
+    assert run.code == 0, run.stderr
+    assert run.json()["pruning"]["criterion"] == {"lamp": "lamp", "synflow": "synflow"}.get(criterion, criterion)
+
+
+def test_data_criteria_need_data_then_work_with_it(cli, r20, fmnist_like_npz):
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--criterion", "snip")
+    assert run.code == 2 and "--criterion snip needs --data" in run.stderr
+    for method in ("unstructured", "channel"):
+        run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", method, "--criterion", "snip",
+                  "--sparsity", "0.3", "--data", fmnist_like_npz, "--force", "--json")
+        assert run.code == 0, run.stderr
+        assert run.json()["pruning"]["criterion"] == "snip"
 
 
 def test_unknown_method_is_usage_error(cli, r20):

@@ -68,9 +68,7 @@ def group_scores(group: ChannelGroup, model: nn.Module, kind: str = "l1", seed: 
             if not (isinstance(owner, nn.modules.batchnorm._BatchNorm) and member.name.endswith(".weight")):
                 continue
         found = True
-        values = (
-            tensor.detach().to(torch.float64).movedim(member.dim, 0).reshape(tensor.shape[member.dim], -1)
-        )
+        values = tensor.detach().to(torch.float64).movedim(member.dim, 0).reshape(tensor.shape[member.dim], -1)
         per_index = values.abs().sum(1) if kind in ("l1", "bn-scale") else values.square().sum(1)
         total += _per_channel(group, k, per_index)
     if kind == "bn-scale" and not found:
@@ -137,6 +135,7 @@ def plan_channels(
     criterion: str = "l1",
     example_inputs: Sequence[Any] | None = None,
     seed: int = 0,
+    channel_scores: Callable[[ChannelGroup], torch.Tensor] | None = None,
 ) -> PruningPlan:
     """Choose the channels to keep in every prunable group; return a bound :class:`PruningPlan`.
 
@@ -145,14 +144,17 @@ def plan_channels(
     at ``max_ratio``, or too much is blocked) the plan prunes as far as allowed and says so in
     ``notes``; ``macs_after / macs_before`` is what was achieved.
     """
-    _validate(sparsity, macs_target, round_to, max_ratio, scope, criterion, example_inputs)
+    if channel_scores is not None:  # scores from a weight criterion (SNIP, SynFlow, ...), summed per group
+        _validate(sparsity, macs_target, round_to, max_ratio, scope, "l1", example_inputs)
+    else:
+        _validate(sparsity, macs_target, round_to, max_ratio, scope, criterion, example_inputs)
     notes: list[str] = []
     groups: list[ChannelGroup] = []
     order: dict[str, list[int]] = {}  # channel indices, most important first
     normalized: list[tuple[float, int, int]] = []
     for group in groupset.prunable:
         try:
-            scores = group_scores(group, model, criterion, seed)
+            scores = channel_scores(group) if channel_scores else group_scores(group, model, criterion, seed)
         except ConfigError as error:
             notes.append(f"group {group.id} kept whole: {error}")
             continue
