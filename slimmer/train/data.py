@@ -14,12 +14,14 @@ import gzip
 import shutil
 import subprocess
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from slimmer.errors import ConfigError, InputError
 
@@ -164,6 +166,182 @@ def to_model_input(
     return ((t - m) / s).contiguous()
 
 
+def _image_channels(img: Image.Image, path: Path) -> tuple[Image.Image, int]:
+    """Convert to ``L`` or ``RGB``; modes with alpha or more than 8 bits are refused, never flattened."""
+    if img.mode in ("1", "L"):
+        return img.convert("L"), 1
+    if img.mode in ("RGB", "CMYK", "YCbCr") or (img.mode == "P" and "transparency" not in img.info):
+        return img.convert("RGB"), 3
+    raise InputError(
+        f"{path}: image mode {img.mode} is not supported (expected 8-bit grayscale or RGB without alpha)",
+        hint="convert the images to grayscale or RGB PNG/JPEG",
+    )
+
+
+def read_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """One image as uint8 (C, H, W), resized to ``size`` = (H, W) with bilinear filtering.
+
+    A grayscale image feeds a 3-channel model by repeating its channel; a colour image never feeds
+    a 1-channel model (that would drop information silently).
+    """
+    try:
+        with Image.open(path) as raw:
+            raw.load()
+            img, have = _image_channels(raw, path)
+            h, w = size
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    except InputError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InputError(f"cannot decode image {path}: {exc}") from None
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if have == channels:
+        return arr
+    if have == 1 and channels == 3:
+        return np.repeat(arr, 3, axis=0)
+    raise InputError(f"{path}: the image has {have} channel(s), the model expects {channels}")
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+
+
+def load_image_classes(
+    folder: Path, input_shape: tuple[int, ...], classes: tuple[str, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Images under ``folder/<class>/``: uint8 (N, C, H, W), labels by sorted class name, class names.
+
+    ``classes`` fixes the label order (an evaluation split uses the training split's classes).
+    Files whose suffix is not an image suffix are skipped; an empty class folder is an error, since
+    it would silently shift every label after it.
+    """
+    if len(input_shape) != 4:
+        raise InputError(f"{folder}: an image folder needs an image input shape (N,C,H,W), got {input_shape}")
+    channels, size = int(input_shape[1]), (int(input_shape[2]), int(input_shape[3]))
+    dirs = _class_dirs(folder)
+    if not dirs:
+        raise InputError(f"{folder} has no class subfolders (expected {folder}/<class>/<image>.png)")
+    names = tuple(d.name for d in dirs)
+    label_of = {c: i for i, c in enumerate(classes if classes is not None else names)}
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    for d in dirs:
+        if d.name not in label_of:
+            raise InputError(f"{d}: class {d.name!r} is not among the training classes {list(label_of)}")
+        files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InputError(f"class folder {d} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        for f in files:
+            images.append(read_image(f, channels, size))
+            labels.append(label_of[d.name])
+    return np.stack(images), np.asarray(labels, dtype=np.int64), tuple(label_of)
+
+
+def _split_folders(folder: Path) -> tuple[Path, Path | None] | None:
+    """``(train, eval)`` for a ``train/`` + ``val/``/``test/`` layout, ``(train, None)`` for a lone
+    ``train/`` of class folders, None when ``folder`` itself holds the class folders."""
+    train = folder / "train"
+    if not (train.is_dir() and _class_dirs(train)):
+        return None
+    for name in SPLIT_NAMES[1]:
+        if (folder / name).is_dir():
+            return train, folder / name
+    return train, None
+
+
+def _has_idx(folder: Path) -> bool:
+    return any(folder.glob("*-idx[13]-ubyte*")) or any(folder.glob("*-images.idx*"))
+
+
+def _holdout(
+    x: np.ndarray, y: np.ndarray | None, val_fraction: float, seed: int, source: str
+) -> tuple[tuple[np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray | None]]:
+    """Hold out ``val_fraction`` of the samples (at least one), chosen with ``seed``."""
+    if len(x) < 1:
+        raise InputError(f"{source} holds no samples")
+    n_eval = min(len(x), max(1, int(round(len(x) * val_fraction))))
+    order = np.random.default_rng(seed).permutation(len(x))
+    ev, tr = order[:n_eval], order[n_eval:]
+    return (x[tr], y[tr] if y is not None else None), (x[ev], y[ev] if y is not None else None)
+
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def pad_crop_flip(pad: int = 4, flip: bool = True) -> Augment:
+    """The CIFAR-style augmentation (He et al. 2016): pad by ``pad``, random crop back, random
+    horizontal flip. Pads with the batch minimum, i.e. black for normalized images."""
+
+    def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if x.ndim != 4:
+            return x
+        n, _, h, w = x.shape
+        padded = F.pad(x, (pad, pad, pad, pad), value=float(x.min()))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+        out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+        if flip:
+            mirror = torch.rand(n, generator=gen) < 0.5
+            out[mirror] = out[mirror].flip(-1)
+        return out
+
+    return augment
+
+
+def iterate_batches(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    *,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    augment: Augment | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    epochs: int | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """``(x, y)`` batches, forever unless ``epochs`` is given; epoch ``e`` is shuffled with ``seed + e``.
+
+    With ``world_size`` > 1 every rank draws the same permutation and takes its own interleaved
+    shard (the tail that does not divide evenly is dropped, as ``DistributedSampler`` pads it), so
+    ranks see disjoint samples and the same number of batches. ``augment`` gets a generator seeded
+    from ``seed`` and ``rank``: runs are reproducible and ranks augment differently.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be ≥ 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is not valid for a world of {world_size} process(es)")
+    n = len(dataset)
+    per_rank = n // world_size
+    if per_rank == 0:
+        raise InputError(f"{dataset.source}: {n} sample(s) cannot feed {world_size} process(es)")
+    if drop_last and per_rank < batch_size:
+        raise ConfigError(
+            f"batch size {batch_size} is larger than the {per_rank} training samples per process",
+            hint="pass a smaller --batch-size or more data",
+        )
+    aug_gen = torch.Generator().manual_seed(seed * 7919 + rank + 1)
+    epoch = 0
+    while epochs is None or epoch < epochs:
+        if shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        else:
+            order = torch.arange(n)
+        if world_size > 1:
+            order = order[: per_rank * world_size][rank::world_size]
+        for start in range(0, per_rank, batch_size):
+            idx = order[start : start + batch_size]
+            if drop_last and len(idx) < batch_size:
+                break
+            x = dataset.x[idx]
+            if augment is not None:
+                x = augment(x, aug_gen)
+            yield x, (dataset.y[idx] if dataset.y is not None else None)
+        epoch += 1
+
+
 def _labels(y: np.ndarray | None) -> torch.Tensor | None:
     return None if y is None else torch.from_numpy(y.astype(np.int64))
 
@@ -180,33 +358,36 @@ def load_data(
     """Resolve a ``--data`` value into train and evaluation splits."""
     if not 0 < val_fraction <= 1:
         raise ConfigError(f"--val-fraction must be in (0, 1], got {val_fraction!r}")
+    classes: tuple[str, ...] | None = None
     if spec == "fashion-mnist":
         folder = find_fashion_mnist()
         (xtr, ytr), (xte, yte) = load_idx_folder(folder)
         src = f"fashion-mnist ({folder})"
     else:
         path = Path(spec)
+        src = str(path)
         if not path.exists():
             raise InputError(f"--data {spec}: no such file or folder")
-        if path.is_dir():
+        if path.is_dir() and _has_idx(path):
             (xtr, ytr), (xte, yte) = load_idx_folder(path)
-            src = str(path)
+        elif path.is_dir():
+            split = _split_folders(path)
+            if split is not None and split[1] is not None:
+                xtr, ytr, classes = load_image_classes(split[0], input_shape)
+                xte, yte, _ = load_image_classes(split[1], input_shape, classes)
+            else:
+                x, y, classes = load_image_classes(split[0] if split else path, input_shape)
+                (xtr, ytr), (xte, yte) = _holdout(x, y, val_fraction, seed, src)
         elif path.suffix == ".npz":
             x, y = load_npz(path)
-            if len(x) < 1:
-                raise InputError(f"{path}: the array 'x' holds no samples")
-            n_eval = min(len(x), max(1, int(round(len(x) * val_fraction))))
-            order = np.random.default_rng(seed).permutation(len(x))
-            ev, tr = order[:n_eval], order[n_eval:]
-            xtr, xte = x[tr], x[ev]
-            ytr, yte = (y[tr], y[ev]) if y is not None else (None, None)
-            src = str(path)
+            (xtr, ytr), (xte, yte) = _holdout(x, y, val_fraction, seed, f"{path}: the array 'x'")
         else:
             raise ConfigError(
                 f"--data {spec}: unsupported data source",
-                hint="give a .npz with arrays x (and y), a folder of IDX files, or 'fashion-mnist'",
+                hint="give a .npz with arrays x (and y), a folder of IDX files, a folder of class "
+                "subfolders of images, or 'fashion-mnist'",
             )
     return DataSplits(
-        train=Dataset(to_model_input(xtr, input_shape, mean, std, src), _labels(ytr), src),
-        eval=Dataset(to_model_input(xte, input_shape, mean, std, src), _labels(yte), src),
+        train=Dataset(to_model_input(xtr, input_shape, mean, std, src), _labels(ytr), src, classes),
+        eval=Dataset(to_model_input(xte, input_shape, mean, std, src), _labels(yte), src, classes),
     )

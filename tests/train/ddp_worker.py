@@ -1,0 +1,48 @@
+"""Run by ``torchrun --nproc_per_node 2`` from test_ddp.py (not a test module itself).
+
+Each rank fine-tunes the same tiny pruned model under DDP (gloo, CPU), saves its state_dict to
+``OUT/rank{r}.pt``; rank 0 alone writes ``OUT/report.json`` through ``main_process_only``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from slimmer.structures.unstructured import prunable_weights, unstructured_masks
+from slimmer.train import distributed
+from slimmer.train.data import Dataset
+from slimmer.train.finetune import FinetuneConfig, MaskHook, finetune
+
+
+def main(out: Path) -> None:
+    info = distributed.init_from_env()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+    teacher = nn.Sequential(nn.Linear(8, 4))
+    masks = unstructured_masks({n: p.detach().abs() for n, p in prunable_weights(model).items()}, 0.5)
+    masks.apply(model)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(256, 8, generator=gen)
+    data = Dataset(x=x, y=(x @ torch.randn(8, 4, generator=gen)).argmax(1), source="synthetic")
+    student = distributed.wrap_ddp(model, info)
+    cfg = FinetuneConfig(steps=15, batch_size=16, lr=0.1, device="cpu", seed=0)  # same seed on every rank
+    result = finetune(student, teacher, data, cfg, [MaskHook(masks)])
+    torch.save(model.state_dict(), out / f"rank{info.rank}.pt")
+    torch.save(masks.masks, out / "masks.pt") if info.is_main else None
+
+    @distributed.main_process_only
+    def write_report() -> None:
+        (out / "report.json").write_text(json.dumps({**result.to_dict(), "world": info.world_size}))
+
+    write_report()
+    distributed.barrier()
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
