@@ -22,6 +22,7 @@ from slimmer.errors import ConfigError
 from slimmer.export import onnx as onnx_export
 from slimmer.export.verify import Verification, agreement, verify_onnx
 from slimmer.prune import PruneResult, after_shrink, prune, shrink_model
+from slimmer.recover import recover, scheduled
 from slimmer.report import Report
 from slimmer.stats import accuracy, count_macs, count_nonzero, count_params
 from slimmer.structures.unstructured import prunable_weights
@@ -135,6 +136,8 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
     }
     if eval_y is not None:
         report.accuracy["after_prune"] = accuracy(model, eval_x, eval_y)
+    if scheduled(config):  # the schedule prunes during fine-tuning, starting from the dense weights
+        model.load_state_dict(original.state_dict())
     if pruned.plan is not None:
         say("shrink", "removing pruned channels")
         surgery = shrink_model(model, pruned, example)
@@ -151,6 +154,14 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
             requested=pruned.sparsity_requested, achieved=pruned.sparsity_achieved, per_layer=pruned.per_layer
         )
         report.warnings += [w for w in pruned.warnings if w not in report.warnings]
+    lap("prune")
+    report.finetune = recover(model, original, config, example, data, pruned, say)
+    if report.finetune and report.finetune.get("steps_done"):
+        if eval_y is not None:
+            report.accuracy["after_finetune"] = accuracy(model, eval_x, eval_y)
+        report.sparsity.update(achieved=pruned.sparsity_achieved, per_layer=pruned.per_layer)
+        report.warnings += [w for w in pruned.warnings if w not in report.warnings]
+        lap("finetune")
     report.pruning = pruned.details
     report.params.update(after=count_params(model), nonzero_after=count_nonzero(model))
     report.macs["after"] = count_macs(model, example)
@@ -162,7 +173,6 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
         )
     if config.finetune_steps == 0:
         report.warnings.append("no fine-tuning was run (pass --data and --finetune-steps to recover accuracy)")
-    lap("prune")
 
     say("export", f"exporting ONNX (opset {config.opset or 'default'})")
     exported = onnx_export.export_onnx(

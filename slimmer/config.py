@@ -66,7 +66,11 @@ class CompressConfig:
     schedule: str = "oneshot"
     data: str | None = None
     finetune_steps: int = 0
-    batch_size: int = 64
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    kd: bool = True
+    augment: bool = True
+    progress_every_s: float = 10.0
     lr: float = 0.01
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -144,6 +148,16 @@ class CompressConfig:
                 raise ConfigError(f"{name} must hold finite numbers")
         if self.std is not None and any(v == 0 for v in self.std):
             raise ConfigError("--std must not contain 0")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"--optimizer {self.optimizer!r} is not one of sgd, adamw")
+        if self.schedule != "oneshot":
+            if self.finetune_steps == 0:
+                raise ConfigError(f"--schedule {self.schedule} spreads pruning over fine-tuning: pass --finetune-steps")
+            if tuple(self.methods) != ("unstructured",):
+                raise ConfigError(
+                    f"--schedule {self.schedule} works with --method unstructured in this version",
+                    hint="use --schedule oneshot with channel, nm or fold",
+                )
         if self.finetune_steps > 0 and self.data is None:
             raise ConfigError("--finetune-steps needs --data to train on")
 

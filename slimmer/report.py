@@ -44,6 +44,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     pruning: dict[str, Any] = field(default_factory=dict)
     surgery: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = None
     error: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
 

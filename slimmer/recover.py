@@ -1,0 +1,112 @@
+"""The recovery stage of ``compress``: fine-tuning the pruned model, distilling from the original.
+
+It picks the hooks the fine-tuning loop runs (``train/`` never imports ``structures/``): masks held
+at zero for one-shot pruning, masks driven by a schedule (iterative, gradual, cyclical), SR-STE for
+N:M, and the chosen regularizer. After channel surgery, BatchNorm statistics are re-estimated on
+a few training batches before fine-tuning (or instead of it when no steps are asked for).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from torch import nn
+
+from slimmer.config import CompressConfig
+from slimmer.criteria import get_criterion
+from slimmer.prune import PruneResult, score_context
+from slimmer.schedules import ScheduledMaskHook, build_schedule
+from slimmer.structures.nm import nm_mask
+from slimmer.structures.unstructured import prunable_weights, unstructured_masks
+from slimmer.train.data import DataSplits, pad_crop_flip
+from slimmer.train.finetune import FinetuneConfig, MaskHook, finetune, recalibrate_bn
+from slimmer.train.hooks import TrainHook
+from slimmer.train.srste import SRSTEHook
+
+Say = Callable[[str, str], None]
+
+
+def scheduled(config: CompressConfig) -> bool:
+    return config.schedule != "oneshot" and config.finetune_steps > 0
+
+
+def _hooks(
+    model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits, pruned: PruneResult
+) -> list[TrainHook]:
+    hooks: list[TrainHook] = []
+    if scheduled(config):
+        crit = get_criterion(config.criterion)
+
+        def recompute(m: nn.Module, sparsity: float):
+            scores = crit.score(dict(prunable_weights(m)), score_context(m, config, example, data))
+            return unstructured_masks(scores, sparsity, scope=config.scope)
+
+        interval = max(1, config.finetune_steps // 50)
+        hooks.append(
+            ScheduledMaskHook(build_schedule(config.schedule, config.target_sparsity, interval=interval), recompute)
+        )
+    elif pruned.masks is not None:
+        hooks.append(MaskHook(pruned.masks))
+    if pruned.nm is not None:
+        hooks.append(SRSTEHook(pruned.nm.layers, partial(nm_mask, n=pruned.nm.n, m=pruned.nm.m)))
+    return hooks
+
+
+def recover(
+    model: nn.Module,
+    teacher: nn.Module,
+    config: CompressConfig,
+    example: torch.Tensor,
+    data: DataSplits | None,
+    pruned: PruneResult,
+    say: Say,
+) -> dict | None:
+    """Re-estimate BN statistics after surgery and fine-tune; return what was done (or None)."""
+    if data is None or not len(data.train):
+        return None
+    done: dict = {}
+    if pruned.plan is not None:
+        say("recalibrate", "re-estimating BatchNorm statistics after channel removal")
+        recalibrate_bn(model, data.train, batches=20, batch_size=min(128, len(data.train)), seed=config.seed)
+        done["bn_recalibrated"] = True
+    if config.finetune_steps == 0:
+        return done
+    hooks = _hooks(model, config, example, data, pruned)
+    cfg = FinetuneConfig(
+        steps=config.finetune_steps,
+        batch_size=min(config.batch_size, len(data.train)),
+        lr=config.lr,
+        optimizer=config.optimizer,
+        device=config.device,
+        seed=config.seed,
+        kd_alpha=0.9 if config.kd else 0.0,
+        progress_every_s=config.progress_every_s,
+        augment=pad_crop_flip(pad=max(1, example.shape[-1] // 8)) if config.augment and example.ndim == 4 else None,
+    )
+    teacher_or_none = teacher if config.kd else None
+    if not config.kd and data.train.y is None:
+        teacher_or_none = teacher  # unlabeled data: distillation is the only signal there is
+
+    def progress(p: dict) -> None:
+        say(
+            "finetune",
+            f"fine-tune step {p['step']}/{p['total']}  loss {p['loss']:.4f}  lr {p['lr']:.2e}  "
+            f"{p['samples_per_s']:.0f} samples/s",
+        )
+
+    say(
+        "finetune",
+        f"fine-tuning {config.finetune_steps} steps ({'distilling from the original' if config.kd else 'labels only'})",
+    )
+    result = finetune(model, teacher_or_none, data.train, cfg, hooks, progress=progress)
+    done.update(result.to_dict())
+    for hook in hooks:
+        if isinstance(hook, ScheduledMaskHook) and hook.masks is not None:
+            pruned.masks = hook.masks
+            pruned.sparsity_achieved = hook.masks.sparsity
+            pruned.per_layer = hook.masks.per_layer_sparsity()
+            pruned.warnings += hook.warnings
+            done["schedule_updates"] = len(hook.updates)
+    return done

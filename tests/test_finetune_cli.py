@@ -1,0 +1,101 @@
+"""Fine-tuning inside ``compress`` (issue 4): masks held, distillation, schedules, progress, Ctrl-C."""
+
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+FT = ["--finetune-steps", "4", "--batch-size", "32", "--lr", "0.01"]
+
+
+def onnx_zero_fraction(path, names) -> float:
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    arrays = [inits[n] for n in names]
+    return sum(int((a == 0).sum()) for a in arrays) / sum(a.size for a in arrays)
+
+
+def test_pruned_weights_stay_zero_through_finetuning(cli, r20, fmnist_like_npz):
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--sparsity", "0.9", "--data", fmnist_like_npz, *FT, "--json")
+    assert run.code == 0, run.stderr
+    r = run.json()
+    assert r["finetune"]["steps_done"] == 4 and np.isfinite(r["finetune"]["final_loss"])
+    assert r["accuracy"]["after_finetune"] is not None and r["accuracy"]["before"] is not None
+    assert abs(r["sparsity"]["achieved"] - 0.9) <= 0.005
+    assert abs(onnx_zero_fraction(r["onnx"]["path"], list(r["sparsity"]["per_layer"])) - 0.9) <= 0.005
+    assert "no fine-tuning was run" not in " ".join(r["warnings"])
+
+
+def test_distillation_without_labels(cli, r20, tmp_path):
+    x = np.random.default_rng(1).integers(0, 256, (200, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "unlabeled.npz", x=x)
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--data", tmp_path / "unlabeled.npz", *FT, "--json")
+    assert run.code == 0, run.stderr
+    r = run.json()
+    assert r["finetune"]["steps_done"] == 4 and r["accuracy"]["before"] is None
+    assert r["verification"]["top1_agreement"] is not None
+
+
+@pytest.mark.parametrize("schedule", ["iterative", "gradual", "cyclical"])
+def test_schedules_reach_the_final_sparsity(cli, r20, fmnist_like_npz, schedule):
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--sparsity", "0.8", "--schedule", schedule,
+              "--data", fmnist_like_npz, "--finetune-steps", "6", "--batch-size", "32", "--json")
+    assert run.code == 0, run.stderr
+    r = run.json()
+    assert abs(r["sparsity"]["achieved"] - 0.8) <= 0.005
+    assert r["finetune"]["schedule_updates"] >= 2
+
+
+def test_schedule_without_finetuning_is_a_usage_error(cli, r20):
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--schedule", "gradual")
+    assert run.code == 2 and "--finetune-steps" in run.stderr
+
+
+def test_channel_pruning_recalibrates_bn_then_finetunes(cli, r20, fmnist_like_npz):
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", "channel", "--macs-target", "0.5",
+              "--data", fmnist_like_npz, *FT, "--json")
+    assert run.code == 0, run.stderr
+    r = run.json()
+    assert r["finetune"]["bn_recalibrated"] is True and r["finetune"]["steps_done"] == 4
+    assert r["macs"]["after"] / r["macs"]["before"] <= 0.52
+
+
+def test_nm_finetuning_with_srste_keeps_the_pattern(cli, r20, fmnist_like_npz):
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", "nm", "--data", fmnist_like_npz, *FT, "--json")
+    assert run.code == 0, run.stderr
+    nm = run.json()["pruning"]["nm"]
+    assert nm["onnx_initializers_checked"] == nm["onnx_initializers_with_pattern"] > 0
+
+
+def _start(args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "slimmer", *map(str, args)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_non_terminal_output_has_periodic_progress_lines(r20, fmnist_like_npz):
+    proc = subprocess.run(
+        [sys.executable, "-m", "slimmer", "compress", str(r20), "--arch", "resnet20-fmnist", "--data",
+         str(fmnist_like_npz), "--finetune-steps", "6", "--batch-size", "16", "--progress-every", "0"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "fine-tune step" in ln]
+    assert len(lines) >= 3 and "loss" in lines[0] and "samples/s" in lines[0]
+    assert "\x1b[" not in proc.stderr
+
+
+def test_row29_ctrl_c_during_finetuning_exits_130_and_writes_nothing(r20, fmnist_like_npz):
+    proc = _start(["compress", r20, "--arch", "resnet20-fmnist", "--data", fmnist_like_npz,
+                   "--finetune-steps", "100000", "--batch-size", "16", "--progress-every", "0"], r20.parent)
+    for line in proc.stderr:
+        if "fine-tune step" in line:
+            break
+    else:
+        pytest.fail(f"no fine-tuning progress; exit {proc.wait()}")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert sorted(p.name for p in r20.parent.iterdir()) == ["data.npz", "r20.pt"]
