@@ -11,6 +11,7 @@ import copy
 import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +28,8 @@ from slimmer.report import Report
 from slimmer.stats import accuracy, count_macs, count_nonzero, count_params
 from slimmer.structures.unstructured import prunable_weights
 from slimmer.train.data import DataSplits, load_data
+from slimmer.train.distributed import barrier, init_from_env
+from slimmer.train.distributed import current as current_dist
 
 Progress = Callable[[str, str], None]
 VERIFY_BATCHES = (1, 3)
@@ -86,6 +89,7 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
         t0 = now
 
     onnx_export.preflight()
+    init_from_env()  # joins the torchrun process group when there is one
     final = config.output_path
     for path in (final, config.report_path, plan_path(final)):
         onnx_export.check_writable(path, config.force)
@@ -156,6 +160,39 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
         report.warnings += [w for w in pruned.warnings if w not in report.warnings]
     lap("prune")
     report.finetune = recover(model, original, config, example, data, pruned, say)
+    info = current_dist()
+    if info.world_size > 1 and not info.is_main:  # rank 0 alone exports, verifies and writes
+        barrier()
+        report.status, report.exit_code, report.rank = "ok", 0, info.rank
+        return report
+    try:
+        return _finish(config, report, _Run(model, original, example, shape, eval_x, eval_y, pruned, say, lap, timings))
+    finally:
+        if info.world_size > 1:
+            barrier()
+
+
+@dataclass
+class _Run:
+    """What the second half of ``compress`` works on."""
+
+    model: nn.Module
+    original: nn.Module
+    example: torch.Tensor
+    shape: tuple[int, ...]
+    eval_x: torch.Tensor | None
+    eval_y: torch.Tensor | None
+    pruned: PruneResult
+    say: Progress
+    lap: Callable[[str], None]
+    timings: dict[str, float]
+
+
+def _finish(config: CompressConfig, report: Report, run: _Run) -> Report:
+    """Measure, export, verify and write (rank 0 only under torchrun)."""
+    final = config.output_path
+    model, original, example, shape = run.model, run.original, run.example, run.shape
+    eval_x, eval_y, pruned, say, lap, timings = run.eval_x, run.eval_y, run.pruned, run.say, run.lap, run.timings
     if report.finetune and report.finetune.get("steps_done"):
         if eval_y is not None:
             report.accuracy["after_finetune"] = accuracy(model, eval_x, eval_y)

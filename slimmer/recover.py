@@ -21,6 +21,7 @@ from slimmer.schedules import ScheduledMaskHook, build_schedule
 from slimmer.structures.nm import nm_mask
 from slimmer.structures.unstructured import prunable_weights, unstructured_masks
 from slimmer.train.data import DataSplits, pad_crop_flip
+from slimmer.train.distributed import init_from_env, wrap_ddp
 from slimmer.train.finetune import FinetuneConfig, MaskHook, finetune, recalibrate_bn
 from slimmer.train.hooks import TrainHook
 from slimmer.train.srste import SRSTEHook
@@ -100,7 +101,9 @@ def recover(
         "finetune",
         f"fine-tuning {config.finetune_steps} steps ({'distilling from the original' if config.kd else 'labels only'})",
     )
-    result = finetune(model, teacher_or_none, data.train, cfg, hooks, progress=progress)
+    info = init_from_env()
+    student = wrap_ddp(model, info) if info.world_size > 1 else model
+    result = finetune(student, teacher_or_none, data.train, cfg, hooks, progress=progress if info.is_main else None)
     done.update(result.to_dict())
     for hook in hooks:
         if isinstance(hook, ScheduledMaskHook) and hook.masks is not None:

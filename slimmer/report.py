@@ -45,6 +45,7 @@ class Report:
     pruning: dict[str, Any] = field(default_factory=dict)
     surgery: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None
+    rank: int = 0
     error: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
 

@@ -30,6 +30,8 @@ def stage_printer(json_mode: bool) -> Callable[[str, str], None]:
 
 
 def emit_report(report: Report, json_mode: bool) -> None:
+    if report.rank != 0:  # under torchrun only rank 0 reports
+        return
     if json_mode:
         sys.stdout.write(json.dumps(report.to_dict(), allow_nan=False) + "\n")
         sys.stdout.flush()
