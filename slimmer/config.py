@@ -69,6 +69,7 @@ class CompressConfig:
     batch_size: int = 128
     optimizer: str = "sgd"
     kd: bool = True
+    amp: bool = True
     augment: bool = True
     progress_every_s: float = 10.0
     lr: float = 0.01

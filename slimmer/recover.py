@@ -21,7 +21,7 @@ from slimmer.schedules import ScheduledMaskHook, build_schedule
 from slimmer.structures.nm import nm_mask
 from slimmer.structures.unstructured import prunable_weights, unstructured_masks
 from slimmer.train.data import DataSplits, pad_crop_flip
-from slimmer.train.distributed import init_from_env, wrap_ddp
+from slimmer.train.distributed import init_from_env, resolve_device, wrap_ddp
 from slimmer.train.finetune import FinetuneConfig, MaskHook, finetune, recalibrate_bn
 from slimmer.train.hooks import TrainHook
 from slimmer.train.srste import SRSTEHook
@@ -75,7 +75,10 @@ def recover(
     if config.finetune_steps == 0:
         return done
     hooks = _hooks(model, config, example, data, pruned)
+    info = init_from_env()
+    on_gpu = resolve_device(config.device, info.local_rank).type == "cuda"
     cfg = FinetuneConfig(
+        amp=on_gpu and config.amp,
         steps=config.finetune_steps,
         batch_size=min(config.batch_size, len(data.train)),
         lr=config.lr,
@@ -101,7 +104,6 @@ def recover(
         "finetune",
         f"fine-tuning {config.finetune_steps} steps ({'distilling from the original' if config.kd else 'labels only'})",
     )
-    info = init_from_env()
     student = wrap_ddp(model, info) if info.world_size > 1 else model
     result = finetune(student, teacher_or_none, data.train, cfg, hooks, progress=progress if info.is_main else None)
     done.update(result.to_dict())
