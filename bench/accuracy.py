@@ -1,0 +1,213 @@
+"""Accuracy at equal fine-tuning budget (BENCHMARKS.md §3): slimmer against its peers.
+
+From the bundled resnet20-fmnist checkpoint, every row gets the same budget: ``--steps`` optimizer
+steps (468 = one epoch at batch 128), SGD Nesterov lr 0.01 cosine, weight decay 5e-4, pad-crop +
+flip, evaluated on the 10k Fashion-MNIST test split. The peers get the same loop with cross-entropy
+only (no distillation), exactly as in the BENCHMARKS.md reference runs; slimmer uses its defaults
+(distillation from the original).
+
+Rows: ``channel`` (slimmer --macs-target 0.5 vs Torch-Pruning L2 at ratio 0.29, ≈ the same MACs),
+``u90`` (slimmer 90% unstructured vs torch.nn.utils.prune global L1), ``u97`` (slimmer 97% with the
+oneshot, iterative, gradual and cyclical schedules).
+
+    python bench/accuracy.py --rows channel,u90 --seeds 0,1 --write-docs
+
+Needs ``apt-get install dataset-fashion-mnist`` and, for the Torch-Pruning row, ``pip install ".[bench]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+from slimmer.bundled import DEMO_WEIGHTS, bundled_file  # noqa: E402
+from slimmer.config import CompressConfig  # noqa: E402
+from slimmer.prune import prune, shrink_model  # noqa: E402
+from slimmer.recover import recover  # noqa: E402
+from slimmer.stats import accuracy, count_macs  # noqa: E402
+from slimmer.structures.unstructured import MaskSet, prunable_weights  # noqa: E402
+from slimmer.train.data import load_data, pad_crop_flip  # noqa: E402
+from slimmer.train.finetune import FinetuneConfig, MaskHook, finetune  # noqa: E402
+from slimmer.zoo import ARCHITECTURES, FMNIST_MEAN, FMNIST_STD  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "accuracy.jsonl"
+SHAPE = (1, 1, 28, 28)
+
+
+def base_model() -> torch.nn.Module:
+    model = ARCHITECTURES.get("resnet20-fmnist").build()
+    model.load_state_dict(load_file(str(bundled_file(DEMO_WEIGHTS))))
+    return model.eval()
+
+
+def peer_finetune(model, data, steps: int, seed: int, hooks) -> None:
+    cfg = FinetuneConfig(
+        steps=steps, batch_size=128, lr=0.01, seed=seed, device="cpu", augment=pad_crop_flip(4), progress_every_s=1e9
+    )
+    finetune(model, None, data.train, cfg, hooks)
+
+
+def slimmer_row(data, test, steps, seed, **opts) -> dict:
+    model = base_model()
+    original = copy.deepcopy(model)
+    cfg = CompressConfig(
+        model=Path("bundled"),
+        data="fashion-mnist",
+        finetune_steps=steps,
+        batch_size=128,
+        lr=0.01,
+        seed=seed,
+        device="cpu",
+        progress_every_s=1e9,
+        **opts,
+    )
+    x = torch.randn(2, *SHAPE[1:])
+    torch.manual_seed(seed)
+    pruned = prune(model, cfg, x, data)
+    after_prune = accuracy(model, *test)
+    if cfg.schedule != "oneshot":
+        model.load_state_dict(original.state_dict())
+    shrink_model(model, pruned, x)
+    recover(model, original, cfg, x, data, pruned, lambda *a: None)
+    return {
+        "after_prune": after_prune,
+        "after_finetune": accuracy(model, *test),
+        "macs_kept": count_macs(model, x) / count_macs(original, x),
+        "sparsity": pruned.sparsity_achieved,
+    }
+
+
+def tp_row(data, test, steps, seed) -> dict:
+    model = base_model()
+    x = torch.randn(1, *SHAPE[1:])
+    macs0 = count_macs(model, x)
+    _common.classifier_layers = lambda m: [m.fc]  # keep the 10-way head whole, as in BENCHMARKS.md §3
+    pruned = _common.tp_prune(model, x, ratio=0.29, p=2, with_masked=False).model
+    after_prune = accuracy(pruned, *test)
+    peer_finetune(pruned, data, steps, seed, [])
+    return {
+        "after_prune": after_prune,
+        "after_finetune": accuracy(pruned, *test),
+        "macs_kept": count_macs(pruned, x) / macs0,
+    }
+
+
+def torch_prune_row(data, test, steps, seed, sparsity: float) -> dict:
+    import torch.nn.utils.prune as tprune
+
+    model = base_model()
+    weights = prunable_weights(model)
+    modules = dict(model.named_modules())
+    params = [(modules[n.rsplit(".", 1)[0]], "weight") for n in weights]
+    tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=sparsity)
+    for module, name in params:
+        tprune.remove(module, name)
+    masks = MaskSet({n: (w != 0) for n, w in prunable_weights(model).items()})
+    after_prune = accuracy(model, *test)
+    peer_finetune(model, data, steps, seed, [MaskHook(masks)])
+    return {"after_prune": after_prune, "after_finetune": accuracy(model, *test), "sparsity": masks.sparsity}
+
+
+ROWS = {
+    "channel": [
+        (
+            "slimmer channel --macs-target 0.5 (l1, KD)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, methods=("channel",), macs_target=0.5),
+        ),
+        ("Torch-Pruning L2 ratio 0.29 (CE)", tp_row),
+    ],
+    "u90": [
+        (
+            "slimmer 90% unstructured (lamp, KD)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.9, criterion="lamp"),
+        ),
+        ("torch.nn.utils.prune global L1 90% (CE)", lambda d, t, s, seed: torch_prune_row(d, t, s, seed, 0.9)),
+    ],
+    "u97": [
+        (
+            f"slimmer 97% unstructured, {sch} (lamp, KD)",
+            lambda d, t, s, seed, sch=sch: slimmer_row(d, t, s, seed, sparsity=0.97, criterion="lamp", schedule=sch),
+        )
+        for sch in ("oneshot", "iterative", "gradual", "cyclical")
+    ]
+    + [("torch.nn.utils.prune global L1 97% (CE)", lambda d, t, s, seed: torch_prune_row(d, t, s, seed, 0.97))],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default="channel,u90,u97")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--steps", type=int, default=468)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--write-docs", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load_data("fashion-mnist", SHAPE, FMNIST_MEAN, FMNIST_STD)
+    test = (data.eval.x, data.eval.y)
+    before = accuracy(base_model(), *test)
+    for row in args.rows.split(","):
+        for label, fn in ROWS[row]:
+            for seed in map(int, args.seeds.split(",")):
+                t0 = time.time()
+                result = fn(data, test, args.steps, seed)
+                record = {
+                    "row": row,
+                    "label": label,
+                    "seed": seed,
+                    "steps": args.steps,
+                    "before": before,
+                    "seconds": round(time.time() - t0),
+                    **result,
+                }
+                _common.append_jsonl(args.out, record)
+                print(json.dumps(record), flush=True)
+    if args.write_docs:
+        write_docs(args.out, " ".join(sys.argv))
+
+
+def write_docs(path: Path, command: str) -> None:
+    rows = _common.read_jsonl(path)
+    groups: dict[tuple[str, str, int], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["row"], r["label"], r["steps"]), []).append(r)
+    lines = [
+        "| row | method | MACs kept / sparsity | before | right after pruning | after fine-tuning (seeds) | "
+        "mean drop |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (row, label, steps), rs in groups.items():
+        after = [r["after_finetune"] for r in rs]
+        size = (
+            f"{rs[0]['macs_kept']:.3f}"
+            if "macs_kept" in rs[0] and "sparsity" not in rs[0]
+            else f"{rs[0].get('sparsity') or 0:.3f}"
+        )
+        lines.append(
+            f"| {row} ({steps} steps) | {label} | {size} | {rs[0]['before']:.2%} | "
+            f"{statistics.mean(r['after_prune'] for r in rs):.2%} | "
+            f"{' / '.join(f'{a:.2%}' for a in after)} | {100 * (rs[0]['before'] - statistics.mean(after)):.2f} |"
+        )
+    v = _common.versions()
+    body = (
+        f"Command: `python {command}` ({_common.today()}; torch {v.get('torch')}, "
+        f"torch-pruning {v.get('torch-pruning', 'n/a')}).\n\nTest split: 10,000 Fashion-MNIST images.\n\n"
+        + "\n".join(lines)
+    )
+    _common.write_section("Accuracy", body)
+
+
+if __name__ == "__main__":
+    main()
