@@ -26,7 +26,6 @@ from slimmer.prune import PruneResult, after_shrink, prune, shrink_model
 from slimmer.recover import recover, scheduled
 from slimmer.report import Report
 from slimmer.stats import accuracy, count_macs, count_nonzero, count_params
-from slimmer.structures.unstructured import prunable_weights
 from slimmer.train.data import DataSplits, load_data
 from slimmer.train.distributed import barrier, init_from_env
 from slimmer.train.distributed import current as current_dist
@@ -327,81 +326,3 @@ def _failures(v: Verification, pruned: PruneResult, config: CompressConfig, macs
 def _onnx_info(path: Path, opset: int) -> dict:
     data = path.read_bytes()
     return {"path": str(path), "sha256": hashlib.sha256(data).hexdigest(), "opset": opset, "size_bytes": len(data)}
-
-
-def inspect_model(
-    path: Path, *, arch: str | None = None, input_shape: str | None = None, trust_remote_code: bool = False
-) -> dict:
-    """Parameters, MACs and prunable layers of a checkpoint, as a plain dict."""
-    from slimmer.config import parse_shape
-
-    config = CompressConfig(
-        model=Path(path), arch=arch, input_shape=parse_shape(input_shape), trust_remote_code=trust_remote_code
-    )
-    loaded, shape = load(config)
-    model = loaded.model
-    layers = [
-        {
-            "name": name,
-            "shape": list(p.shape),
-            "numel": p.numel(),
-            "sparsity": 1.0 - int(torch.count_nonzero(p)) / p.numel(),
-        }
-        for name, p in prunable_weights(model).items()
-    ]
-    from slimmer.graph.groups import build_groups
-
-    example = example_input(shape, 2, 0)
-    check_forward(model, example)
-    groups = build_groups(model, (example,))
-    return {
-        "input": {
-            "path": str(loaded.path),
-            "sha256": loaded.sha256,
-            "format": loaded.format,
-            "arch": loaded.arch.name if loaded.arch else None,
-        },
-        "input_shape": list(shape),
-        "params": count_params(model),
-        "macs": count_macs(model, example),
-        "layers": layers,
-        "groups": [
-            {"id": g.id, "channels": g.channels, "layers": g.layers, "prunable": g.prunable, "blocked_by": g.blocked_by}
-            for g in groups.groups
-        ],
-    }
-
-
-def verify_exported(
-    model_path: Path,
-    onnx_path: Path,
-    *,
-    arch: str | None = None,
-    input_shape: str | None = None,
-    atol: float = 1e-4,
-    rtol: float = 1e-3,
-    seed: int = 0,
-    trust_remote_code: bool = False,
-) -> Verification:
-    """Compare an ONNX file with the checkpoint it was exported from, at two batch sizes."""
-    from slimmer.config import parse_shape
-    from slimmer.errors import InputError
-    from slimmer.export.verify import check_external_data
-
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise InputError(f"{onnx_path}: no such ONNX file")
-    check_external_data(onnx_path)
-    config = CompressConfig(
-        model=Path(model_path),
-        arch=arch,
-        input_shape=parse_shape(input_shape),
-        atol=atol,
-        rtol=rtol,
-        seed=seed,
-        trust_remote_code=trust_remote_code,
-    )
-    loaded, shape = load(config)
-    inputs = [example_input(shape, b, seed + i + 1) for i, b in enumerate(VERIFY_BATCHES)]
-    v = verify_onnx(onnx_path, loaded.model, inputs, atol=atol, rtol=rtol)
-    return v

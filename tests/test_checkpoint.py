@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from slimmer.checkpoint import detect_format, load_checkpoint, pickle_globals, resolve_arch
+from slimmer.arch import resolve_arch
+from slimmer.checkpoint import detect_format, load_checkpoint, pickle_globals
 from slimmer.errors import ConfigError, InputError, UnsafeCheckpointError
 from slimmer.zoo import ARCHITECTURES
 

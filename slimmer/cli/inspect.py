@@ -25,7 +25,7 @@ def inspect_command(
     """Show parameters, MACs and the prunable Conv/Linear layers of MODEL."""
 
     def go() -> dict:
-        from slimmer.api import inspect_model
+        from slimmer.inspection import inspect_model
 
         return inspect_model(model, arch=arch, input_shape=input_shape, trust_remote_code=trust_remote_code)
 

@@ -28,7 +28,7 @@ def verify_command(
     """Run EXPORTED in onnxruntime and compare every output with MODEL (exit 5 when they differ)."""
 
     def go():
-        from slimmer.api import verify_exported
+        from slimmer.inspection import verify_exported
 
         return verify_exported(
             model,
