@@ -94,11 +94,22 @@ def test_finalize() -> None:
         finalize_activations(net, 0.0)
 
 
+class FunctionalBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x)) + torch.nn.functional.gelu(x)
+
+
 def test_functional_activations_are_reported() -> None:
-    found = functional_activations(ARCHITECTURES.get("resnet20-fmnist").build(), torch.randn(1, 1, 28, 28))
-    assert len(found) == 19  # stem + two per block, all torch.relu inside forward
+    found = functional_activations(nn.Sequential(FunctionalBlock()), torch.randn(1, 3, 8, 8))
+    assert len(found) == 2  # torch.relu and F.gelu inside forward
     assert all("cannot be linearized" in reason for reason in found.values())
-    assert any(key.startswith("layer1.0 (BasicBlock).forward") for key in found)
+    assert any(key.startswith("0 (FunctionalBlock).forward") for key in found)
+    # resnet20-fmnist's activations are modules: nothing is hidden from linearization
+    assert functional_activations(ARCHITECTURES.get("resnet20-fmnist").build(), torch.randn(1, 1, 28, 28)) == {}
     net = model()
     insert_linearizable(net)
     assert functional_activations(net, torch.randn(2, 4)) == {}

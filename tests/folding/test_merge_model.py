@@ -123,11 +123,11 @@ def test_merge_record() -> None:
     }]
 
 
-def test_resnet20_has_nothing_to_merge() -> None:
+def test_resnet20_merges_nothing_while_its_activations_are_nonlinear() -> None:
     torch.manual_seed(0)
     net = ARCHITECTURES.get("resnet20-fmnist").build().eval()
     x = torch.randn(1, 1, 28, 28)
     fold_batchnorm(net, x)
-    assert insert_linearizable(net) == []  # torch.relu inside forward: nothing to linearize
-    report = merge_model(net, x)
+    assert len(insert_linearizable(net)) == 19  # stem + two per block, all nn.ReLU modules
+    report = merge_model(net, x)  # α = 0: every activation is still a ReLU, so no pair is adjacent
     assert report.merged == [] and report.depth[0] == report.depth[1] == 20
