@@ -23,7 +23,9 @@ def test_channel_macs_target_shrinks_and_saves_a_replayable_plan(cli, r20, parti
     plan_file = r20.with_name("r20.slim.onnx.plan.json")
     assert report["onnx"]["plan"] == str(plan_file)
     conv_weights = [i for i in onnx.load(str(out)).graph.initializer if len(i.dims) == 4]
-    assert min(i.dims[0] for i in conv_weights) < 16  # channels really gone from the graph
+    assert report["pruning"]["round_to"] == 16  # the measured default
+    assert all(i.dims[0] % 16 == 0 for i in conv_weights)
+    assert sum(i.dims[0] for i in conv_weights) < 0.8 * (16 * 7 + 32 * 7 + 64 * 7)  # channels really gone
     # replay the plan on a fresh model built from the same checkpoint
     model = ARCHITECTURES.get("resnet20-fmnist").build().eval()
     model.load_state_dict(torch.load(r20, weights_only=True))
@@ -35,7 +37,8 @@ def test_channel_macs_target_shrinks_and_saves_a_replayable_plan(cli, r20, parti
 
 
 def test_channel_sparsity_removes_that_fraction_of_channels(cli, r20):
-    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", "channel", "--sparsity", "0.25", "--json")
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", "channel", "--sparsity", "0.25",
+              "--round-to", "1", "--json")
     assert run.code == 0, run.stderr
     report = run.json()
     assert abs(report["sparsity"]["achieved"] - 0.25) <= 0.01
