@@ -19,10 +19,21 @@ def test_nan_never_equals_nan():
 
 def test_atol_and_rtol_together():
     want = np.array([1000.0, 0.0])
-    assert compare("y", 1, want + [0.5, 0.0], want, atol=1e-4, rtol=1e-3).passed  # 0.5 ≤ 1e-4 + 1
-    assert not compare("y", 1, want + [0.0, 2e-4], want, atol=1e-4, rtol=1e-3).passed
+    assert compare("y", 1, want + [0.5, 0.0], want, atol=1e-4, rtol=1e-3).passed  # 0.5 ≤ 0.1 + 1
     c = compare("y", 1, want + [2.0, 0.0], want, atol=1e-4, rtol=1e-3)
     assert not c.passed and c.max_abs_diff == 2.0 and c.max_rel_diff == pytest.approx(2.0 / 1000)
+    small = np.array([0.5, 0.0])  # scale below 1: atol is absolute
+    assert not compare("y", 1, small + [0.0, 2e-4], small, atol=1e-4, rtol=1e-3).passed
+    assert compare("y", 1, small + [0.0, 9e-5], small, atol=1e-4, rtol=1e-3).passed
+
+
+def test_atol_follows_the_output_scale():
+    # inception_v3 with random weights: logits of ~1e9 whose float32 rounding leaves ~1e2 near zero
+    want = np.array([2.0e9, -1.5e9, 3.0])
+    got = want + [100.0, -50.0, 100.0]
+    c = compare("logits", 3, got, want, atol=1e-4, rtol=1e-3)
+    assert c.passed and c.max_rel_diff == pytest.approx(100.0 / 2.0e9)
+    assert not compare("logits", 3, want + [0, 0, 3e5], want, atol=1e-4, rtol=1e-3).passed
 
 
 def test_shape_mismatch_fails():
