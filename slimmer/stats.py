@@ -6,6 +6,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from slimmer.graph.macs import count_macs as count_graph_macs
+from slimmer.graph.macs import to_meta
+
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -16,12 +19,22 @@ def count_nonzero(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass at batch 1 (MACs = FLOPs / 2, dense)."""
+    """Multiply-accumulates of one forward pass at batch 1 (MACs = FLOPs / 2, dense).
+
+    Counted on a ``meta``-device copy: on real CPU tensors in eval mode without grad,
+    ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` take a fused fast path that the
+    flop counter never sees (a ViT-B/16 counted 11.3 G instead of 17.6 G). A model that cannot run
+    on ``meta`` is counted on real tensors with autograd on, which also disables the fast path.
+    """
     x = example[:1]
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(x)
-    return int(counter.get_total_flops() // 2)
+    try:
+        meta_model, meta_inputs = to_meta(model, (x,))
+        return count_graph_macs(meta_model, meta_inputs)
+    except Exception:  # noqa: BLE001 - e.g. .item() in forward: count on real tensors instead
+        counter = FlopCounterMode(display=False)
+        with torch.enable_grad(), counter:
+            model(x.requires_grad_(True) if x.is_floating_point() else x)
+        return int(counter.get_total_flops() // 2)
 
 
 @torch.no_grad()

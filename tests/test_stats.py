@@ -1,0 +1,17 @@
+import torch
+from torch import nn
+
+from slimmer.stats import count_macs
+
+
+def test_macs_of_attention_are_counted_despite_the_fused_fast_path():
+    layer = nn.TransformerEncoderLayer(64, 4, 128, batch_first=True).eval()
+    x = torch.randn(1, 10, 64)
+    # q/k/v/out projections 4·10·64·64, scores and weighted sum 2·10·10·64, MLP 2·10·64·128
+    expected = 4 * 10 * 64 * 64 + 2 * 10 * 10 * 64 + 2 * 10 * 64 * 128
+    assert count_macs(layer, x) == expected
+
+
+def test_macs_of_a_conv():
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert count_macs(conv, torch.randn(2, 3, 5, 5)) == 8 * 3 * 9 * 25  # batch 1 counted
