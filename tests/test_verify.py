@@ -115,5 +115,8 @@ def test_verify_missing_onnx_file(cli, r20, tmp_path):
     assert run.code == 3 and "no such ONNX file" in run.stderr
 
 
-def test_onnx_file_checked_is_valid(exported):
-    onnx.checker.check_model(onnx.load(str(exported)))
+def test_exported_file_is_valid_onnx_without_source_paths(exported):
+    model = onnx.load(str(exported))
+    onnx.checker.check_model(model)
+    keys = {p.key for node in model.graph.node for p in node.metadata_props}
+    assert "pkg.torch.onnx.stack_trace" not in keys and "namespace" in keys
