@@ -17,11 +17,14 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 from slimmer.errors import ConfigError, InputError
 
@@ -184,6 +187,8 @@ def read_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
     A grayscale image feeds a 3-channel model by repeating its channel; a colour image never feeds
     a 1-channel model (that would drop information silently).
     """
+    from PIL import Image  # only image folders need Pillow; keep it off the import path of the CLI
+
     try:
         with Image.open(path) as raw:
             raw.load()
