@@ -183,6 +183,10 @@ def main_process_only(fn: Callable[P, R]) -> Callable[P, R | None]:
 
 
 def shutdown() -> None:
-    """Leave the process group (safe to call in a single process)."""
+    """Leave the process group (safe to call in a single process).
+
+    With gloo, call it only when no peer may exit meanwhile: destroying the group while another
+    rank is tearing down has aborted a process here. The pipeline ends with a barrier instead.
+    """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
