@@ -16,8 +16,8 @@ from slimmer.config import CompressConfig
 from slimmer.criteria import CRITERIA, ScoreContext, get_criterion
 from slimmer.criteria.channel import channel_scores_from
 from slimmer.errors import ConfigError
-from slimmer.registry import did_you_mean
 from slimmer.graph.groups import GroupSet, build_groups
+from slimmer.registry import did_you_mean
 from slimmer.structures.channel import plan_channels
 from slimmer.structures.nm import NMResult, nm_masks, parse_nm
 from slimmer.structures.plan import PruningPlan

@@ -19,7 +19,9 @@ def onnx_zero_fraction(path, names) -> float:
 
 
 def test_pruned_weights_stay_zero_through_finetuning(cli, r20, fmnist_like_npz):
-    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--sparsity", "0.9", "--data", fmnist_like_npz, *FT, "--json")
+    run = cli(
+        "compress", r20, "--arch", "resnet20-fmnist", "--sparsity", "0.9", "--data", fmnist_like_npz, *FT, "--json"
+    )
     assert run.code == 0, run.stderr
     r = run.json()
     assert r["finetune"]["steps_done"] == 4 and np.isfinite(r["finetune"]["final_loss"])
@@ -41,8 +43,23 @@ def test_distillation_without_labels(cli, r20, tmp_path):
 
 @pytest.mark.parametrize("schedule", ["iterative", "gradual", "cyclical"])
 def test_schedules_reach_the_final_sparsity(cli, r20, fmnist_like_npz, schedule):
-    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--sparsity", "0.8", "--schedule", schedule,
-              "--data", fmnist_like_npz, "--finetune-steps", "6", "--batch-size", "32", "--json")
+    run = cli(
+        "compress",
+        r20,
+        "--arch",
+        "resnet20-fmnist",
+        "--sparsity",
+        "0.8",
+        "--schedule",
+        schedule,
+        "--data",
+        fmnist_like_npz,
+        "--finetune-steps",
+        "6",
+        "--batch-size",
+        "32",
+        "--json",
+    )
     assert run.code == 0, run.stderr
     r = run.json()
     assert abs(r["sparsity"]["achieved"] - 0.8) <= 0.005
@@ -55,8 +72,20 @@ def test_schedule_without_finetuning_is_a_usage_error(cli, r20):
 
 
 def test_channel_pruning_recalibrates_bn_then_finetunes(cli, r20, fmnist_like_npz):
-    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", "channel", "--macs-target", "0.5",
-              "--data", fmnist_like_npz, *FT, "--json")
+    run = cli(
+        "compress",
+        r20,
+        "--arch",
+        "resnet20-fmnist",
+        "--method",
+        "channel",
+        "--macs-target",
+        "0.5",
+        "--data",
+        fmnist_like_npz,
+        *FT,
+        "--json",
+    )
     assert run.code == 0, run.stderr
     r = run.json()
     assert r["finetune"]["bn_recalibrated"] is True and r["finetune"]["steps_done"] == 4
@@ -71,15 +100,37 @@ def test_nm_finetuning_with_srste_keeps_the_pattern(cli, r20, fmnist_like_npz):
 
 
 def _start(args, cwd):
-    return subprocess.Popen([sys.executable, "-m", "slimmer", *map(str, args)], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "slimmer", *map(str, args)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_non_terminal_output_has_periodic_progress_lines(r20, fmnist_like_npz):
     proc = subprocess.run(
-        [sys.executable, "-m", "slimmer", "compress", str(r20), "--arch", "resnet20-fmnist", "--data",
-         str(fmnist_like_npz), "--finetune-steps", "6", "--batch-size", "16", "--progress-every", "0"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "slimmer",
+            "compress",
+            str(r20),
+            "--arch",
+            "resnet20-fmnist",
+            "--data",
+            str(fmnist_like_npz),
+            "--finetune-steps",
+            "6",
+            "--batch-size",
+            "16",
+            "--progress-every",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if "fine-tune step" in ln]
@@ -88,8 +139,23 @@ def test_non_terminal_output_has_periodic_progress_lines(r20, fmnist_like_npz):
 
 
 def test_row29_ctrl_c_during_finetuning_exits_130_and_writes_nothing(r20, fmnist_like_npz):
-    proc = _start(["compress", r20, "--arch", "resnet20-fmnist", "--data", fmnist_like_npz,
-                   "--finetune-steps", "100000", "--batch-size", "16", "--progress-every", "0"], r20.parent)
+    proc = _start(
+        [
+            "compress",
+            r20,
+            "--arch",
+            "resnet20-fmnist",
+            "--data",
+            fmnist_like_npz,
+            "--finetune-steps",
+            "100000",
+            "--batch-size",
+            "16",
+            "--progress-every",
+            "0",
+        ],
+        r20.parent,
+    )
     for line in proc.stderr:
         if "fine-tune step" in line:
             break

@@ -47,7 +47,11 @@ def compress_command(
     macs_target: float | None = typer.Option(
         None, "--macs-target", help="channel: keep this fraction of the MACs, in (0, 1]"
     ),
-    round_to: int | None = typer.Option(None, "--round-to", help="channel: kept channel counts are multiples of this (default 16, measured fastest in onnxruntime)"),
+    round_to: int | None = typer.Option(
+        None,
+        "--round-to",
+        help="channel: kept channel counts are multiples of this (default 16, measured fastest in onnxruntime)",
+    ),
     sparsity_tolerance: float = typer.Option(
         0.01, "--sparsity-tolerance", help="exit 5 when achieved sparsity falls short by more"
     ),
