@@ -91,9 +91,11 @@ def score_context(
     return ScoreContext(model=model, seed=config.seed, batches=batches, extra=extra)
 
 
-def _unstructured(
-    model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits | None, result: PruneResult
-) -> None:
+def unstructured_masks_for(
+    model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits | None, sparsity: float
+) -> MaskSet:
+    """Score the model's Conv/Linear weights with the configured criterion and mask to ``sparsity``
+    (used once for one-shot pruning, and at every update of a pruning schedule)."""
     crit = get_criterion(config.criterion)
     if crit.needs != "none" and (data is None or not len(data.train)):
         raise ConfigError(f"--criterion {crit.name} needs --data (it scores weights on training batches)")
@@ -101,14 +103,20 @@ def _unstructured(
     if not weights:
         raise ConfigError("the model has no Conv or Linear weights to prune")
     scores = crit.score(dict(weights), score_context(model, config, example, data))
-    masks = unstructured_masks(scores, config.target_sparsity, scope=config.scope)
+    return unstructured_masks(scores, sparsity, scope=config.scope)
+
+
+def _unstructured(
+    model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits | None, result: PruneResult
+) -> None:
+    masks = unstructured_masks_for(model, config, example, data, config.target_sparsity)
     masks.apply(model)
     result.masks = masks
     result.sparsity_requested = config.target_sparsity
     result.sparsity_achieved = masks.sparsity
     result.per_layer = masks.per_layer_sparsity()
     result.warnings += masks.warnings
-    result.details["criterion"] = crit.name
+    result.details["criterion"] = config.criterion
 
 
 def _channel(

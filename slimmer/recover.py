@@ -15,11 +15,9 @@ import torch
 from torch import nn
 
 from slimmer.config import CompressConfig
-from slimmer.criteria import get_criterion
-from slimmer.prune import PruneResult, score_context
+from slimmer.prune import PruneResult, unstructured_masks_for
 from slimmer.schedules import ScheduledMaskHook, build_schedule
 from slimmer.structures.nm import nm_mask
-from slimmer.structures.unstructured import prunable_weights, unstructured_masks
 from slimmer.train.data import DataSplits, pad_crop_flip
 from slimmer.train.distributed import init_from_env, resolve_device, wrap_ddp
 from slimmer.train.finetune import FinetuneConfig, MaskHook, finetune, recalibrate_bn
@@ -38,11 +36,9 @@ def _hooks(
 ) -> list[TrainHook]:
     hooks: list[TrainHook] = []
     if scheduled(config):
-        crit = get_criterion(config.criterion)
 
         def recompute(m: nn.Module, sparsity: float):
-            scores = crit.score(dict(prunable_weights(m)), score_context(m, config, example, data))
-            return unstructured_masks(scores, sparsity, scope=config.scope)
+            return unstructured_masks_for(m, config, example, data, sparsity)
 
         interval = max(1, config.finetune_steps // 50)
         hooks.append(
