@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from slimmer.cli import bench, compress, demo, inspect, verify
+from slimmer.errors import EXIT_INTERRUPTED
 
 app = typer.Typer(
     name="slimmer",
@@ -21,4 +22,7 @@ app.command("bench")(bench.bench_command)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # an interrupt that arrived while an earlier one was being reported
+        raise SystemExit(EXIT_INTERRUPTED) from None

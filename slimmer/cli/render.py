@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 import traceback
@@ -53,7 +55,17 @@ def run_guarded(fn: Callable[[], Any], *, debug: bool, json_mode: bool) -> Any:
             traceback.print_exc()
         _fail(exc.exit_code, exc.message, exc.hint, json_mode)
     except KeyboardInterrupt:
-        _fail(EXIT_INTERRUPTED, "interrupted; no output was written", None, json_mode)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # we are exiting: a second Ctrl-C must not escape
+        try:
+            _fail(EXIT_INTERRUPTED, "interrupted; no output was written", None, json_mode)
+        finally:
+            # The temporary files are already removed (the interrupt unwound through their cleanup).
+            # Exit now: an interrupt landing inside torch's exporter can leave a pending signal that
+            # would otherwise end the interpreter with SIGINT instead of the documented 130.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if not _in_test_runner():
+                os._exit(EXIT_INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - anything else is a bug: exit 1 and say so
         if debug:
             traceback.print_exc()
@@ -75,3 +87,8 @@ def _fail(code: int, message: str, hint: str | None, json_mode: bool) -> None:
         sys.stdout.write(json.dumps(payload) + "\n")
         sys.stdout.flush()
     raise typer.Exit(code)
+
+
+def _in_test_runner() -> bool:
+    """In-process CLI tests (typer's CliRunner) must get the exit code, not lose their process."""
+    return "pytest" in sys.modules and os.environ.get("PYTEST_CURRENT_TEST") is not None
