@@ -72,3 +72,85 @@ def test_fold_folds_batchnorm_into_convs(cli, r20):
     assert len(fold["batchnorm_folded"]) == 21
     assert fold["activations_not_foldable"] == {}  # resnet20's activations are modules
     assert run.json()["verification"]["passed"]
+
+
+def _fold_run(cli, r20, npz, *extra, steps: int = 4):
+    return cli(
+        "compress",
+        r20,
+        "--arch",
+        "resnet20-fmnist",
+        "--data",
+        npz,
+        "--finetune-steps",
+        str(steps),
+        "--batch-size",
+        "16",
+        "--json",
+        *extra,
+    )
+
+
+def test_fold_with_finetuning_linearizes_folds_and_verifies(cli, r20, fmnist_like_npz, monkeypatch):
+    from slimmer.folding import phase
+
+    monkeypatch.setattr(phase, "LATENCY_GATE", "off")  # every relu1 wrapped, whatever the machine
+    run = _fold_run(cli, r20, fmnist_like_npz, "--method", "fold")
+    assert run.code == 0, run.stderr
+    report = run.json()
+    fold = report["pruning"]["fold"]
+    assert len(fold["activations_wrapped"]) == 9 and fold["latency_gate"] == "off"
+    assert set(fold["alpha_final"]) == set(fold["activations_wrapped"])
+    assert any(a != phase.ALPHA_START for a in fold["alpha_final"].values())  # α moved
+    assert fold["finetune_steps"] == {"alpha": 2, "after_folding": 2}
+    assert len(fold["batchnorm_folded"]) == 21
+    for key in ("became_identity", "merges", "merges_refused", "depth", "params", "macs", "conv_nodes"):
+        assert key in fold
+    assert report["finetune"]["steps_done"] == 4
+    assert report["verification"]["passed"]
+
+
+def test_alpha_forced_to_one_merges_and_removes_conv_nodes(cli, r20, fmnist_like_npz, monkeypatch):
+    from slimmer.folding import phase
+
+    monkeypatch.setattr(phase, "LATENCY_GATE", "off")
+    monkeypatch.setattr(phase, "ALPHA_START", 1.0)
+    run = _fold_run(cli, r20, fmnist_like_npz, "--method", "fold", "--lr", "1e-6", steps=2)
+    assert run.code == 0, run.stderr
+    report = run.json()
+    fold = report["pruning"]["fold"]
+    assert len(fold["became_identity"]) == 9 and len(fold["merges"]) == 9
+    assert fold["conv_nodes"] == {"before": 21, "after": 12}
+    assert fold["depth"]["after"] < fold["depth"]["before"]
+    graph = onnx.load(report["onnx"]["path"])
+    convs = [n for n in graph.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 12
+    assert report["verification"]["passed"]
+
+
+def test_channel_then_fold_in_one_run(cli, r20, fmnist_like_npz, monkeypatch):
+    from slimmer.folding import phase
+
+    monkeypatch.setattr(phase, "LATENCY_GATE", "off")
+    monkeypatch.setattr(phase, "ALPHA_START", 1.0)
+    run = _fold_run(
+        cli,
+        r20,
+        fmnist_like_npz,
+        "--method",
+        "channel,fold",
+        "--sparsity",
+        "0.25",
+        "--round-to",
+        "4",
+        "--lr",
+        "1e-6",
+        steps=2,
+    )
+    assert run.code == 0, run.stderr
+    report = run.json()
+    assert report["surgery"]["channels_removed"] > 0
+    fold = report["pruning"]["fold"]
+    assert len(fold["merges"]) == 9 and fold["conv_nodes"]["after"] == 12
+    assert report["verification"]["passed"]
+    assert len([n for n in onnx.load(report["onnx"]["path"]).graph.node if n.op_type == "Conv"]) == 12

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimmer.folding._modules import call_counts, innermost_module, layer_of, set_module
+from slimmer.folding._modules import CONV_OPS, LINEAR_OPS, call_counts, innermost_module, layer_of, set_module
 from slimmer.graph.capture import capture, module_path, op_name
 
 BN_OPS = {"aten.batch_norm.default", "aten._native_batch_norm_legit_no_training.default"}
@@ -83,11 +83,20 @@ def _refusal(model: nn.Module, captured: Any, node: Any, counts: dict[str, int])
     return layer_path, bn_path
 
 
-def fold_batchnorm(model: nn.Module, example_input: torch.Tensor | Sequence[Any]) -> FoldResult:
+def _feeds_a_layer(node: Any) -> bool:
+    users = list(node.users)
+    return len(users) == 1 and users[0].op == "call_function" and op_name(users[0]) in CONV_OPS | LINEAR_OPS
+
+
+def fold_batchnorm(
+    model: nn.Module, example_input: torch.Tensor | Sequence[Any], *, only_between_layers: bool = False
+) -> FoldResult:
     """Fold every foldable eval-mode BatchNorm into its producer and replace it with ``nn.Identity``.
 
     The model is changed in place (and returned in the result). A BN that cannot be folded stays
-    and is listed in ``skipped`` with the reason.
+    and is listed in ``skipped`` with the reason. With ``only_between_layers`` only the BNs whose
+    output goes straight into another Conv/Linear layer are folded (what a merge needs); the others
+    are left alone, silently (layer folding keeps them for the fine-tuning that follows).
     """
     inputs = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
     captured = capture(model, inputs)
@@ -96,6 +105,8 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor | Sequence[Any]
     pairs: list[tuple[str, str]] = []
     for node in captured.graph.nodes:
         if node.op != "call_function" or op_name(node) not in BN_OPS:
+            continue
+        if only_between_layers and not _feeds_a_layer(node):
             continue
         outcome = _refusal(model, captured, node, counts)
         if isinstance(outcome, str):

@@ -18,7 +18,7 @@ reshapes (conv → flatten → linear).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from slimmer.graph.capture import CapturedGraph, capture, op_name
 from slimmer.graph.macs import count_macs
 
 MAX_ROUNDS = 256
+Accept = Callable[[str, str, nn.Module, nn.Module, nn.Module, tuple[int, ...]], "str | None"]
 
 
 @dataclass
@@ -42,6 +43,7 @@ class MergeReport:
     depth: tuple[int, int] = (0, 0)
     params: tuple[int, int] = (0, 0)
     macs: tuple[int, int] = (0, 0)
+    conv_nodes: tuple[int, int] = (0, 0)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +65,10 @@ def layer_depth(captured: CapturedGraph) -> int:
         depth[node] = before + int(is_layer)
         best = max(best, depth[node])
     return best
+
+
+def _conv_nodes(captured: CapturedGraph) -> int:
+    return sum(1 for n in captured.graph.nodes if n.op == "call_function" and op_name(n) in CONV_OPS)
 
 
 def _node_macs(node: fx.Node, layer: nn.Module) -> int:
@@ -130,13 +136,17 @@ def merge_model(
     max_mac_growth: float = 1.0,
     allow_border_approx: bool = False,
     rtol: float = 1e-4,
+    accept: Accept | None = None,
 ) -> MergeReport:
     """Merge every foldable Conv→Conv and Linear→Linear pair of ``model`` in place; report it.
 
-    Pairs are merged one at a time (a chain of three folds into one in two rounds), each only
+    Pairs are merged one at a time, all disjoint pairs of one captured graph in one round (a chain
+    of three folds into one in two rounds), each only
     when :func:`~slimmer.folding.merge.merge_refusal` allows it and MACs grow at most by
     ``max_mac_growth``. With ``allow_border_approx`` a padded second conv is merged the paper's
     way (outputs differ on the border, so the output check is skipped for those merges).
+    ``accept(first_path, second_path, first, second, merged, input_shape)`` may refuse a merge the
+    rules allow by returning the reason (e.g. a measured latency gate); None accepts it.
     """
     inputs = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
     was_training = model.training
@@ -144,47 +154,71 @@ def merge_model(
     report = MergeReport()
     captured = capture(model, inputs)
     depth_before = layer_depth(captured)
+    convs_before = _conv_nodes(captured)
     params_before = sum(p.numel() for p in model.parameters())
     macs_before = count_macs(model, inputs)
-    reference = _outputs(model, inputs)
+    reference: list[torch.Tensor] | None = None  # outputs before the next exact merge (None: not computed yet)
     for _ in range(MAX_ROUNDS):
         pending = [c for c in _candidates(model, captured) if f"{c[2]} -> {c[3]}" not in report.refused]
-        if not pending:
+        touched: set[str] = set()  # pairs sharing a layer with a merge of this round wait for the next capture
+        for source, node, first_path, second_path in pending:
+            if first_path in touched or second_path in touched:
+                continue
+            key = f"{first_path} -> {second_path}"
+            first, second = model.get_submodule(first_path), model.get_submodule(second_path)
+            reason = _shared_parameter(source, node) or merge_refusal(
+                first, second, allow_border_approx=allow_border_approx
+            )
+            if reason:
+                report.refused[key] = reason
+                continue
+            approximate = bool(isinstance(second, nn.Conv2d) and any(second.padding))
+            if isinstance(first, nn.Linear):
+                merged: nn.Module = merge_linears(first, second)
+            else:
+                merged = merge_convs(first, second, allow_border_approx=allow_border_approx)
+            cost_before = _node_macs(source, first) + _node_macs(node, second)
+            cost_after = _merged_macs(node, first, merged)
+            if cost_after > max_mac_growth * cost_before:
+                report.refused[key] = f"merging would grow MACs from {cost_before} to {cost_after}"
+                continue
+            if accept is not None:
+                shape = tuple(source.args[0].meta["val"].shape) if isinstance(source.args[0], fx.Node) else ()
+                refusal = accept(first_path, second_path, first, second, merged, shape)
+                if refusal:
+                    report.refused[key] = refusal
+                    continue
+            if not approximate and reference is None:
+                reference = _outputs(model, inputs)
+            set_module(model, first_path, merged)
+            set_module(model, second_path, nn.Identity())
+            if approximate:  # differs on the border by design: nothing to compare, later merges re-measure
+                reference = None
+            else:
+                outputs = _outputs(model, inputs)
+                if not _same(outputs, reference, rtol):
+                    set_module(model, first_path, first)
+                    set_module(model, second_path, second)
+                    report.refused[key] = "the merged model's outputs differ (forward uses the layers otherwise)"
+                    continue
+                reference = outputs
+            touched |= {first_path, second_path}
+            report.merged.append(
+                {
+                    "first": first_path,
+                    "second": second_path,
+                    "into": first_path,
+                    "kind": type(merged).__name__,
+                    "shape": list(merged.weight.shape),
+                    "macs_before": cost_before,
+                    "macs_after": cost_after,
+                    "exact": not approximate,
+                }
+            )
+        if not touched:
             break
-        source, node, first_path, second_path = pending[0]
-        key = f"{first_path} -> {second_path}"
-        first, second = model.get_submodule(first_path), model.get_submodule(second_path)
-        reason = _shared_parameter(source, node) or merge_refusal(
-            first, second, allow_border_approx=allow_border_approx
-        )
-        if reason:
-            report.refused[key] = reason
-            continue
-        approximate = bool(isinstance(second, nn.Conv2d) and any(second.padding))
-        if isinstance(first, nn.Linear):
-            merged: nn.Module = merge_linears(first, second)
-        else:
-            merged = merge_convs(first, second, allow_border_approx=allow_border_approx)
-        cost_before = _node_macs(source, first) + _node_macs(node, second)
-        cost_after = _merged_macs(node, first, merged)
-        if cost_after > max_mac_growth * cost_before:
-            report.refused[key] = f"merging would grow MACs from {cost_before} to {cost_after}"
-            continue
-        set_module(model, first_path, merged)
-        set_module(model, second_path, nn.Identity())
-        outputs = _outputs(model, inputs)
-        if not approximate and not _same(outputs, reference, rtol):
-            set_module(model, first_path, first)
-            set_module(model, second_path, second)
-            report.refused[key] = "the merged model's outputs differ (forward uses the layers otherwise)"
-            continue
-        reference = outputs
-        report.merged.append({
-            "first": first_path, "second": second_path, "into": first_path,
-            "kind": type(merged).__name__, "shape": list(merged.weight.shape),
-            "macs_before": cost_before, "macs_after": cost_after, "exact": not approximate,
-        })
         captured = capture(model, inputs)
+    report.conv_nodes = (convs_before, _conv_nodes(captured))
     report.depth = (depth_before, layer_depth(captured))
     report.params = (params_before, sum(p.numel() for p in model.parameters()))
     report.macs = (macs_before, count_macs(model, inputs))

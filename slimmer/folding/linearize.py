@@ -25,8 +25,13 @@ from slimmer.train.hooks import TrainHook
 
 DEFAULT_KINDS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU)
 ACTIVATION_OPS = {
-    "aten.relu.default", "aten.relu_.default", "aten.hardtanh.default", "aten.hardtanh_.default",
-    "aten.leaky_relu.default", "aten.leaky_relu_.default", "aten.gelu.default",
+    "aten.relu.default",
+    "aten.relu_.default",
+    "aten.hardtanh.default",
+    "aten.hardtanh_.default",
+    "aten.leaky_relu.default",
+    "aten.leaky_relu_.default",
+    "aten.gelu.default",
 }
 DEFAULT_PENALTY = 0.25
 DEFAULT_THRESHOLD = 0.9
@@ -110,13 +115,22 @@ class FoldingPenaltyHook(TrainHook):
 
     The α parameters are returned by :meth:`extra_parameters`, so a loop that puts hook parameters
     in a group without weight decay keeps decay from pulling α back towards 0.
+
+    ``alpha_lr_scale`` gives α its own learning rate: each optimizer step's change of α is
+    multiplied by it (α ← α₀ + scale·(α₁ − α₀)). With weight decay 0 on α, that is exactly a
+    learning rate ``scale``× the network's for SGD (with or without momentum) and for AdamW; the
+    fine-tuning loop itself keeps one learning rate for every group.
     """
 
-    def __init__(self, penalty: float = DEFAULT_PENALTY) -> None:
+    def __init__(self, penalty: float = DEFAULT_PENALTY, alpha_lr_scale: float = 1.0) -> None:
         if penalty < 0:
             raise ValueError(f"layer-folding penalty λ must be ≥ 0, got {penalty}")
+        if not alpha_lr_scale > 0:
+            raise ValueError(f"alpha_lr_scale must be > 0, got {alpha_lr_scale}")
         self.penalty = penalty
+        self.alpha_lr_scale = alpha_lr_scale
         self._alphas: list[nn.Parameter] = []
+        self._before: list[torch.Tensor] = []
 
     def on_start(self, model: nn.Module, total_steps: int) -> None:
         self._alphas = [m.alpha for m in linearizable(model).values()]
@@ -129,8 +143,15 @@ class FoldingPenaltyHook(TrainHook):
             return None
         return self.penalty * folding_penalty(model)
 
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        if self.alpha_lr_scale != 1.0:
+            self._before = [a.detach().clone() for a in self._alphas]
+
     def after_step(self, model: nn.Module, step: int) -> None:
         with torch.no_grad():
+            for alpha, before in zip(self._alphas, self._before, strict=False):
+                alpha.copy_(before + self.alpha_lr_scale * (alpha - before))
+            self._before = []
             for module in linearizable(model).values():
                 module.alpha.clamp_(0.0, 1.0)
 

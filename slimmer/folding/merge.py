@@ -115,8 +115,12 @@ def merge_convs(first: nn.Conv2d, second: nn.Conv2d, *, allow_border_approx: boo
     has_bias = first.bias is not None or second.bias is not None
     (p1h, p1w), (p2h, p2w) = first.padding, second.padding
     merged = nn.Conv2d(
-        first.in_channels, second.out_channels, (kh, kw),
-        stride=(s1h * s2h, s1w * s2w), padding=(p1h + s1h * p2h, p1w + s1w * p2w), bias=has_bias,
+        first.in_channels,
+        second.out_channels,
+        (kh, kw),
+        stride=(s1h * s2h, s1w * s2w),
+        padding=(p1h + s1h * p2h, p1w + s1w * p2w),
+        bias=has_bias,
     ).to(device=first.weight.device, dtype=first.weight.dtype)
     with torch.no_grad():
         merged.weight.copy_(kernel)

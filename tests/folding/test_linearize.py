@@ -38,8 +38,12 @@ def test_alpha_endpoints_and_middle(act: nn.Module) -> None:
 
 def model() -> nn.Module:
     return nn.Sequential(
-        nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 4), nn.GELU(),
-        nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU()), nn.Sigmoid(),
+        nn.Linear(4, 4),
+        nn.ReLU(inplace=True),
+        nn.Linear(4, 4),
+        nn.GELU(),
+        nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU()),
+        nn.Sigmoid(),
     )
 
 

@@ -30,8 +30,17 @@ def linearized(net: nn.Module) -> nn.Module:
 def test_chain_merges_and_equals_the_linearized_network() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(16, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(4 * 6 * 6, 32), nn.ReLU(), nn.Linear(32, 10), nn.ReLU(), nn.Linear(10, 3),
+        nn.Conv2d(16, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 32),
+        nn.ReLU(),
+        nn.Linear(32, 10),
+        nn.ReLU(),
+        nn.Linear(10, 3),
     ).eval()
     net[1].running_mean.uniform_(-0.3, 0.3)
     net[1].running_var.uniform_(0.5, 1.5)
@@ -57,7 +66,9 @@ def test_chain_merges_and_equals_the_linearized_network() -> None:
 def test_growth_and_border_are_refused_with_reasons() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(8, 8, 3, padding=2), nn.Identity(), nn.Conv2d(8, 8, 3),
+        nn.Conv2d(8, 8, 3, padding=2),
+        nn.Identity(),
+        nn.Conv2d(8, 8, 3),
         nn.Conv2d(8, 8, 3, padding=1),
     ).eval()
     x = torch.randn(2, 8, 10, 10)
@@ -117,10 +128,18 @@ def test_merge_record() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)).eval()
     report = merge_model(net, torch.randn(2, 4, 5, 5))
-    assert report.merged == [{
-        "first": "0", "second": "1", "into": "0", "kind": "Conv2d", "shape": [4, 4, 1, 1],
-        "macs_before": 2 * 2 * 4 * 25 * 4, "macs_after": 2 * 4 * 25 * 4, "exact": True,
-    }]
+    assert report.merged == [
+        {
+            "first": "0",
+            "second": "1",
+            "into": "0",
+            "kind": "Conv2d",
+            "shape": [4, 4, 1, 1],
+            "macs_before": 2 * 2 * 4 * 25 * 4,
+            "macs_after": 2 * 4 * 25 * 4,
+            "exact": True,
+        }
+    ]
 
 
 def test_resnet20_merges_nothing_while_its_activations_are_nonlinear() -> None:

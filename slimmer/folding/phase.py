@@ -1,0 +1,494 @@
+"""Layer folding inside ``compress``: linearize, fine-tune α, fold, merge, fine-tune again.
+
+The procedure of Ben Dror et al. ("Layer Folding", BMVC 2022, arXiv 2106.09309), run when
+``--method`` includes ``fold`` and fine-tuning is asked for (``--data`` and ``--finetune-steps``):
+
+1. :func:`linearize` wraps the activations "where sensible" in σ_α(x) = αx + (1−α)·act(x) with
+   α starting at :data:`ALPHA_START`. Sensible means: linearizing it would leave two layers
+   adjacent that :func:`~slimmer.folding.merge.merge_refusal` can merge (``layer → [BN] → act →
+   layer``, every tensor on the way used once, each module called once) and, with the latency gate
+   on, the merged layer is not slower than the pair in onnxruntime. An activation that feeds a
+   residual sum, a branch or a pooling is never wrapped: removing it would not remove a layer,
+   only accuracy. In a ResNet basic block that is ``relu1`` (between conv1/bn1 and conv2).
+2. The recovery stage fine-tunes the first :data:`ALPHA_FRACTION` of the budget with
+   :class:`~slimmer.folding.linearize.FoldingPenaltyHook` (λ = :data:`PENALTY`, α learning rate
+   :data:`ALPHA_LR_SCALE` × the network's; distillation from the original stays on).
+3. :func:`fold` turns α ≥ 0.9 into the identity, folds the BatchNorms that now sit between two
+   layers and merges the adjacent layers with the paper's border approximation (padding p1 + s1·p2),
+   each merge only where the gate allows it; the rest of the budget then absorbs the rounding and
+   the border approximation. The other BatchNorms stay for that fine-tune (a BN-free ResNet-20
+   fine-tuned at lr 0.01 lost 25 points of accuracy in 2 steps) and :func:`finish` folds them
+   afterwards (exact in eval mode).
+
+**The latency gate** (:data:`LATENCY_GATE` = ``"measure"``) builds the pair and the merged layer
+as two small ONNX graphs with the real shapes at batch 1 and times them with
+:func:`~slimmer.export.bench.paired_latency` (one intra-op thread, :data:`GATE_WARMUP` warm-up
+runs, :data:`GATE_PAIRS` interleaved pairs, median of per-pair ratios); the merge goes ahead when
+the median ratio pair/merged is ≥ 1 (not slower). Folding can grow MACs — two 3×3 convs of width C
+cost 18·C² per pixel, the merged 5×5 25·C² — so on a CPU the merged conv is often slower (see
+docs/BENCHMARKS.md "Layer folding"). Timing depends on the shapes only, so the gate is asked
+first when the activations are chosen — an activation whose merge would be slower is never
+linearized (that would cost accuracy for nothing) — and its answer is reused at merge time.
+``"off"`` merges whatever the rules allow. Layers holding unstructured masks or an N:M pattern are
+never merged (the merged weight would be dense), and a pruning schedule cannot precede folding.
+
+Not done here: folding the residual identity into the merged kernel's centre
+(:func:`~slimmer.folding.merge.add_identity` builds it, but removing the ``+`` needs the block's
+``forward`` rewritten), and chains through reshapes.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from slimmer.folding._modules import CONV_OPS, call_counts, innermost_module, layer_of, set_module
+from slimmer.folding.batchnorm import BN_OPS, fold_batchnorm
+from slimmer.folding.chain import layer_depth, merge_model
+from slimmer.folding.linearize import (
+    ACTIVATION_OPS,
+    DEFAULT_KINDS,
+    DEFAULT_THRESHOLD,
+    LinearizableActivation,
+    finalize_activations,
+    linearizable,
+)
+from slimmer.folding.merge import merge_convs, merge_linears, merge_refusal
+from slimmer.graph.capture import CapturedGraph, capture, op_name
+from slimmer.stats import count_macs
+
+# α starts slightly above 0: d|1−α²|/dα = −2α vanishes at α = 0, so from 0 only the task loss moves α.
+ALPHA_START = 0.05
+# The α learning rate as a multiple of the network's. Measured on resnet20-fmnist (234 α steps, SGD
+# Nesterov momentum 0.9, lr 0.01 cosine, KD): 1× took 8 of 9 α to ≥ 0.9, 10× 6 and 30× 5 (a faster α
+# commits sooner, and more of them to 0), so α keeps the network's rate. With momentum 0.9 the
+# penalty alone grows α by ~10·lr·2λ = 5% a step at lr 0.01: α does move. See docs/BENCHMARKS.md.
+ALPHA_LR_SCALE = 1.0
+# The Layer Folding penalty λ (Ben Dror et al.: 0.25).
+PENALTY = 0.25
+# Share of the fine-tuning budget spent learning α (the rest recovers after folding).
+ALPHA_FRACTION = 0.5
+# "measure": merge only when the merged layer is not slower in onnxruntime; "off": merge what the rules allow.
+LATENCY_GATE = "measure"
+GATE_WARMUP, GATE_PAIRS = 10, 50
+GATES = ("measure", "off")
+
+
+def active(methods: Iterable[str], has_data: bool, finetune_steps: int) -> bool:
+    """True when ``compress`` runs the full folding phase (fold + data + fine-tuning steps)."""
+    return "fold" in tuple(methods) and has_data and finetune_steps > 0
+
+
+def _inputs(example: torch.Tensor | tuple[Any, ...]) -> tuple[Any, ...]:
+    return (example,) if isinstance(example, torch.Tensor) else tuple(example)
+
+
+def conv_count(captured: CapturedGraph) -> int:
+    """Convolutions in the captured graph (each is one ``Conv`` node of the ONNX export)."""
+    return sum(1 for n in captured.graph.nodes if n.op == "call_function" and op_name(n) in CONV_OPS)
+
+
+def sizes(model: nn.Module, example: torch.Tensor | tuple[Any, ...], captured: CapturedGraph | None = None) -> dict:
+    """Depth (Conv/Linear layers on the longest path), parameters, MACs at batch 1, convolutions."""
+    inputs = _inputs(example)
+    captured = captured or capture(model, inputs)
+    return {
+        "depth": layer_depth(captured),
+        "params": sum(p.numel() for p in model.parameters()),
+        "macs": count_macs(model, inputs[0]),
+        "conv_nodes": conv_count(captured),
+    }
+
+
+# ---------------------------------------------------------------- the latency gate
+
+
+def _onnx_layers(layers: list[nn.Module], in_shape: tuple[int, ...]) -> Any:
+    """A small ONNX model running ``layers`` one after the other (Conv2d or Linear), batch 1."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits, nodes, current = [], [], "x"
+    for i, layer in enumerate(layers):
+        w = layer.weight.detach().float().cpu().numpy()
+        b = layer.bias.detach().float().cpu().numpy() if layer.bias is not None else np.zeros(w.shape[0], np.float32)
+        out = f"y{i}"
+        if isinstance(layer, nn.Linear):
+            inits += [numpy_helper.from_array(np.ascontiguousarray(w.T), f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+            nodes += [
+                helper.make_node("MatMul", [current, f"w{i}"], [f"m{i}"]),
+                helper.make_node("Add", [f"m{i}", f"b{i}"], [out]),
+            ]
+        else:
+            inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+            (ph, pw), (sh, sw) = layer.padding, layer.stride
+            nodes.append(
+                helper.make_node(
+                    "Conv",
+                    [current, f"w{i}", f"b{i}"],
+                    [out],
+                    kernel_shape=list(layer.kernel_size),
+                    strides=[sh, sw],
+                    pads=[ph, pw, ph, pw],
+                )
+            )
+        current = out
+    shape = [1, *in_shape[1:]]
+    graph = helper.make_graph(
+        nodes,
+        "fold_gate",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(current, TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def measure_merge(first: nn.Module, second: nn.Module, merged: nn.Module, in_shape: tuple[int, ...]) -> dict:
+    """Time the pair against the merged layer in onnxruntime (paired, 1 thread, batch 1)."""
+    import onnx
+
+    from slimmer.export.bench import paired_latency
+
+    with tempfile.TemporaryDirectory(prefix="slimmer-fold-gate-") as tmp:
+        pair_path, merged_path = Path(tmp) / "pair.onnx", Path(tmp) / "merged.onnx"
+        onnx.save(_onnx_layers([first, second], in_shape), pair_path)
+        onnx.save(_onnx_layers([merged], in_shape), merged_path)
+        result = paired_latency(pair_path, merged_path, warmup=GATE_WARMUP, pairs=GATE_PAIRS, threads=1, batch=1)
+    return {
+        "pair_ms": round(result.a.p50_ms, 4),
+        "merged_ms": round(result.b.p50_ms, 4),
+        "speedup": round(result.speedup, 3),
+    }
+
+
+def _agreed(timing: dict) -> dict:
+    """Under torchrun every rank must fold the same way: rank 0's measurement decides for all."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return timing
+    box = [timing]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@dataclass
+class LatencyGate:
+    """Decides each merge by measurement (``"measure"``) or lets every allowed merge through (``"off"``).
+
+    Results are cached per (pair, shapes), so a pair judged when its activation was chosen is not
+    timed again when it is merged. ``protected`` layers (holding masks or an N:M pattern) never merge:
+    the merged weight would be dense.
+    """
+
+    mode: str = "measure"
+    protected: frozenset[str] = frozenset()
+    measured: dict[str, dict] = field(default_factory=dict)
+    _cache: dict[tuple, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in GATES:
+            raise ValueError(f"latency gate must be one of {', '.join(GATES)}, got {self.mode!r}")
+
+    def __call__(
+        self,
+        first_path: str,
+        second_path: str,
+        first: nn.Module,
+        second: nn.Module,
+        merged: nn.Module,
+        in_shape: tuple[int, ...],
+    ) -> str | None:
+        for path in (first_path, second_path):
+            if path in self.protected:
+                return f"{path} holds pruning masks or an N:M pattern that merging would densify"
+        if self.mode == "off":
+            return None
+        key = (first_path, second_path, tuple(in_shape[1:]), tuple(merged.weight.shape))
+        if key not in self._cache:
+            self._cache[key] = _agreed(measure_merge(first, second, merged, in_shape))
+        timing = self._cache[key]
+        self.measured[f"{first_path} -> {second_path}"] = timing
+        if timing["speedup"] < 1.0:
+            return (
+                f"the merged layer is slower in onnxruntime: pair {timing['pair_ms']:.3f} ms, merged "
+                f"{timing['merged_ms']:.3f} ms (pair/merged {timing['speedup']:.2f}, 1 thread, batch 1)"
+            )
+        return None
+
+
+# ---------------------------------------------------------------- choosing the activations
+
+
+def _single_user(node: fx.Node) -> bool:
+    return len(node.users) == 1
+
+
+def candidates(model: nn.Module, captured: CapturedGraph, gate: LatencyGate) -> tuple[dict[str, str], dict[str, str]]:
+    """``({activation: "first -> second"}, {activation: why not})`` for the activations of ``captured``.
+
+    Activations called as functions in a ``forward`` (not modules) cannot be wrapped and are listed
+    with that reason.
+
+    An activation qualifies when its input is ``first`` (through at most one BatchNorm), its only
+    user is ``second``, every tensor between them has no other user, the rules allow merging
+    ``first`` and ``second`` (border approximation accepted) and the gate accepts the merge.
+    """
+    counts = call_counts(captured)
+    chosen: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    for node in captured.graph.nodes:
+        if node.op != "call_function" or op_name(node) not in ACTIVATION_OPS:
+            continue
+        path = innermost_module(node)
+        owner = model.get_submodule(path) if path else model
+        if isinstance(owner, LinearizableActivation):
+            continue
+        if path is None or not isinstance(owner, DEFAULT_KINDS):
+            where = f"{path or '<root>'} ({type(owner).__name__}).forward: {node.name}"
+            skipped[where] = f"{op_name(node)} is called inside a forward, not as an nn.Module: it cannot be linearized"
+            continue
+        reason = _why_not(model, captured, counts, node, path, gate)
+        if isinstance(reason, str):
+            skipped[path] = reason
+        else:
+            chosen[path] = f"{reason[0]} -> {reason[1]}"
+    return chosen, skipped
+
+
+def _why_not(model, captured, counts, node, path, gate) -> str | tuple[str, str]:
+    if counts.get(path, 0) != 1:
+        return "the activation module is called more than once"
+    users = list(node.users)
+    if len(users) != 1:
+        return f"its output has {len(users)} users (a residual sum or a branch): no layer would merge"
+    second = layer_of(captured, model, users[0])
+    if second is None or users[0].args[0] is not node:
+        return f"its output feeds {op_name(users[0])}, not a Conv/Linear layer"
+    source = node.args[0]
+    if not isinstance(source, fx.Node) or not _single_user(source):
+        return "its input is also used elsewhere"
+    if source.op == "call_function" and op_name(source) in BN_OPS:
+        source = source.args[0]
+        if not isinstance(source, fx.Node) or not _single_user(source):
+            return "the BatchNorm's input is also used elsewhere"
+    first = layer_of(captured, model, source)
+    if first is None:
+        return f"its input comes from {op_name(source) if source.op == 'call_function' else source.name}, not a layer"
+    (first_path, first_layer), (second_path, second_layer) = first, second
+    for layer_path in (first_path, second_path):
+        if counts.get(layer_path, 0) != 1:
+            return f"{layer_path} is called more than once"
+    refusal = merge_refusal(first_layer, second_layer, allow_border_approx=True)
+    if refusal:
+        return f"{first_path} and {second_path} cannot merge: {refusal}"
+    if isinstance(first_layer, nn.Linear):
+        merged = merge_linears(first_layer, second_layer)
+    else:
+        merged = merge_convs(first_layer, second_layer, allow_border_approx=True)
+    in_shape = tuple(source.args[0].meta["val"].shape) if isinstance(source.args[0], fx.Node) else ()
+    refusal = gate(first_path, second_path, first_layer, second_layer, merged, in_shape)
+    if refusal:
+        return f"not linearized: {first_path} + {second_path}: {refusal}"
+    return first_path, second_path
+
+
+# ---------------------------------------------------------------- the phase
+
+
+@dataclass
+class FoldPhase:
+    """State carried from :func:`linearize` to :func:`fold`; :meth:`as_dict` is ``report.pruning["fold"]``."""
+
+    gate: LatencyGate
+    wrapped: dict[str, str] = field(default_factory=dict)
+    not_wrapped: dict[str, str] = field(default_factory=dict)
+    alpha_start: float = ALPHA_START
+    before: dict[str, int] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "phase": "layer folding (linearize, fine-tune alpha, fold, fine-tune)",
+            "latency_gate": self.gate.mode,
+            "penalty": PENALTY,
+            "alpha_start": self.alpha_start,
+            "alpha_lr_scale": ALPHA_LR_SCALE,
+            "threshold": DEFAULT_THRESHOLD,
+            "activations_wrapped": dict(self.wrapped),
+            "activations_not_wrapped": dict(self.not_wrapped),
+            **self.result,
+        }
+
+
+def linearize(
+    model: nn.Module,
+    example: torch.Tensor | tuple[Any, ...],
+    *,
+    gate: str | None = None,
+    protected: Iterable[str] = (),
+    alpha: float | None = None,
+) -> FoldPhase:
+    """Step 1: wrap the chosen activations of ``model`` (in place) in σ_α with α = ``alpha``
+    (:data:`ALPHA_START` when None); ``gate`` is ``"measure"`` or ``"off"`` (:data:`LATENCY_GATE`)."""
+    alpha = ALPHA_START if alpha is None else alpha
+    gate = LATENCY_GATE if gate is None else gate
+    was_training = model.training
+    model.eval()
+    phase = FoldPhase(gate=LatencyGate(gate, frozenset(protected)), alpha_start=alpha)
+    captured = capture(model, _inputs(example))
+    phase.before = sizes(model, example, captured)
+    phase.wrapped, phase.not_wrapped = candidates(model, captured, phase.gate)
+    for path in phase.wrapped:
+        act = model.get_submodule(path)
+        if getattr(act, "inplace", False):
+            act = copy.copy(act)
+            act.inplace = False
+        set_module(model, path, LinearizableActivation(act, alpha))
+    model.train(was_training)
+    return phase
+
+
+def fold(
+    phase: FoldPhase, model: nn.Module, example: torch.Tensor | tuple[Any, ...], threshold: float = DEFAULT_THRESHOLD
+) -> dict[str, Any]:
+    """Step 3: finalize α (≥ ``threshold`` → identity), fold BatchNorm, merge through the gate.
+
+    Returns (and keeps in ``phase.result``) the final α per activation, which became the identity,
+    the merges done and refused with the reasons, and depth/params/MACs/convolutions before and after.
+    """
+    model.eval()
+    alphas = {p: round(m.value, 4) for p, m in linearizable(model).items()}
+    outcome = finalize_activations(model, threshold)
+    folded = fold_batchnorm(model, example, only_between_layers=True)  # the rest stay for the fine-tune
+    merged = merge_model(model, example, max_mac_growth=float("inf"), allow_border_approx=True, accept=phase.gate)
+    phase.result = {
+        "alpha_final": alphas,
+        "became_identity": sorted(p for p, o in outcome.items() if o == "identity"),
+        "kept_nonlinear": {p: o for p, o in outcome.items() if o != "identity"},
+        "batchnorm_folded": [f"{a} <- {b}" for a, b in folded.folded],
+        "batchnorm_skipped": folded.skipped,
+        "merges": merged.merged,
+        "merges_refused": dict(merged.refused),
+        "latency_measured": dict(phase.gate.measured),
+        "depth": {"before": phase.before.get("depth"), "after": merged.depth[1]},
+        "params": {"before": phase.before.get("params"), "after": merged.params[1]},
+        "macs": {"before": phase.before.get("macs"), "after": merged.macs[1]},
+        "conv_nodes": {"before": phase.before.get("conv_nodes"), "after": merged.conv_nodes[1]},
+    }
+    return phase.result
+
+
+def finish(phase: FoldPhase, model: nn.Module, example: torch.Tensor | tuple[Any, ...]) -> dict[str, Any]:
+    """Step 5, after the last fine-tune: fold the BatchNorms kept for it (exact in eval mode), final sizes."""
+    model.eval()
+    folded = fold_batchnorm(model, example)
+    after = sizes(model, example)
+    result = phase.result
+    result["batchnorm_folded"] = result.get("batchnorm_folded", []) + [f"{a} <- {b}" for a, b in folded.folded]
+    result["batchnorm_skipped"] = folded.skipped
+    for key in ("depth", "params", "macs", "conv_nodes"):
+        result.setdefault(key, {"before": phase.before.get(key)})["after"] = after[key]
+    return result
+
+
+# ---------------------------------------------------------------- inside the recovery stage
+
+
+def protected_layers(pruned: Any) -> set[str]:
+    """Layers holding unstructured masks or an N:M pattern (a ``PruneResult``): never merged."""
+    names: set[str] = set()
+    for holder in (getattr(pruned, "masks", None), getattr(getattr(pruned, "nm", None), "masks", None)):
+        if holder is not None:
+            names |= {n.rsplit(".", 1)[0] for n in holder.masks}
+    return names
+
+
+def split_steps(total: int, wrapped: bool) -> tuple[int, int]:
+    """(α steps, recovery steps): :data:`ALPHA_FRACTION` of ``total`` for α, at least one step each."""
+    if not wrapped or total < 2:
+        return 0, total
+    first = min(total - 1, max(1, round(ALPHA_FRACTION * total)))
+    return first, total - first
+
+
+def finetune_with_folding(
+    model: nn.Module,
+    teacher: nn.Module | None,
+    train: Any,
+    cfg: Any,
+    hooks: list[Any],
+    example: torch.Tensor,
+    pruned: Any,
+    say: Any,
+    progress: Any = None,
+) -> Any:
+    """The recovery stage with layer folding: linearize → fine-tune α → fold → fine-tune the rest.
+
+    ``cfg`` is the loop's :class:`~slimmer.train.finetune.FinetuneConfig` for the whole budget,
+    ``hooks`` the pruning hooks (kept for both parts; their layers are protected from merging).
+    ``pruned.fold`` and ``pruned.details["fold"]`` receive :meth:`FoldPhase.as_dict`. Returns one
+    :class:`~slimmer.train.finetune.FinetuneResult` covering both parts.
+    """
+    from dataclasses import replace
+
+    from slimmer.folding.linearize import FoldingPenaltyHook
+    from slimmer.train.distributed import init_from_env, wrap_ddp
+    from slimmer.train.finetune import finetune
+
+    info = init_from_env()
+    state = linearize(model, example, gate=LATENCY_GATE, protected=protected_layers(pruned))
+    alpha_steps, rest = split_steps(cfg.steps, bool(state.wrapped))
+    say(
+        "fold",
+        f"layer folding: {len(state.wrapped)} activations linearized (alpha from {ALPHA_START}), "
+        f"{len(state.not_wrapped)} left as they are",
+    )
+    results = []
+    if alpha_steps:
+        say("fold", f"fine-tuning {alpha_steps} steps with the folding penalty (lambda {PENALTY})")
+        student = wrap_ddp(model, info) if info.world_size > 1 else model
+        penalty = FoldingPenaltyHook(PENALTY, alpha_lr_scale=ALPHA_LR_SCALE)
+        results.append(finetune(student, teacher, train, replace(cfg, steps=alpha_steps), [*hooks, penalty], progress))
+    report = fold(state, model, example)
+    say(
+        "fold",
+        f"folded: {len(report['became_identity'])} activations became the identity, {len(report['merges'])} merges "
+        f"({len(report['merges_refused'])} refused), convolutions {report['conv_nodes']['before']} -> "
+        f"{report['conv_nodes']['after']}",
+    )
+    say("finetune", f"fine-tuning {rest} steps after folding")
+    student = wrap_ddp(model, info) if info.world_size > 1 else model
+    results.append(finetune(student, teacher, train, replace(cfg, steps=rest), hooks, progress))
+    finish(state, model, example)
+    pruned.fold = state.as_dict()
+    pruned.fold["finetune_steps"] = {"alpha": alpha_steps, "after_folding": rest}
+    if alpha_steps:
+        pruned.fold["loss_alpha_phase"] = {"initial": results[0].initial_loss, "final": results[0].final_loss}
+    pruned.details["fold"] = pruned.fold
+    if not state.wrapped:
+        pruned.warnings.append(
+            "layer folding linearized no activation (see pruning.fold.activations_not_wrapped for why)"
+        )
+    last = results[-1]
+    if len(results) == 1:
+        return last
+    first = results[0]
+    return replace(
+        last,
+        steps_done=first.steps_done + last.steps_done,
+        initial_loss=first.initial_loss,
+        min_loss=min(first.min_loss, last.min_loss),
+        loss_curve=first.loss_curve + last.loss_curve,
+        seconds=first.seconds + last.seconds,
+        samples_per_s=(first.samples_per_s * first.seconds + last.samples_per_s * last.seconds)
+        / max(first.seconds + last.seconds, 1e-9),
+    )
