@@ -12,6 +12,11 @@ cut (or the uniform fraction) is found by bisection on MACs counted by ``FlopCou
 meta-device copy with the channels really removed. Every group keeps at least one channel and at
 least ``1 - max_ratio`` of them; kept counts are rounded *up* to a multiple of ``round_to``, so
 rounding never prunes more than asked and the bisection absorbs the difference elsewhere.
+
+``latency_aware`` divides each channel's normalized score by its group's estimated time per MAC
+relative to the model's average (:mod:`slimmer.structures.latency_cost`): at the same MACs target,
+channels that cost more time than their MACs suggest (depthwise convolutions, wide activations at
+high resolution) go first, so the saved MACs turn into saved time. The MACs target is unchanged.
 """
 
 from __future__ import annotations
@@ -29,11 +34,13 @@ from torch import nn
 from slimmer.errors import ConfigError
 from slimmer.graph.groups import ChannelGroup, GroupSet
 from slimmer.graph.macs import MacsByWeight, count_macs, to_meta
+from slimmer.structures.latency_cost import LatencyByWeight
 from slimmer.structures.plan import PlannedGroup, PruningPlan
 from slimmer.surgery import remove_channels
 
 SCORE_KINDS = ("l1", "l2", "bn-scale", "random")
 SCOPES = ("global", "layer")
+LATENCY_EXPONENT = 1.0  # key = normalized score / relative time-per-MAC ** LATENCY_EXPONENT
 
 
 def _per_channel(group: ChannelGroup, member_index: int, per_index: torch.Tensor) -> torch.Tensor:
@@ -136,18 +143,23 @@ def plan_channels(
     example_inputs: Sequence[Any] | None = None,
     seed: int = 0,
     channel_scores: Callable[[ChannelGroup], torch.Tensor] | None = None,
+    latency_aware: bool = False,
 ) -> PruningPlan:
     """Choose the channels to keep in every prunable group; return a bound :class:`PruningPlan`.
 
     ``sparsity`` is the fraction of prunable channels to remove; ``macs_target`` the fraction of
     the original MACs to keep (exactly one of them). When a target cannot be reached (every group
     at ``max_ratio``, or too much is blocked) the plan prunes as far as allowed and says so in
-    ``notes``; ``macs_after / macs_before`` is what was achieved.
+    ``notes``; ``macs_after / macs_before`` is what was achieved. ``latency_aware`` ranks channels
+    by importance per estimated time per MAC (global scope; needs ``example_inputs``; see the
+    module docstring).
     """
     if channel_scores is not None:  # scores from a weight criterion (SNIP, SynFlow, ...), summed per group
         _validate(sparsity, macs_target, round_to, max_ratio, scope, "l1", example_inputs)
     else:
         _validate(sparsity, macs_target, round_to, max_ratio, scope, criterion, example_inputs)
+    if latency_aware and example_inputs is None:
+        raise ConfigError("latency-aware channel ranking needs example_inputs to estimate latency")
     notes: list[str] = []
     groups: list[ChannelGroup] = []
     order: dict[str, list[int]] = {}  # channel indices, most important first
@@ -163,6 +175,10 @@ def plan_channels(
         order[group.id] = sorted(range(group.channels), key=lambda j, s=scores: (-float(s[j]), j))
         mean = float(scores.mean()) or 1.0
         normalized.extend((float(scores[j]) / mean, g, j) for j in range(group.channels))
+    if latency_aware:
+        costs = LatencyByWeight(*to_meta(model, example_inputs)).relative_cost(groups)
+        normalized = [(value / costs[g] ** LATENCY_EXPONENT, g, j) for value, g, j in normalized]
+        notes.append("channels ranked by score per estimated time per MAC (latency-aware)")
     normalized.sort()
     pruned_in_group: list[list[int]] = [[] for _ in groups]  # cumulative rank positions per group
     for rank, (_, g, _) in enumerate(normalized):
