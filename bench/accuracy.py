@@ -8,7 +8,9 @@ only (no distillation), exactly as in the BENCHMARKS.md reference runs; slimmer 
 
 Rows: ``channel`` (slimmer --macs-target 0.5 vs Torch-Pruning L2 at ratio 0.29, ≈ the same MACs),
 ``u90`` (slimmer 90% unstructured vs torch.nn.utils.prune global L1), ``u97`` (slimmer 97% with the
-oneshot, iterative, gradual and cyclical schedules).
+oneshot, iterative, gradual and cyclical schedules), ``pai`` (SNIP, GraSP, SynFlow at 90% and 99%),
+``reg`` (slimming and greg at half the MACs, halo at 90%: half the steps regularizing, half
+fine-tuning), ``nm`` (2:4 fine-tuned with SR-STE against the same mask held fixed).
 
     python bench/accuracy.py --rows channel,u90 --seeds 0,1 --write-docs
 
@@ -33,8 +35,9 @@ import _common  # noqa: E402
 
 from slimmer.bundled import DEMO_WEIGHTS, bundled_file  # noqa: E402
 from slimmer.config import CompressConfig  # noqa: E402
-from slimmer.prune import prune, shrink_model  # noqa: E402
+from slimmer.prune import after_shrink, prune, shrink_model  # noqa: E402
 from slimmer.recover import recover  # noqa: E402
+from slimmer.regularize import apply_chosen, regularize  # noqa: E402
 from slimmer.stats import accuracy, count_macs  # noqa: E402
 from slimmer.structures.unstructured import MaskSet, prunable_weights  # noqa: E402
 from slimmer.train.data import load_data, pad_crop_flip  # noqa: E402
@@ -58,7 +61,10 @@ def peer_finetune(model, data, steps: int, seed: int, hooks) -> None:
     finetune(model, None, data.train, cfg, hooks)
 
 
-def slimmer_row(data, test, steps, seed, **opts) -> dict:
+def slimmer_row(data, test, steps, seed, fixed_nm_mask: bool = False, **opts) -> dict:
+    """The compress flow on the bundled model (prune, regularize when asked, shrink, fine-tune).
+
+    ``fixed_nm_mask`` fine-tunes an N:M run with its one-shot mask held fixed instead of SR-STE."""
     model = base_model()
     original = copy.deepcopy(model)
     cfg = CompressConfig(
@@ -74,17 +80,37 @@ def slimmer_row(data, test, steps, seed, **opts) -> dict:
     )
     x = torch.randn(2, *SHAPE[1:])
     torch.manual_seed(seed)
-    pruned = prune(model, cfg, x, data)
-    after_prune = accuracy(model, *test)
-    if cfg.schedule != "oneshot":
+    extra = {}
+    prune_cfg = cfg
+    if cfg.regularizer is not None:
+        done = regularize(model, original, cfg, x, data, lambda *a: None)
+        extra["after_regularize"] = accuracy(model, *test)
+        extra["regularizer"] = done.details
+        prune_cfg = done.prune_config
+        if done.chosen is not None:
+            pruned = done.chosen
+            apply_chosen(model, pruned)
+        else:
+            pruned = prune(model, prune_cfg, x, data)
+    else:
+        pruned = prune(model, cfg, x, data)
+    if cfg.schedule != "oneshot":  # the one-shot result is reported; the schedule restarts from dense
+        after_prune = accuracy(model, *test)
         model.load_state_dict(original.state_dict())
     shrink_model(model, pruned, x)
-    recover(model, original, cfg, x, data, pruned, lambda *a: None)
+    after_shrink(model, cfg, x, pruned)
+    if cfg.schedule == "oneshot":
+        after_prune = accuracy(model, *test)
+    if fixed_nm_mask and pruned.nm is not None:
+        pruned.masks, pruned.nm = pruned.nm.masks, None  # MaskHook instead of SR-STE
+    if steps:
+        recover(model, original, cfg, x, data, pruned, lambda *a: None)
     return {
         "after_prune": after_prune,
         "after_finetune": accuracy(model, *test),
         "macs_kept": count_macs(model, x) / count_macs(original, x),
         "sparsity": pruned.sparsity_achieved,
+        **extra,
     }
 
 
@@ -122,8 +148,12 @@ def torch_prune_row(data, test, steps, seed, sparsity: float) -> dict:
 ROWS = {
     "channel": [
         (
-            "slimmer channel --macs-target 0.5 (l1, KD)",
+            "slimmer channel --macs-target 0.5, round_to 16 = default (l1, KD)",
             lambda d, t, s, seed: slimmer_row(d, t, s, seed, methods=("channel",), macs_target=0.5),
+        ),
+        (
+            "slimmer channel --macs-target 0.5, --round-to 4 (l1, KD)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, methods=("channel",), macs_target=0.5, round_to=4),
         ),
         ("Torch-Pruning L2 ratio 0.29 (CE)", tp_row),
     ],
@@ -142,6 +172,44 @@ ROWS = {
         for sch in ("oneshot", "iterative", "gradual", "cyclical")
     ]
     + [("torch.nn.utils.prune global L1 97% (CE)", lambda d, t, s, seed: torch_prune_row(d, t, s, seed, 0.97))],
+    # issue 5: the pruning-at-initialization criteria applied to the trained model, then fine-tuned
+    "pai": [
+        (
+            f"slimmer {int(sp * 100)}% unstructured ({crit}, KD)",
+            lambda d, t, s, seed, crit=crit, sp=sp: slimmer_row(d, t, s, seed, sparsity=sp, criterion=crit),
+        )
+        for sp in (0.9, 0.99)
+        for crit in ("snip", "grasp", "synflow")
+    ],
+    # issue 5: regularized phase, then prune, then fine-tune: half the budget each (468 steps in all)
+    "reg": [
+        (
+            "slimmer channel --macs-target 0.5, slimming (bn-scale), reg 234 + ft 234 (KD)",
+            lambda d, t, s, seed: slimmer_row(
+                d, t, s // 2, seed, methods=("channel",), macs_target=0.5, regularizer="slimming", reg_steps=s - s // 2
+            ),
+        ),
+        (
+            "slimmer channel --macs-target 0.5, greg (l1), reg 234 + ft 234 (KD)",
+            lambda d, t, s, seed: slimmer_row(
+                d, t, s // 2, seed, methods=("channel",), macs_target=0.5, regularizer="greg", reg_steps=s - s // 2
+            ),
+        ),
+        (
+            "slimmer 90% unstructured, halo then magnitude, reg 234 + ft 234 (KD)",
+            lambda d, t, s, seed: slimmer_row(
+                d, t, s // 2, seed, sparsity=0.9, regularizer="halo", reg_steps=s - s // 2
+            ),
+        ),
+    ],
+    # issue 6: SR-STE against the same one-shot 2:4 mask held fixed, equal steps
+    "nm": [
+        ("slimmer 2:4, SR-STE fine-tune (KD)", lambda d, t, s, seed: slimmer_row(d, t, s, seed, methods=("nm",))),
+        (
+            "slimmer 2:4, fixed one-shot mask fine-tune (KD)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, methods=("nm",), fixed_nm_mask=True),
+        ),
+    ],
 }
 
 
@@ -152,6 +220,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=468)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--match", default="", help="run only the methods whose label contains this text")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -160,6 +229,8 @@ def main() -> None:
     before = accuracy(base_model(), *test)
     for row in args.rows.split(","):
         for label, fn in ROWS[row]:
+            if args.match not in label:
+                continue
             for seed in map(int, args.seeds.split(",")):
                 t0 = time.time()
                 result = fn(data, test, args.steps, seed)

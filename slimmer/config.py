@@ -12,6 +12,13 @@ from slimmer.errors import ConfigError
 METHODS = ("unstructured", "channel", "nm", "fold")
 SCOPES = ("global", "layer")
 SCHEDULES = ("oneshot", "iterative", "gradual", "cyclical")
+REGULARIZER_METHODS = {
+    "slimming": ("channel",),
+    "greg": ("unstructured", "channel"),
+    "greg2": ("unstructured",),
+    "halo": ("unstructured",),
+}
+"""Which pruning each ``--regularizer`` prepares (see :mod:`slimmer.regularize`)."""
 
 
 def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
@@ -64,6 +71,8 @@ class CompressConfig:
     criterion: str = "magnitude"
     scope: str = "global"
     schedule: str = "oneshot"
+    regularizer: str | None = None
+    reg_steps: int | None = None
     data: str | None = None
     finetune_steps: int = 0
     batch_size: int = 128
@@ -76,6 +85,8 @@ class CompressConfig:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     round_to: int | None = None
+    latency_aware: bool = False
+    speedup: float | None = None
     expect_sha256: str | None = None
     keep_failed: bool = False
     device: str = "auto"
@@ -98,6 +109,17 @@ class CompressConfig:
         _check_fraction("--sparsity-tolerance", self.sparsity_tolerance, low_open=False, high_open=True)
         if self.macs_target is not None:
             _check_fraction("--macs-target", self.macs_target, low_open=True, high_open=False)
+        if self.speedup is not None:
+            if not (isinstance(self.speedup, (int, float)) and math.isfinite(self.speedup) and self.speedup > 1):
+                raise ConfigError(f"--speedup must be a number > 1, got {self.speedup!r}")
+            if "channel" not in self.methods:
+                raise ConfigError("--speedup applies to --method channel", hint="add --method channel")
+            if self.macs_target is not None or self.sparsity is not None:
+                raise ConfigError("--speedup chooses the MACs target itself: drop --macs-target and --sparsity")
+        if self.latency_aware and "channel" not in self.methods:
+            raise ConfigError("--latency-aware applies to --method channel", hint="add --method channel")
+        if self.latency_aware and self.scope != "global":
+            raise ConfigError("--latency-aware ranks channels across layers: use --scope global")
         if self.macs_target is not None and "channel" not in self.methods:
             raise ConfigError("--macs-target applies to --method channel", hint="add --method channel")
         if not self.methods:
@@ -161,11 +183,54 @@ class CompressConfig:
                 )
         if self.finetune_steps > 0 and self.data is None:
             raise ConfigError("--finetune-steps needs --data to train on")
+        if self.regularizer is not None:
+            self._check_regularizer()
+        elif self.reg_steps is not None:
+            raise ConfigError("--reg-steps applies to --regularizer", hint="add --regularizer slimming, greg or halo")
+
+    def _check_regularizer(self) -> None:
+        name = self.regularizer
+        if name not in REGULARIZER_METHODS:
+            from slimmer.registry import did_you_mean
+
+            known = list(REGULARIZER_METHODS)
+            raise ConfigError(f"--regularizer {name!r} is not one of {', '.join(known)}.{did_you_mean(name, known)}")
+        if self.reg_steps is not None and self.reg_steps < 1:
+            raise ConfigError(f"--reg-steps must be ≥ 1, got {self.reg_steps}")
+        if self.regularize_steps < 1:
+            raise ConfigError(
+                f"--regularizer {name} trains with a penalty before pruning: give it steps",
+                hint="pass --reg-steps N (it defaults to --finetune-steps)",
+            )
+        if self.data is None:
+            raise ConfigError(f"--regularizer {name} trains before pruning: pass --data to train on")
+        allowed = REGULARIZER_METHODS[name]
+        if not set(allowed) & set(self.methods):
+            raise ConfigError(
+                f"--regularizer {name} prepares {' or '.join(allowed)} pruning, not --method {','.join(self.methods)}",
+                hint=f"add --method {allowed[0]}",
+            )
+        if {"unstructured", "channel"} <= set(self.methods):
+            raise ConfigError(
+                f"--regularizer {name} prepares one kind of pruning: choose --method unstructured or channel"
+            )
+        if self.schedule != "oneshot":
+            raise ConfigError(f"--regularizer {name} prunes once after its phase: use --schedule oneshot")
+        if name == "slimming" and self.criterion not in ("magnitude", "bn-scale"):
+            raise ConfigError(
+                f"--regularizer slimming ranks channels by their BatchNorm scale, not --criterion {self.criterion}",
+                hint="drop --criterion (or pass --criterion bn-scale)",
+            )
 
     @property
     def target_sparsity(self) -> float:
         """The sparsity asked for, or the default 0.5 when none was given."""
         return 0.5 if self.sparsity is None else self.sparsity
+
+    @property
+    def regularize_steps(self) -> int:
+        """Steps of the regularized phase: ``--reg-steps``, else as many as ``--finetune-steps``."""
+        return self.finetune_steps if self.reg_steps is None else self.reg_steps
 
     @property
     def output_path(self) -> Path:

@@ -8,6 +8,7 @@ the masked one. Methods run in the order given (``channel,nm`` prunes channels f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -31,6 +32,9 @@ DEFAULT_MAX_RATIO = 0.9
 # onnxruntime on its fast kernels (efficiency 0.90-0.99 at half the MACs, never slower than unpruned),
 # where round_to 1 made mobilenet_v2 and efficientnet_b0 slower than the unpruned model.
 DEFAULT_ROUND_TO = 16
+# On a narrow model the same rounding costs accuracy instead: resnet20-fmnist at half the MACs is
+# 1.9x faster with round_to 16 but 1.3x with round_to 4, which recovers better after fine-tuning
+# (docs/BENCHMARKS.md, "Round-to on a narrow model"); --round-to chooses.
 AFTER_SHRINK = ("nm", "fold")
 NM_CPU_NOTE = (
     "N:M zeros give no speed on CPU onnxruntime (sparse initializers are densified at load); a runtime with "
@@ -110,13 +114,25 @@ def _unstructured(
     model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits | None, result: PruneResult
 ) -> None:
     masks = unstructured_masks_for(model, config, example, data, config.target_sparsity)
+    apply_masks(model, masks, config, result)
+
+
+def apply_masks(model: nn.Module, masks: MaskSet, config: CompressConfig, result: PruneResult) -> None:
+    """Zero ``masks`` in ``model`` and record them in ``result``."""
     masks.apply(model)
+    record_masks(masks, config, result)
+
+
+def record_masks(masks: MaskSet, config: CompressConfig, result: PruneResult | None = None) -> PruneResult:
+    """``result`` (a new one when None) with ``masks`` and what they achieve; nothing is zeroed."""
+    result = PruneResult() if result is None else result
     result.masks = masks
     result.sparsity_requested = config.target_sparsity
     result.sparsity_achieved = masks.sparsity
     result.per_layer = masks.per_layer_sparsity()
     result.warnings += masks.warnings
     result.details["criterion"] = config.criterion
+    return result
 
 
 def _channel(
@@ -147,26 +163,33 @@ def _channel(
             "no channel group of this model can be pruned" + (f": {reasons[0]}" if reasons else ""),
             hint="run `slimmer inspect` to see what blocks each layer, or use --method unstructured",
         )
-    plan = plan_channels(
-        groups,
-        model,
-        sparsity=None if config.macs_target is not None else config.target_sparsity,
-        macs_target=config.macs_target,
-        round_to=config.round_to or DEFAULT_ROUND_TO,
-        max_ratio=DEFAULT_MAX_RATIO,
-        scope=config.scope,
-        criterion=kind,
-        example_inputs=(example,),
-        seed=config.seed,
-        channel_scores=channel_scores,
-    )
+    round_to = config.round_to or DEFAULT_ROUND_TO
+    speedup = None
+    if config.speedup is not None:
+        speedup = _plan_for_speedup(model, groups, config, example, round_to, kind, channel_scores)
+        plan = speedup.plan
+    else:
+        plan = plan_channels(
+            groups,
+            model,
+            sparsity=None if config.macs_target is not None else config.target_sparsity,
+            macs_target=config.macs_target,
+            round_to=round_to,
+            max_ratio=DEFAULT_MAX_RATIO,
+            scope=config.scope,
+            criterion=kind,
+            example_inputs=(example,),
+            seed=config.seed,
+            channel_scores=channel_scores,
+            latency_aware=config.latency_aware,
+        )
     mask_model(model, plan)
     result.plan, result.groups = plan, groups
     result.warnings += plan.notes
     for reason in sorted({g.blocked_by for g in groups.blocked if g.blocked_by}):
         if not reason.startswith(("model output", "model input")):  # never pruned, by design
             result.warnings.append(f"not pruned: {reason}")
-    if config.macs_target is None:
+    if config.macs_target is None and speedup is None:
         result.sparsity_requested = config.target_sparsity
         result.sparsity_achieved = plan.channels_pruned / max(1, plan.channels_total)
     result.per_layer = _channel_fractions(plan)
@@ -175,12 +198,42 @@ def _channel(
         "groups": len(groups.groups),
         "prunable_groups": len(groups.prunable),
         "blocked_groups": len(groups.blocked),
-        "round_to": config.round_to or DEFAULT_ROUND_TO,
+        "round_to": round_to,
         "channels_total": plan.channels_total,
         "channels_pruned": plan.channels_pruned,
         "macs_target": config.macs_target,
+        "latency_aware": config.latency_aware or config.speedup is not None,
         "blocked": sorted({g.blocked_by for g in groups.blocked if g.blocked_by}),
     }
+    if speedup is not None:
+        result.details["speedup"] = {
+            "requested": config.speedup,
+            "measured": speedup.speedup,
+            "reached": speedup.reached,
+            "trials": [t.__dict__ for t in speedup.trials],
+        }
+
+
+def _plan_for_speedup(model, groups, config, example, round_to, kind, channel_scores):
+    """Plan channels until onnxruntime measures ``config.speedup`` (trial exports in a temp dir)."""
+    import tempfile
+
+    from slimmer.structures.speedup import onnx_speedup, plan_for_speedup
+
+    one = example[:1]
+    with tempfile.TemporaryDirectory(prefix="slimmer-speedup-") as tmp:
+        return plan_for_speedup(
+            groups,
+            model,
+            config.speedup,
+            (example,),
+            onnx_speedup(model, one, workdir=Path(tmp)),
+            round_to=round_to,
+            max_ratio=DEFAULT_MAX_RATIO,
+            criterion=kind,
+            seed=config.seed,
+            channel_scores=channel_scores,
+        )
 
 
 def _channel_fractions(plan: PruningPlan) -> dict[str, float]:
@@ -226,7 +279,15 @@ def after_shrink(model: nn.Module, config: CompressConfig, example: torch.Tensor
         result.details["nm"] = {"pattern": f"{n}:{m}", "layers": nm.layers, "skipped": nm.skipped}
     if "fold" in config.methods:
         from slimmer.folding import fold_batchnorm, functional_activations, merge_model
+        from slimmer.folding.phase import active as fold_phase_active
 
+        if fold_phase_active(config.methods, config.data is not None, config.finetune_steps):
+            if config.schedule != "oneshot":
+                raise ConfigError(
+                    f"--method fold with fine-tuning cannot follow --schedule {config.schedule}",
+                    hint="use --schedule oneshot with --method fold",
+                )
+            return  # layer folding runs inside the recovery stage (slimmer.folding.phase)
         folded = fold_batchnorm(model, example)
         merged = merge_model(model, example)
         not_foldable = functional_activations(model, example)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from slimmer.config import CompressConfig
+from slimmer.folding import phase as fold_phase
 from slimmer.prune import PruneResult, unstructured_masks_for
 from slimmer.schedules import ScheduledMaskHook, build_schedule
 from slimmer.structures.nm import nm_mask
@@ -51,6 +52,42 @@ def _hooks(
     return hooks
 
 
+def finetune_config(config: CompressConfig, example: torch.Tensor, n_train: int, steps: int) -> FinetuneConfig:
+    """The loop settings of ``compress`` for ``steps`` optimizer steps (fine-tuning or regularizing)."""
+    info = init_from_env()
+    on_gpu = resolve_device(config.device, info.local_rank).type == "cuda"
+    return FinetuneConfig(
+        amp=on_gpu and config.amp,
+        steps=steps,
+        batch_size=min(config.batch_size, n_train),
+        lr=config.lr,
+        optimizer=config.optimizer,
+        device=config.device,
+        seed=config.seed,
+        kd_alpha=0.9 if config.kd else 0.0,
+        progress_every_s=config.progress_every_s,
+        augment=pad_crop_flip(pad=max(1, example.shape[-1] // 8)) if config.augment and example.ndim == 4 else None,
+    )
+
+
+def step_printer(say: Say, stage: str, label: str) -> Callable[[dict], None]:
+    """A loop progress callback that reports one line per update through ``say``."""
+
+    def progress(p: dict) -> None:
+        say(
+            stage,
+            f"{label} step {p['step']}/{p['total']}  loss {p['loss']:.4f}  lr {p['lr']:.2e}  "
+            f"{p['samples_per_s']:.0f} samples/s",
+        )
+
+    return progress
+
+
+def distillation_teacher(teacher: nn.Module, config: CompressConfig, data: DataSplits) -> nn.Module | None:
+    """The original model with ``--kd``, and always when the data has no labels (the only signal)."""
+    return teacher if config.kd or data.train.y is None else None
+
+
 def recover(
     model: nn.Module,
     teacher: nn.Module,
@@ -71,37 +108,22 @@ def recover(
     if config.finetune_steps == 0:
         return done
     hooks = _hooks(model, config, example, data, pruned)
-    info = init_from_env()
-    on_gpu = resolve_device(config.device, info.local_rank).type == "cuda"
-    cfg = FinetuneConfig(
-        amp=on_gpu and config.amp,
-        steps=config.finetune_steps,
-        batch_size=min(config.batch_size, len(data.train)),
-        lr=config.lr,
-        optimizer=config.optimizer,
-        device=config.device,
-        seed=config.seed,
-        kd_alpha=0.9 if config.kd else 0.0,
-        progress_every_s=config.progress_every_s,
-        augment=pad_crop_flip(pad=max(1, example.shape[-1] // 8)) if config.augment and example.ndim == 4 else None,
-    )
-    teacher_or_none = teacher if config.kd else None
-    if not config.kd and data.train.y is None:
-        teacher_or_none = teacher  # unlabeled data: distillation is the only signal there is
+    cfg = finetune_config(config, example, len(data.train), config.finetune_steps)
+    teacher_or_none = distillation_teacher(teacher, config, data)
 
-    def progress(p: dict) -> None:
-        say(
-            "finetune",
-            f"fine-tune step {p['step']}/{p['total']}  loss {p['loss']:.4f}  lr {p['lr']:.2e}  "
-            f"{p['samples_per_s']:.0f} samples/s",
-        )
-
+    progress = step_printer(say, "finetune", "fine-tune")
     say(
         "finetune",
         f"fine-tuning {config.finetune_steps} steps ({'distilling from the original' if config.kd else 'labels only'})",
     )
-    student = wrap_ddp(model, info) if info.world_size > 1 else model
-    result = finetune(student, teacher_or_none, data.train, cfg, hooks, progress=progress if info.is_main else None)
+    info = init_from_env()
+    if fold_phase.active(config.methods, True, config.finetune_steps):  # linearize, fold, merge (Ben Dror et al.)
+        result = fold_phase.finetune_with_folding(
+            model, teacher_or_none, data.train, cfg, hooks, example, pruned, say, progress if info.is_main else None
+        )
+    else:
+        student = wrap_ddp(model, info) if info.world_size > 1 else model
+        result = finetune(student, teacher_or_none, data.train, cfg, hooks, progress=progress if info.is_main else None)
     done.update(result.to_dict())
     for hook in hooks:
         if isinstance(hook, ScheduledMaskHook) and hook.masks is not None:

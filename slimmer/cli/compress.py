@@ -52,6 +52,18 @@ def compress_command(
         "--round-to",
         help="channel: kept channel counts are multiples of this (default 16, measured fastest in onnxruntime)",
     ),
+    speedup: float | None = typer.Option(
+        None,
+        "--speedup",
+        help="channel: prune until onnxruntime (CPU, 1 thread, batch 1) measures this speedup, e.g. 2.0 "
+        "(latency-aware ranking; exit 5 when it cannot be reached)",
+    ),
+    latency_aware: bool = typer.Option(
+        False,
+        "--latency-aware",
+        help="channel: prune first the channels that cost more time than their MACs suggest (depthwise convs, "
+        "wide activations at high resolution); same MACs target",
+    ),
     sparsity_tolerance: float = typer.Option(
         0.01, "--sparsity-tolerance", help="exit 5 when achieved sparsity falls short by more"
     ),
@@ -63,6 +75,15 @@ def compress_command(
         "oneshot", "--schedule", help="oneshot, iterative, gradual or cyclical (spread over fine-tuning)"
     ),
     finetune_steps: int = typer.Option(0, "--finetune-steps", help="optimizer steps of fine-tuning (needs --data)"),
+    regularizer: str | None = typer.Option(
+        None,
+        "--regularizer",
+        help="train with a penalty before the final pruning: slimming (channel), greg (unstructured or channel), "
+        "greg2 or halo (unstructured); needs --data",
+    ),
+    reg_steps: int | None = typer.Option(
+        None, "--reg-steps", help="optimizer steps of the --regularizer phase (default: as many as --finetune-steps)"
+    ),
     batch_size: int = typer.Option(128, "--batch-size", help="fine-tuning batch size"),
     lr: float = typer.Option(0.01, "--lr", help="fine-tuning peak learning rate (cosine with warm-up)"),
     optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (Nesterov momentum) or adamw"),
@@ -115,9 +136,13 @@ def compress_command(
         nm=nm,
         macs_target=macs_target,
         round_to=round_to,
+        latency_aware=latency_aware,
+        speedup=speedup,
         sparsity_tolerance=sparsity_tolerance,
         schedule=schedule,
         finetune_steps=finetune_steps,
+        regularizer=regularizer,
+        reg_steps=reg_steps,
         batch_size=batch_size,
         lr=lr,
         optimizer=optimizer,

@@ -61,6 +61,12 @@ class SlimmingRegularizer(TrainHook):
             ]
         self._gammas = _params(model, names, "slimming")
 
+    def gammas(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """The γ parameters penalized, by name."""
+        if not self._gammas:
+            self.on_start(model, 0)
+        return dict(self._gammas)
+
     def after_backward(self, model: nn.Module, step: int) -> None:
         if not self._gammas:
             self.on_start(model, 0)
