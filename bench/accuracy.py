@@ -246,13 +246,14 @@ def main() -> None:
                 _common.append_jsonl(args.out, record)
                 print(json.dumps(record), flush=True)
     if args.write_docs:
-        write_docs(args.out, " ".join(sys.argv))
+        write_docs(args.out, "`python " + " ".join(sys.argv) + "`")
 
 
 def write_docs(path: Path, command: str) -> None:
     rows = _common.read_jsonl(path)
     groups: dict[tuple[str, str, int], list[dict]] = {}
-    for r in rows:
+    order = {row: i for i, row in enumerate(ROWS)}
+    for r in sorted(rows, key=lambda r: order.get(r["row"], len(order))):
         groups.setdefault((r["row"], r["label"], r["steps"]), []).append(r)
     lines = [
         "| row | method | MACs kept / sparsity | before | right after pruning | after fine-tuning (seeds) | "
@@ -262,9 +263,9 @@ def write_docs(path: Path, command: str) -> None:
     for (row, label, steps), rs in groups.items():
         after = [r["after_finetune"] for r in rs]
         size = (
-            f"{rs[0]['macs_kept']:.3f}"
-            if "macs_kept" in rs[0] and "sparsity" not in rs[0]
-            else f"{rs[0].get('sparsity') or 0:.3f}"
+            f"{rs[0]['sparsity']:.3f} sparsity"
+            if rs[0].get("sparsity") is not None
+            else f"{rs[0]['macs_kept']:.3f} MACs"
         )
         lines.append(
             f"| {row} ({steps} steps) | {label} | {size} | {rs[0]['before']:.2%} | "
@@ -273,7 +274,7 @@ def write_docs(path: Path, command: str) -> None:
         )
     v = _common.versions()
     body = (
-        f"Command: `python {command}` ({_common.today()}; torch {v.get('torch')}, "
+        f"Command: {command} ({_common.today()}; torch {v.get('torch')}, "
         f"torch-pruning {v.get('torch-pruning', 'n/a')}).\n\nTest split: 10,000 Fashion-MNIST images.\n\n"
         + "\n".join(lines)
     )
