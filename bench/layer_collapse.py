@@ -1,6 +1,6 @@
 """Per-layer density of global unstructured pruning at 99% and 99.9% (min_keep=0) on the bundled
 resnet20-fmnist: magnitude, SNIP, GraSP, LAMP and SynFlow. Prints the table and writes it to
-docs/layer_collapse.md.
+the "Layer collapse" section of docs/BENCHMARKS.md.
 
     python bench/layer_collapse.py
 """
@@ -60,7 +60,7 @@ def main() -> None:
         "",
     ]
     for sparsity in SPARSITIES:
-        lines += [f"## {sparsity:.1%} sparsity", ""]
+        lines += [f"### {sparsity:.1%} sparsity", ""]
         lines.append("| layer | params | " + " | ".join(CRITERIA) + " |")
         lines.append("|---|---:|" + "---:|" * len(CRITERIA))
         for n in names:
@@ -76,7 +76,10 @@ def main() -> None:
         lines.append("")
     text = "\n".join(lines)
     sys.stdout.write(text + "\n")
-    (ROOT / "docs" / "layer_collapse.md").write_text(text)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _common
+
+    _common.write_section("Layer collapse", text.split("\n", 2)[2])  # without the file title
 
 
 if __name__ == "__main__":
