@@ -10,6 +10,13 @@ from pathlib import Path
 import pytest
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """Run in the child before exec: a job started in the background by a non-interactive shell
+    (``cmd &``, nohup, some CI runners) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler; a user pressing Ctrl-C in a terminal has the default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: list, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "slimmer", *map(str, args)],
@@ -17,6 +24,7 @@ def start(args: list, cwd: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_sigint_as_in_a_terminal,
     )
 
 

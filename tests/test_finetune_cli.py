@@ -99,6 +99,13 @@ def test_nm_finetuning_with_srste_keeps_the_pattern(cli, r20, fmnist_like_npz):
     assert nm["onnx_initializers_checked"] == nm["onnx_initializers_with_pattern"] > 0
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """Run in the child before exec: a job started in the background by a non-interactive shell
+    (``cmd &``, nohup, some CI runners) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler; a user pressing Ctrl-C in a terminal has the default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args, cwd):
     return subprocess.Popen(
         [sys.executable, "-m", "slimmer", *map(str, args)],
@@ -106,6 +113,7 @@ def _start(args, cwd):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_sigint_as_in_a_terminal,
     )
 
 
