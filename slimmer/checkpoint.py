@@ -179,6 +179,8 @@ def unsafe_globals(path: Path, fmt: str) -> list[str]:
 
 
 def _refuse(path: Path, fmt: str, found: list[str], what: str) -> UnsafeCheckpointError:
+    # torch returns the globals in set order (it varies between runs): name the user's own code first
+    found = sorted(set(found), key=lambda g: (g.startswith(("torch.", "builtins.", "collections.")), g))
     named = ", ".join(found[:8]) + (f" (+{len(found) - 8} more)" if len(found) > 8 else "")
     detail = f"; loading it would import: {named}" if found else ""
     return UnsafeCheckpointError(

@@ -56,3 +56,17 @@ def test_inspect_lists_groups_and_blockers(cli, r20):
     assert len(groups) - len(blocked) >= 10
     assert [g["blocked_by"].split(" [")[0] for g in blocked] == ["model output"]
     assert "prunable channel groups" in run.stderr
+
+
+def test_refusal_names_the_unsafe_globals_in_a_stable_order_user_code_first(tmp_path):
+    import random
+
+    from slimmer.checkpoint import _refuse
+
+    found = [f"torch.nn.modules.m{i}.M" for i in range(10)] + ["mypkg.net.Net", "builtins.set"]
+    messages = set()
+    for seed in range(5):
+        random.Random(seed).shuffle(found)
+        messages.add(_refuse(tmp_path / "m.pt", "state-zip", list(found), "a pickled object").message)
+    assert len(messages) == 1
+    assert "would import: mypkg.net.Net, builtins.set, torch.nn.modules.m0.M," in messages.pop()
