@@ -22,8 +22,8 @@ The procedure of Ben Dror et al. ("Layer Folding", BMVC 2022, arXiv 2106.09309),
 
 **The latency gate** (:data:`LATENCY_GATE` = ``"measure"``) builds the pair and the merged layer
 as two small ONNX graphs with the real shapes at batch 1 and times them with
-:func:`~slimmer.export.bench.paired_latency` (one intra-op thread, :data:`GATE_WARMUP` warm-up
-runs, :data:`GATE_PAIRS` interleaved pairs, median of per-pair ratios); the merge goes ahead when
+:func:`~slimmer.export.bench.paired_latency` (one intra-op thread, :data:`~slimmer.folding.gate.GATE_WARMUP` warm-up
+runs, :data:`~slimmer.folding.gate.GATE_PAIRS` interleaved pairs, median of per-pair ratios); the merge goes ahead when
 the median ratio pair/merged is ≥ 1 (not slower). Folding can grow MACs — two 3×3 convs of width C
 cost 18·C² per pixel, the merged 5×5 25·C² — so on a CPU the merged conv is often slower (see
 docs/BENCHMARKS.md "Layer folding"). Timing depends on the shapes only, so the gate is asked
@@ -40,10 +40,8 @@ Not done here: folding the residual identity into the merged kernel's centre
 from __future__ import annotations
 
 import copy
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,6 +50,7 @@ from torch import fx, nn
 from slimmer.folding._modules import CONV_OPS, call_counts, innermost_module, layer_of, set_module
 from slimmer.folding.batchnorm import BN_OPS, fold_batchnorm
 from slimmer.folding.chain import layer_depth, merge_model
+from slimmer.folding.gate import LatencyGate
 from slimmer.folding.linearize import (
     ACTIVATION_OPS,
     DEFAULT_KINDS,
@@ -77,8 +76,6 @@ PENALTY = 0.25
 ALPHA_FRACTION = 0.5
 # "measure": merge only when the merged layer is not slower in onnxruntime; "off": merge what the rules allow.
 LATENCY_GATE = "measure"
-GATE_WARMUP, GATE_PAIRS = 10, 50
-GATES = ("measure", "off")
 
 
 def active(methods: Iterable[str], has_data: bool, finetune_steps: int) -> bool:
@@ -105,124 +102,6 @@ def sizes(model: nn.Module, example: torch.Tensor | tuple[Any, ...], captured: C
         "macs": count_macs(model, inputs[0]),
         "conv_nodes": conv_count(captured),
     }
-
-
-# ---------------------------------------------------------------- the latency gate
-
-
-def _onnx_layers(layers: list[nn.Module], in_shape: tuple[int, ...]) -> Any:
-    """A small ONNX model running ``layers`` one after the other (Conv2d or Linear), batch 1."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    inits, nodes, current = [], [], "x"
-    for i, layer in enumerate(layers):
-        w = layer.weight.detach().float().cpu().numpy()
-        b = layer.bias.detach().float().cpu().numpy() if layer.bias is not None else np.zeros(w.shape[0], np.float32)
-        out = f"y{i}"
-        if isinstance(layer, nn.Linear):
-            inits += [numpy_helper.from_array(np.ascontiguousarray(w.T), f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
-            nodes += [
-                helper.make_node("MatMul", [current, f"w{i}"], [f"m{i}"]),
-                helper.make_node("Add", [f"m{i}", f"b{i}"], [out]),
-            ]
-        else:
-            inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
-            (ph, pw), (sh, sw) = layer.padding, layer.stride
-            nodes.append(
-                helper.make_node(
-                    "Conv",
-                    [current, f"w{i}", f"b{i}"],
-                    [out],
-                    kernel_shape=list(layer.kernel_size),
-                    strides=[sh, sw],
-                    pads=[ph, pw, ph, pw],
-                )
-            )
-        current = out
-    shape = [1, *in_shape[1:]]
-    graph = helper.make_graph(
-        nodes,
-        "fold_gate",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info(current, TensorProto.FLOAT, None)],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def measure_merge(first: nn.Module, second: nn.Module, merged: nn.Module, in_shape: tuple[int, ...]) -> dict:
-    """Time the pair against the merged layer in onnxruntime (paired, 1 thread, batch 1)."""
-    import onnx
-
-    from slimmer.export.bench import paired_latency
-
-    with tempfile.TemporaryDirectory(prefix="slimmer-fold-gate-") as tmp:
-        pair_path, merged_path = Path(tmp) / "pair.onnx", Path(tmp) / "merged.onnx"
-        onnx.save(_onnx_layers([first, second], in_shape), pair_path)
-        onnx.save(_onnx_layers([merged], in_shape), merged_path)
-        result = paired_latency(pair_path, merged_path, warmup=GATE_WARMUP, pairs=GATE_PAIRS, threads=1, batch=1)
-    return {
-        "pair_ms": round(result.a.p50_ms, 4),
-        "merged_ms": round(result.b.p50_ms, 4),
-        "speedup": round(result.speedup, 3),
-    }
-
-
-def _agreed(timing: dict) -> dict:
-    """Under torchrun every rank must fold the same way: rank 0's measurement decides for all."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return timing
-    box = [timing]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-@dataclass
-class LatencyGate:
-    """Decides each merge by measurement (``"measure"``) or lets every allowed merge through (``"off"``).
-
-    Results are cached per (pair, shapes), so a pair judged when its activation was chosen is not
-    timed again when it is merged. ``protected`` layers (holding masks or an N:M pattern) never merge:
-    the merged weight would be dense.
-    """
-
-    mode: str = "measure"
-    protected: frozenset[str] = frozenset()
-    measured: dict[str, dict] = field(default_factory=dict)
-    _cache: dict[tuple, dict] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.mode not in GATES:
-            raise ValueError(f"latency gate must be one of {', '.join(GATES)}, got {self.mode!r}")
-
-    def __call__(
-        self,
-        first_path: str,
-        second_path: str,
-        first: nn.Module,
-        second: nn.Module,
-        merged: nn.Module,
-        in_shape: tuple[int, ...],
-    ) -> str | None:
-        for path in (first_path, second_path):
-            if path in self.protected:
-                return f"{path} holds pruning masks or an N:M pattern that merging would densify"
-        if self.mode == "off":
-            return None
-        key = (first_path, second_path, tuple(in_shape[1:]), tuple(merged.weight.shape))
-        if key not in self._cache:
-            self._cache[key] = _agreed(measure_merge(first, second, merged, in_shape))
-        timing = self._cache[key]
-        self.measured[f"{first_path} -> {second_path}"] = timing
-        if timing["speedup"] < 1.0:
-            return (
-                f"the merged layer is slower in onnxruntime: pair {timing['pair_ms']:.3f} ms, merged "
-                f"{timing['merged_ms']:.3f} ms (pair/merged {timing['speedup']:.2f}, 1 thread, batch 1)"
-            )
-        return None
 
 
 # ---------------------------------------------------------------- choosing the activations

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from slimmer.folding import FoldingPenaltyHook, LinearizableActivation
+from slimmer.folding import gate as fold_gate
 from slimmer.folding import phase as fold_phase
 from slimmer.train.data import Dataset
 from slimmer.train.finetune import FinetuneConfig, finetune
@@ -153,7 +154,7 @@ def test_finetune_with_folding_when_the_gate_refuses_every_merge(monkeypatch) ->
     from slimmer.prune import PruneResult
 
     monkeypatch.setattr(fold_phase, "LATENCY_GATE", "measure")
-    monkeypatch.setattr(fold_phase, "measure_merge", lambda *a: {"pair_ms": 1.0, "merged_ms": 2.0, "speedup": 0.5})
+    monkeypatch.setattr(fold_gate, "measure_merge", lambda *a: {"pair_ms": 1.0, "merged_ms": 2.0, "speedup": 0.5})
     net = _tiny()
     data = Dataset(torch.randn(16, 3, 12, 12), torch.randint(0, 4, (16,)), "test")
     pruned = PruneResult()
