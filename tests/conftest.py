@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,27 @@ def fmnist_like_npz(tmp_path) -> Path:
     path = tmp_path / "data.npz"
     np.savez(path, x=rng.integers(0, 256, (300, 28, 28), dtype=np.uint8), y=rng.integers(0, 10, 300))
     return path
+
+
+def _sigint_as_in_a_terminal() -> None:
+    """Run in the child before exec: a job started in the background by a non-interactive shell
+    (``cmd &``, nohup, some CI runners) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler; a user pressing Ctrl-C in a terminal has the default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def slimmer_process():
+    """Starts ``python -m slimmer ARGS`` in ``cwd`` as a real process (pipes, text), as from a terminal."""
+
+    def start(args: list, cwd: Path) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "slimmer", *map(str, args)],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_sigint_as_in_a_terminal,
+        )
+
+    return start

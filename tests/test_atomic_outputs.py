@@ -3,29 +3,10 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-
-def _sigint_as_in_a_terminal() -> None:
-    """Run in the child before exec: a job started in the background by a non-interactive shell
-    (``cmd &``, nohup, some CI runners) inherits SIGINT ignored, and Python then installs no
-    KeyboardInterrupt handler; a user pressing Ctrl-C in a terminal has the default disposition."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def start(args: list, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "slimmer", *map(str, args)],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_sigint_as_in_a_terminal,
-    )
 
 
 def wait_for_partial(proc: subprocess.Popen, folder: Path, timeout: float = 240) -> Path:
@@ -41,10 +22,10 @@ def wait_for_partial(proc: subprocess.Popen, folder: Path, timeout: float = 240)
     pytest.fail("no temporary file appeared")
 
 
-def test_row25_kill_9_during_export_keeps_old_output(r20):
+def test_row25_kill_9_during_export_keeps_old_output(r20, slimmer_process):
     out = r20.with_name("r20.slim.onnx")
     out.write_bytes(b"OLD ARTIFACT")
-    proc = start(["compress", r20, "--arch", "resnet20-fmnist", "--force"], r20.parent)
+    proc = slimmer_process(["compress", r20, "--arch", "resnet20-fmnist", "--force"], r20.parent)
     wait_for_partial(proc, r20.parent)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
@@ -54,8 +35,8 @@ def test_row25_kill_9_during_export_keeps_old_output(r20):
     assert names == ["r20.pt", "r20.slim.onnx"]  # the report was not written either
 
 
-def test_row29_ctrl_c_exits_130_and_leaves_nothing(r20):
-    proc = start(["compress", r20, "--arch", "resnet20-fmnist"], r20.parent)
+def test_row29_ctrl_c_exits_130_and_leaves_nothing(r20, slimmer_process):
+    proc = slimmer_process(["compress", r20, "--arch", "resnet20-fmnist"], r20.parent)
     wait_for_partial(proc, r20.parent)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

@@ -99,23 +99,6 @@ def test_nm_finetuning_with_srste_keeps_the_pattern(cli, r20, fmnist_like_npz):
     assert nm["onnx_initializers_checked"] == nm["onnx_initializers_with_pattern"] > 0
 
 
-def _sigint_as_in_a_terminal() -> None:
-    """Run in the child before exec: a job started in the background by a non-interactive shell
-    (``cmd &``, nohup, some CI runners) inherits SIGINT ignored, and Python then installs no
-    KeyboardInterrupt handler; a user pressing Ctrl-C in a terminal has the default disposition."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _start(args, cwd):
-    return subprocess.Popen(
-        [sys.executable, "-m", "slimmer", *map(str, args)],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_sigint_as_in_a_terminal,
-    )
-
 
 def test_non_terminal_output_has_periodic_progress_lines(r20, fmnist_like_npz):
     proc = subprocess.run(
@@ -146,8 +129,8 @@ def test_non_terminal_output_has_periodic_progress_lines(r20, fmnist_like_npz):
     assert "\x1b[" not in proc.stderr
 
 
-def test_row29_ctrl_c_during_finetuning_exits_130_and_writes_nothing(r20, fmnist_like_npz):
-    proc = _start(
+def test_row29_ctrl_c_during_finetuning_exits_130_and_writes_nothing(r20, fmnist_like_npz, slimmer_process):
+    proc = slimmer_process(
         [
             "compress",
             r20,
