@@ -178,6 +178,8 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
         report.warnings += [w for w in pruned.warnings if w not in report.warnings]
     lap("prune")
     report.finetune = recover(model, original, config, example, data, pruned, say)
+    if pruned.model is not None:  # layer folding collapsed a region: the model is now a traced GraphModule
+        model = pruned.model
     info = current_dist()
     if info.world_size > 1 and not info.is_main:  # rank 0 alone exports, verifies and writes
         barrier()

@@ -49,6 +49,7 @@ class PruneResult:
     masks: MaskSet | None = None
     nm: NMResult | None = None
     fold: dict | None = None
+    model: nn.Module | None = None  # the model to export when layer folding rebuilt it (a traced GraphModule)
     plan: PruningPlan | None = None
     groups: GroupSet | None = None
     sparsity_requested: float | None = None

@@ -75,9 +75,7 @@ def oneshot(step: int, total_steps: int, *, final: float, **_: Any) -> float:
 
 
 @SCHEDULES.decorator("iterative")
-def iterative(
-    step: int, total_steps: int, *, final: float, rounds: int = 3, initial: float = 0.0, **_: Any
-) -> float:
+def iterative(step: int, total_steps: int, *, final: float, rounds: int = 3, initial: float = 0.0, **_: Any) -> float:
     """Round ``r`` (0-based) starts at ``floor(r·total/rounds)`` and prunes to density
     ``d_i·(d_f/d_i)^((r+1)/rounds)``: the same fraction of the surviving weights every round."""
     _check(final, initial, 1)
@@ -94,8 +92,14 @@ def iterative(
 
 @SCHEDULES.decorator("gradual")
 def gradual(
-    step: int, total_steps: int, *, final: float, initial: float = 0.0, interval: int = 1,
-    ramp_fraction: float = 0.75, **_: Any,
+    step: int,
+    total_steps: int,
+    *,
+    final: float,
+    initial: float = 0.0,
+    interval: int = 1,
+    ramp_fraction: float = 0.75,
+    **_: Any,
 ) -> float:
     """Zhu & Gupta 2017 (t₀ = 0): ``n = ⌊ramp_fraction·steps / Δt⌋`` updates, ``s_f`` from ``nΔt`` on."""
     _check(final, initial, interval, ramp_fraction)
@@ -106,8 +110,16 @@ def gradual(
 
 @SCHEDULES.decorator("cyclical")
 def cyclical(
-    step: int, total_steps: int, *, final: float, initial: float = 0.0, cycles: int = 3,
-    cycle_start: float | None = None, interval: int = 1, ramp_fraction: float = 0.75, **_: Any,
+    step: int,
+    total_steps: int,
+    *,
+    final: float,
+    initial: float = 0.0,
+    cycles: int = 3,
+    cycle_start: float | None = None,
+    interval: int = 1,
+    ramp_fraction: float = 0.75,
+    **_: Any,
 ) -> float:
     """Srinivas et al. 2022 (reconstruction): cycle length ``T_c = nΔt`` with ``n = ⌊ramp/(cycles·Δt)⌋``;
     inside a cycle ``s = s_f − (s_f − s_start)(1 − τ)³``, ``τ`` the Δt-quantized position in the cycle;

@@ -131,9 +131,7 @@ def _outputs(model: nn.Module, example_inputs: Sequence[Any]) -> list[torch.Tens
     return [t for t in tree_leaves(result) if isinstance(t, torch.Tensor)]
 
 
-def _compare(
-    pruned: list[torch.Tensor], reference: list[torch.Tensor], rtol: float
-) -> tuple[float, float, str | None]:
+def _compare(pruned: list[torch.Tensor], reference: list[torch.Tensor], rtol: float) -> tuple[float, float, str | None]:
     """(max abs diff, output scale, failure reason or None)."""
     if len(pruned) != len(reference):
         return float("inf"), 0.0, f"{len(pruned)} outputs instead of {len(reference)}"

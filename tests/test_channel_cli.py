@@ -37,8 +37,19 @@ def test_channel_macs_target_shrinks_and_saves_a_replayable_plan(cli, r20, parti
 
 
 def test_channel_sparsity_removes_that_fraction_of_channels(cli, r20):
-    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", "channel", "--sparsity", "0.25",
-              "--round-to", "1", "--json")
+    run = cli(
+        "compress",
+        r20,
+        "--arch",
+        "resnet20-fmnist",
+        "--method",
+        "channel",
+        "--sparsity",
+        "0.25",
+        "--round-to",
+        "1",
+        "--json",
+    )
     assert run.code == 0, run.stderr
     report = run.json()
     assert abs(report["sparsity"]["achieved"] - 0.25) <= 0.01
@@ -52,8 +63,19 @@ def test_channel_with_unknown_criterion_is_usage_error(cli, r20):
 
 @pytest.mark.parametrize("criterion", ["lamp", "bn-scale", "l2"])  # synflow: tests/criteria (100 rounds)
 def test_channel_with_data_free_criteria(cli, r20, criterion):
-    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", "channel", "--criterion", criterion,
-              "--sparsity", "0.3", "--json")
+    run = cli(
+        "compress",
+        r20,
+        "--arch",
+        "resnet20-fmnist",
+        "--method",
+        "channel",
+        "--criterion",
+        criterion,
+        "--sparsity",
+        "0.3",
+        "--json",
+    )
     assert run.code == 0, run.stderr
     assert run.json()["pruning"]["criterion"] == {"lamp": "lamp", "synflow": "synflow"}.get(criterion, criterion)
 
@@ -62,8 +84,22 @@ def test_data_criteria_need_data_then_work_with_it(cli, r20, fmnist_like_npz):
     run = cli("compress", r20, "--arch", "resnet20-fmnist", "--criterion", "snip")
     assert run.code == 2 and "--criterion snip needs --data" in run.stderr
     for method in ("unstructured", "channel"):
-        run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", method, "--criterion", "snip",
-                  "--sparsity", "0.3", "--data", fmnist_like_npz, "--force", "--json")
+        run = cli(
+            "compress",
+            r20,
+            "--arch",
+            "resnet20-fmnist",
+            "--method",
+            method,
+            "--criterion",
+            "snip",
+            "--sparsity",
+            "0.3",
+            "--data",
+            fmnist_like_npz,
+            "--force",
+            "--json",
+        )
         assert run.code == 0, run.stderr
         assert run.json()["pruning"]["criterion"] == "snip"
 

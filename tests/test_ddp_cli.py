@@ -12,10 +12,37 @@ from onnx import numpy_helper
 def test_row30_two_process_gloo_finetune_only_rank0_writes(r20, fmnist_like_npz, tmp_path):
     out = tmp_path / "ddp.onnx"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "slimmer",
-         "compress", str(r20), "--arch", "resnet20-fmnist", "--sparsity", "0.7", "--data", str(fmnist_like_npz),
-         "--finetune-steps", "3", "--batch-size", "16", "-o", str(out), "--json", "--device", "cpu"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "slimmer",
+            "compress",
+            str(r20),
+            "--arch",
+            "resnet20-fmnist",
+            "--sparsity",
+            "0.7",
+            "--data",
+            str(fmnist_like_npz),
+            "--finetune-steps",
+            "3",
+            "--batch-size",
+            "16",
+            "-o",
+            str(out),
+            "--json",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -99,7 +99,6 @@ def test_nm_finetuning_with_srste_keeps_the_pattern(cli, r20, fmnist_like_npz):
     assert nm["onnx_initializers_checked"] == nm["onnx_initializers_with_pattern"] > 0
 
 
-
 def test_non_terminal_output_has_periodic_progress_lines(r20, fmnist_like_npz):
     proc = subprocess.run(
         [

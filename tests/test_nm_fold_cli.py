@@ -74,6 +74,10 @@ def test_fold_folds_batchnorm_into_convs(cli, r20):
     assert run.json()["verification"]["passed"]
 
 
+def _init(graph, name):
+    return next(i for i in graph.graph.initializer if i.name == name)
+
+
 def _fold_run(cli, r20, npz, *extra, steps: int = 4):
     return cli(
         "compress",
@@ -99,7 +103,10 @@ def test_fold_with_finetuning_linearizes_folds_and_verifies(cli, r20, fmnist_lik
     assert run.code == 0, run.stderr
     report = run.json()
     fold = report["pruning"]["fold"]
-    assert len(fold["activations_wrapped"]) == 9 and fold["latency_gate"] == "off"
+    # the 9 relu1 between two convs, plus the 3 more that open the stem region (stem + stage 1)
+    assert len(fold["activations_wrapped"]) == 12 and fold["latency_gate"] == "off"
+    [planned] = fold["regions_planned"]
+    assert planned["activations"] == ["relu", *[f"layer1.{b}.relu{i}" for b in range(3) for i in (1, 2)][:-1]]
     assert set(fold["alpha_final"]) == set(fold["activations_wrapped"])
     assert any(a != phase.ALPHA_START for a in fold["alpha_final"].values())  # α moved
     assert fold["finetune_steps"] == {"alpha": 2, "after_folding": 2}
@@ -119,12 +126,17 @@ def test_alpha_forced_to_one_merges_and_removes_conv_nodes(cli, r20, fmnist_like
     assert run.code == 0, run.stderr
     report = run.json()
     fold = report["pruning"]["fold"]
-    assert len(fold["became_identity"]) == 9 and len(fold["merges"]) == 9
-    assert fold["conv_nodes"] == {"before": 21, "after": 12}
+    assert len(fold["became_identity"]) == 12 and len(fold["merges"]) == 9
+    # the stem and stage 1 (the stem conv and three merged 5×5 pairs, residuals included): one conv
+    [region] = fold["regions_collapsed"]
+    assert region["into"] == "15x15 conv, 1 -> 16 channels" and region["from"] == "x"
+    assert region["layers"] == ["conv1", "layer1.0.conv1", "layer1.1.conv1", "layer1.2.conv1"]
+    assert fold["conv_nodes"] == {"before": 21, "after": 9}
     assert fold["depth"]["after"] < fold["depth"]["before"]
+    assert region["macs_after"] < region["macs_before"] / 3  # the 5×5 pairs alone grow MACs; the region cuts them
     graph = onnx.load(report["onnx"]["path"])
     convs = [n for n in graph.graph.node if n.op_type == "Conv"]
-    assert len(convs) == 12
+    assert len(convs) == 9 and list(numpy_helper.to_array(_init(graph, convs[0].input[1])).shape) == [16, 1, 15, 15]
     assert report["verification"]["passed"]
 
 
@@ -151,6 +163,6 @@ def test_channel_then_fold_in_one_run(cli, r20, fmnist_like_npz, monkeypatch):
     report = run.json()
     assert report["surgery"]["channels_removed"] > 0
     fold = report["pruning"]["fold"]
-    assert len(fold["merges"]) == 9 and fold["conv_nodes"]["after"] == 12
+    assert len(fold["merges"]) == 9 and len(fold["regions_collapsed"]) == 1 and fold["conv_nodes"]["after"] == 9
     assert report["verification"]["passed"]
-    assert len([n for n in onnx.load(report["onnx"]["path"]).graph.node if n.op_type == "Conv"]) == 12
+    assert len([n for n in onnx.load(report["onnx"]["path"]).graph.node if n.op_type == "Conv"]) == 9

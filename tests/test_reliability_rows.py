@@ -79,7 +79,10 @@ def test_row23_missing_onnxscript_fails_before_any_work(cli, r20, monkeypatch):
 def test_row27_json_in_a_non_tty_subprocess(r20):
     proc = subprocess.run(
         [sys.executable, "-m", "slimmer", "compress", str(r20), "--arch", "resnet20-fmnist", "--json"],
-        capture_output=True, text=True, timeout=300, cwd=r20.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=r20.parent,
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)  # exactly one JSON object, nothing else on stdout

@@ -61,9 +61,7 @@ def eval_with_grads(model: nn.Module, params: Iterable[nn.Parameter]) -> Iterato
             p.requires_grad_(flag)
 
 
-def labelled_batches(
-    ctx: ScoreContext, name: str, model: nn.Module
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def labelled_batches(ctx: ScoreContext, name: str, model: nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Up to :func:`max_batches` batches on the model's device. A batch without labels is labelled
     with the model's own prediction (argmax), so the loss measures sensitivity around what the
     model currently outputs."""

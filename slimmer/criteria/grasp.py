@@ -57,9 +57,7 @@ def class_balanced_batch(
             pick = (y == label).nonzero().flatten()[: samples_per_class - have]
             if len(pick):
                 per_class.setdefault(label, []).append((x[pick], y[pick]))
-        if all(
-            sum(len(p[0]) for p in per_class.get(c, [])) >= samples_per_class for c in range(num_classes)
-        ):
+        if all(sum(len(p[0]) for p in per_class.get(c, [])) >= samples_per_class for c in range(num_classes)):
             break
     parts = [part for label in sorted(per_class) for part in per_class[label]]
     if sum(len(p[0]) for p in parts) < 2:

@@ -60,9 +60,7 @@ def linearize(net: nn.Module) -> None:
                 b.abs_()
 
 
-def synflow_saliency(
-    model: nn.Module, names: list[str], input_shape: tuple[int, ...]
-) -> dict[str, torch.Tensor]:
+def synflow_saliency(model: nn.Module, names: list[str], input_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """One round of SynFlow, unmasked: ``|θ ⊙ ∂R/∂θ|`` (float64) on a linearized float64 copy."""
     net = copy.deepcopy(model).double().eval()
     linearize(net)
@@ -141,8 +139,7 @@ def score_synflow(weights: dict[str, torch.Tensor], ctx: ScoreContext) -> dict[s
             )
         grads = torch.autograd.grad(total, params, allow_unused=True)
         scores = [
-            (p.detach() * (torch.zeros_like(p) if g is None else g)).abs()
-            for p, g in zip(params, grads, strict=True)
+            (p.detach() * (torch.zeros_like(p) if g is None else g)).abs() for p, g in zip(params, grads, strict=True)
         ]
         density = (1.0 - sparsity) ** (k / rounds)
         if scope == "global":
@@ -151,9 +148,7 @@ def score_synflow(weights: dict[str, torch.Tensor], ctx: ScoreContext) -> dict[s
             new_keep = _cut(scores, keep, max(count, sum(int((~m).sum()) for m in keep)))
         else:
             new_keep = [
-                _cut([s], [m], max(
-                    _layer_count(sparsity, density, s.numel(), k == rounds), int((~m).sum())
-                ))[0]
+                _cut([s], [m], max(_layer_count(sparsity, density, s.numel(), k == rounds), int((~m).sum())))[0]
                 for s, m in zip(scores, keep, strict=True)
             ]
         for m, new, when in zip(keep, new_keep, pruned_in, strict=True):

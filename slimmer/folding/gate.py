@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 GATE_WARMUP, GATE_PAIRS = 10, 50
@@ -59,22 +60,84 @@ def _onnx_layers(layers: list[nn.Module], in_shape: tuple[int, ...]) -> Any:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def measure_merge(first: nn.Module, second: nn.Module, merged: nn.Module, in_shape: tuple[int, ...]) -> dict:
-    """Time the pair against the merged layer in onnxruntime (paired, 1 thread, batch 1)."""
+def _onnx_region(gm: Any, region: Any, in_shape: tuple[int, ...]) -> Any:
+    """A small ONNX model running a linear region of a traced graph (convs, BNs, sums, identities), batch 1."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits, nodes = [], []
+    names = {region.source: "x"}
+
+    def arr(t: Any, name: str) -> str:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(t.detach().float().cpu().numpy()), name))
+        return name
+
+    for i, node in enumerate(region.nodes):
+        out = f"t{i}"
+        args = [names[a] for a in node.all_input_nodes]
+        module = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+        if isinstance(module, nn.Conv2d):
+            bias = arr(module.bias if module.bias is not None else torch.zeros(module.out_channels), f"b{i}")
+            r = module.kernel_size[0] // 2
+            nodes.append(
+                helper.make_node(
+                    "Conv",
+                    [args[0], arr(module.weight, f"w{i}"), bias],
+                    [out],
+                    kernel_shape=list(module.kernel_size),
+                    group=module.groups,
+                    pads=[r, r, r, r],
+                )
+            )
+        elif isinstance(module, nn.BatchNorm2d):
+            c = module.num_features
+            w = module.weight if module.weight is not None else torch.ones(c)
+            b = module.bias if module.bias is not None else torch.zeros(c)
+            inputs = [args[0], arr(w, f"g{i}"), arr(b, f"be{i}"), arr(module.running_mean, f"m{i}")]
+            inputs.append(arr(module.running_var, f"v{i}"))
+            nodes.append(helper.make_node("BatchNormalization", inputs, [out], epsilon=module.eps))
+        elif module is None:  # a sum of two region tensors
+            nodes.append(helper.make_node("Add", args, [out]))
+        else:  # identity, dropout, an activation that became linear
+            nodes.append(helper.make_node("Identity", args[:1], [out]))
+        names[node] = out
+    graph = helper.make_graph(
+        nodes,
+        "fold_region",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *in_shape[1:]])],
+        [helper.make_tensor_value_info(names[region.output], TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _time_pair(before: Any, after: Any) -> dict:
+    """Time two ONNX models against each other (paired, 1 thread, batch 1)."""
     import onnx
 
     from slimmer.export.bench import paired_latency
 
     with tempfile.TemporaryDirectory(prefix="slimmer-fold-gate-") as tmp:
-        pair_path, merged_path = Path(tmp) / "pair.onnx", Path(tmp) / "merged.onnx"
-        onnx.save(_onnx_layers([first, second], in_shape), pair_path)
-        onnx.save(_onnx_layers([merged], in_shape), merged_path)
-        result = paired_latency(pair_path, merged_path, warmup=GATE_WARMUP, pairs=GATE_PAIRS, threads=1, batch=1)
+        before_path, after_path = Path(tmp) / "before.onnx", Path(tmp) / "after.onnx"
+        onnx.save(before, before_path)
+        onnx.save(after, after_path)
+        result = paired_latency(before_path, after_path, warmup=GATE_WARMUP, pairs=GATE_PAIRS, threads=1, batch=1)
     return {
         "pair_ms": round(result.a.p50_ms, 4),
         "merged_ms": round(result.b.p50_ms, 4),
         "speedup": round(result.speedup, 3),
     }
+
+
+def measure_region(gm: Any, region: Any, merged: nn.Conv2d) -> dict:
+    """Time a linear region against the one conv it collapses into, in onnxruntime."""
+    in_shape = tuple(region.source.meta["tensor_meta"].shape)
+    return _time_pair(_onnx_region(gm, region, in_shape), _onnx_layers([merged], in_shape))
+
+
+def measure_merge(first: nn.Module, second: nn.Module, merged: nn.Module, in_shape: tuple[int, ...]) -> dict:
+    """Time the pair against the merged layer in onnxruntime (paired, 1 thread, batch 1)."""
+    return _time_pair(_onnx_layers([first, second], in_shape), _onnx_layers([merged], in_shape))
 
 
 def _agreed(timing: dict) -> dict:
@@ -129,5 +192,19 @@ class LatencyGate:
             return (
                 f"the merged layer is slower in onnxruntime: pair {timing['pair_ms']:.3f} ms, merged "
                 f"{timing['merged_ms']:.3f} ms (pair/merged {timing['speedup']:.2f}, 1 thread, batch 1)"
+            )
+        return None
+
+    def region(self, gm: Any, region: Any, merged: nn.Conv2d) -> str | None:
+        """Judge collapsing a linear region (:mod:`slimmer.folding.region`) into ``merged``."""
+        if self.mode == "off":
+            return None
+        key = f"{region.source.name} -> {region.output.name} ({merged.kernel_size[0]}x{merged.kernel_size[1]} conv)"
+        timing = _agreed(measure_region(gm, region, merged))
+        self.measured[key] = timing
+        if timing["speedup"] < 1.0:
+            return (
+                f"the merged conv is slower in onnxruntime: region {timing['pair_ms']:.3f} ms, merged "
+                f"{timing['merged_ms']:.3f} ms (region/merged {timing['speedup']:.2f}, 1 thread, batch 1)"
             )
         return None

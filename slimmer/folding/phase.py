@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from slimmer.folding import region as regions
 from slimmer.folding._modules import CONV_OPS, call_counts, innermost_module, layer_of, set_module
 from slimmer.folding.batchnorm import BN_OPS, fold_batchnorm
 from slimmer.folding.chain import layer_depth, merge_model
@@ -188,6 +189,7 @@ class FoldPhase:
     """State carried from :func:`linearize` to :func:`fold`; :meth:`as_dict` is ``report.pruning["fold"]``."""
 
     gate: LatencyGate
+    model: nn.Module | None = None  # set by fold(): the model, or its GraphModule once a region collapsed
     wrapped: dict[str, str] = field(default_factory=dict)
     not_wrapped: dict[str, str] = field(default_factory=dict)
     alpha_start: float = ALPHA_START
@@ -226,6 +228,19 @@ def linearize(
     captured = capture(model, _inputs(example))
     phase.before = sizes(model, example, captured)
     phase.wrapped, phase.not_wrapped = candidates(model, captured, phase.gate)
+    planned, refused, why = regions.plan(model, _inputs(example), phase.gate.protected, accept=phase.gate.region)
+    for region in planned:
+        for path in region["activations"]:
+            phase.wrapped.setdefault(
+                path,
+                f"region {region['from']} -> {region['to']} into one {region['into']} "
+                f"(MACs {region['macs_before']} -> {region['macs_after']} per image)",
+            )
+            phase.not_wrapped.pop(path, None)
+    phase.result["regions_planned"] = planned
+    phase.result["regions_not_planned"] = refused
+    if why:
+        phase.result["regions_note"] = why
     for path in phase.wrapped:
         act = model.get_submodule(path)
         if getattr(act, "inplace", False):
@@ -249,7 +264,12 @@ def fold(
     outcome = finalize_activations(model, threshold)
     folded = fold_batchnorm(model, example, only_between_layers=True)  # the rest stay for the fine-tune
     merged = merge_model(model, example, max_mac_growth=float("inf"), allow_border_approx=True, accept=phase.gate)
+    phase.model, collapsed = regions.collapse(
+        model, _inputs(example), protected=phase.gate.protected, accept=phase.gate.region
+    )
+    after = sizes(phase.model, example) if collapsed.collapsed else None
     phase.result = {
+        **phase.result,
         "alpha_final": alphas,
         "became_identity": sorted(p for p, o in outcome.items() if o == "identity"),
         "kept_nonlinear": {p: o for p, o in outcome.items() if o != "identity"},
@@ -257,17 +277,25 @@ def fold(
         "batchnorm_skipped": folded.skipped,
         "merges": merged.merged,
         "merges_refused": dict(merged.refused),
+        "regions_collapsed": collapsed.collapsed,
+        "regions_refused": collapsed.refused,
         "latency_measured": dict(phase.gate.measured),
-        "depth": {"before": phase.before.get("depth"), "after": merged.depth[1]},
-        "params": {"before": phase.before.get("params"), "after": merged.params[1]},
-        "macs": {"before": phase.before.get("macs"), "after": merged.macs[1]},
-        "conv_nodes": {"before": phase.before.get("conv_nodes"), "after": merged.conv_nodes[1]},
+    }
+    if collapsed.note:
+        phase.result["regions_note"] = collapsed.note
+    for key, value in (("depth", merged.depth), ("params", merged.params), ("macs", merged.macs)):
+        phase.result[key] = {"before": phase.before.get(key), "after": after[key] if after else value[1]}
+    phase.result["conv_nodes"] = {
+        "before": phase.before.get("conv_nodes"),
+        "after": after["conv_nodes"] if after else merged.conv_nodes[1],
     }
     return phase.result
 
 
 def finish(phase: FoldPhase, model: nn.Module, example: torch.Tensor | tuple[Any, ...]) -> dict[str, Any]:
-    """Step 5, after the last fine-tune: fold the BatchNorms kept for it (exact in eval mode), final sizes."""
+    """Step 5, after the last fine-tune: fold the BatchNorms kept for it (exact in eval mode), final sizes.
+
+    ``model`` is the one :func:`fold` left in ``phase.model`` (a GraphModule when a region collapsed)."""
     model.eval()
     folded = fold_batchnorm(model, example)
     after = sizes(model, example)
@@ -338,10 +366,12 @@ def finetune_with_folding(
         penalty = FoldingPenaltyHook(PENALTY, alpha_lr_scale=ALPHA_LR_SCALE)
         results.append(finetune(student, teacher, train, replace(cfg, steps=alpha_steps), [*hooks, penalty], progress))
     report = fold(state, model, example)
+    model = state.model
     say(
         "fold",
         f"folded: {len(report['became_identity'])} activations became the identity, {len(report['merges'])} merges "
-        f"({len(report['merges_refused'])} refused), convolutions {report['conv_nodes']['before']} -> "
+        f"({len(report['merges_refused'])} refused), {len(report['regions_collapsed'])} regions collapsed into one "
+        f"conv each ({len(report['regions_refused'])} refused), convolutions {report['conv_nodes']['before']} -> "
         f"{report['conv_nodes']['after']}",
     )
     say("finetune", f"fine-tuning {rest} steps after folding")
@@ -349,6 +379,7 @@ def finetune_with_folding(
     results.append(finetune(student, teacher, train, replace(cfg, steps=rest), hooks, progress))
     finish(state, model, example)
     pruned.fold = state.as_dict()
+    pruned.model = model
     pruned.fold["finetune_steps"] = {"alpha": alpha_steps, "after_folding": rest}
     if alpha_steps:
         pruned.fold["loss_alpha_phase"] = {"initial": results[0].initial_loss, "final": results[0].final_loss}

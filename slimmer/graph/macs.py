@@ -27,9 +27,7 @@ def count_macs(model: nn.Module, example_inputs: Sequence[Any]) -> int:
 def to_meta(model: nn.Module, example_inputs: Sequence[Any]) -> tuple[nn.Module, tuple[Any, ...]]:
     """A ``meta``-device copy of the model (eval mode) and of its inputs, for shape-only counting."""
     meta_model = copy.deepcopy(model).to("meta").eval()
-    meta_inputs = tree_map(
-        lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, tuple(example_inputs)
-    )
+    meta_inputs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, tuple(example_inputs))
     return meta_model, meta_inputs
 
 
@@ -45,9 +43,7 @@ class MacsByWeight:
     def __init__(self, model: nn.Module, example_inputs: Sequence[Any]) -> None:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(*example_inputs)
-        per_module = {
-            key.split(".", 1)[1]: flops for key, flops in counter.get_flop_counts().items() if "." in key
-        }
+        per_module = {key.split(".", 1)[1]: flops for key, flops in counter.get_flop_counts().items() if "." in key}
         self.total = int(counter.get_total_flops()) // 2
         self.weights: dict[str, tuple[int, tuple[int, ...]]] = {}
         for path, module in model.named_modules():

@@ -23,9 +23,7 @@ import numpy as np
 from slimmer.graph.space import Labels, RuleContext
 
 
-def reshape_labels(
-    ctx: RuleContext, xl: Labels, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
-) -> Labels:
+def reshape_labels(ctx: RuleContext, xl: Labels, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Labels:
     """Map labels through a reshape from ``in_shape`` to ``out_shape`` (same number of elements)."""
     out: list[np.ndarray | None] = [None] * len(out_shape)
     in_dims = [i for i, s in enumerate(in_shape) if s != 1]
@@ -46,9 +44,7 @@ def reshape_labels(
                 j += 1
                 group_out.append(out_dims[j])
                 p_out *= out_shape[out_dims[j]]
-        for o, atoms in zip(
-            group_out, _map_run(ctx, xl, in_shape, out_shape, group_in, group_out), strict=True
-        ):
+        for o, atoms in zip(group_out, _map_run(ctx, xl, in_shape, out_shape, group_in, group_out), strict=True):
             out[o] = atoms
         i += 1
         j += 1
@@ -264,6 +260,4 @@ def register_layout_rules(register: Callable[..., Callable[[Any], Any]]) -> None
     register("aten.pad.default", "aten.constant_pad_nd.default")(_pad)
     register("aten.roll.default")(_roll)
     register("aten.flip.default")(_flip)
-    register("aten.sym_size.int", "aten._assert_tensor_metadata.default", "aten._assert_scalar.default")(
-        _no_tensor
-    )
+    register("aten.sym_size.int", "aten._assert_tensor_metadata.default", "aten._assert_scalar.default")(_no_tensor)

@@ -36,9 +36,7 @@ def parse_nm(spec: str) -> tuple[int, int]:
     """``"2:4"`` → ``(2, 4)``. Raises :class:`ConfigError` unless ``1 ≤ N < M``."""
     match = _NM_PATTERN.match(spec) if isinstance(spec, str) else None
     if match is None:
-        raise ConfigError(
-            f"N:M pattern {spec!r} is not of the form N:M", hint="write it like 2:4, 1:4 or 4:8"
-        )
+        raise ConfigError(f"N:M pattern {spec!r} is not of the form N:M", hint="write it like 2:4, 1:4 or 4:8")
     n, m = int(match.group(1)), int(match.group(2))
     if n < 1:
         raise ConfigError(f"N:M pattern {spec!r}: N = {n} must be at least 1", hint="e.g. 2:4")
@@ -150,7 +148,9 @@ def onnx_weight_layouts(onnx_model: object) -> dict[str, str]:
     transposed = {
         node.output[0]: node.input[0]
         for node in onnx_model.graph.node  # type: ignore[attr-defined]
-        if node.op_type == "Transpose" and node.input and node.input[0] in initializers
+        if node.op_type == "Transpose"
+        and node.input
+        and node.input[0] in initializers
         and [list(a.ints) for a in node.attribute if a.name == "perm"] in ([], [[1, 0]])
     }
     layouts: dict[str, str] = {}
@@ -185,8 +185,7 @@ def check_onnx_nm(path: str | Path, n: int, m: int, names: Iterable[str] | None 
     arrays = {init.name: init for init in model.graph.initializer if init.name in layouts}
     wanted = sorted(layouts) if names is None else list(names)
     return {
-        name: name in arrays and check_nm(numpy_helper.to_array(arrays[name]), n, m, layouts[name])
-        for name in wanted
+        name: name in arrays and check_nm(numpy_helper.to_array(arrays[name]), n, m, layouts[name]) for name in wanted
     }
 
 

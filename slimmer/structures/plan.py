@@ -66,9 +66,7 @@ class PruningPlan:
             if [tuple(m) for m in planned.members] != group.signature or planned.channels != group.channels:
                 raise InputError(f"group {planned.id!r} of the pruning plan does not match this model")
             if planned.pruned and group.blocked_by is not None:
-                raise InputError(
-                    f"the plan prunes group {planned.id!r}, which is blocked: {group.blocked_by}"
-                )
+                raise InputError(f"the plan prunes group {planned.id!r}, which is blocked: {group.blocked_by}")
             bound[planned.id] = group
         self._bound = bound
         return self
@@ -150,9 +148,7 @@ class PruningPlan:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
         if data.get("version") != PLAN_VERSION:
-            raise InputError(
-                f"unsupported pruning plan version {data.get('version')!r} (expected {PLAN_VERSION})"
-            )
+            raise InputError(f"unsupported pruning plan version {data.get('version')!r} (expected {PLAN_VERSION})")
         try:
             groups = [
                 PlannedGroup(
@@ -164,11 +160,7 @@ class PruningPlan:
                 for g in data["groups"]
             ]
             for g in groups:
-                if (
-                    not g.kept
-                    or any(not 0 <= k < g.channels for k in g.kept)
-                    or len(set(g.kept)) != len(g.kept)
-                ):
+                if not g.kept or any(not 0 <= k < g.channels for k in g.kept) or len(set(g.kept)) != len(g.kept):
                     raise ValueError(f"group {g.id!r} keeps invalid channels")
             fields = {k: data[k] for k in cls._scalar_keys() if k in data}
             return cls(groups, notes=[str(n) for n in data.get("notes", [])], **fields)

@@ -137,8 +137,11 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def distillation_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor | None,
-    temperature: float, alpha: float,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    temperature: float,
+    alpha: float,
 ) -> torch.Tensor:
     """Hinton et al. 2015: ``alpha·T²·KL(p_t ‖ p_s) + (1−alpha)·CE``; pure KD without labels, pure CE
     without a teacher. Computed in float32 whatever the autocast dtype."""
@@ -150,8 +153,10 @@ def distillation_loss(
         return ce
     t = teacher_logits.float()
     kd = F.kl_div(
-        F.log_softmax(s / temperature, dim=1), F.log_softmax(t / temperature, dim=1),
-        log_target=True, reduction="batchmean",
+        F.log_softmax(s / temperature, dim=1),
+        F.log_softmax(t / temperature, dim=1),
+        log_target=True,
+        reduction="batchmean",
     ) * (temperature**2)
     return kd if ce is None else alpha * kd + (1.0 - alpha) * ce
 
@@ -228,8 +233,15 @@ def finetune(
 
 
 def _loop(
-    student: nn.Module, module: nn.Module, teacher: nn.Module | None, train: Dataset, cfg: FinetuneConfig,
-    hooks: list[TrainHook], progress: Progress | None, device: torch.device, info: distributed.DistInfo,
+    student: nn.Module,
+    module: nn.Module,
+    teacher: nn.Module | None,
+    train: Dataset,
+    cfg: FinetuneConfig,
+    hooks: list[TrainHook],
+    progress: Progress | None,
+    device: torch.device,
+    info: distributed.DistInfo,
 ) -> FinetuneResult:
     for hook in hooks:
         hook.on_start(module, cfg.steps)
@@ -305,8 +317,15 @@ def _loop(
     report(cfg.steps, history[-1], lr)
     initial, final, curve = _summary(history)
     return FinetuneResult(
-        steps_done=cfg.steps, final_loss=final, initial_loss=initial, min_loss=min(history), loss_curve=curve,
-        seconds=seconds, samples_per_s=samples / max(seconds, 1e-9), device=str(device), amp=cfg.amp,
+        steps_done=cfg.steps,
+        final_loss=final,
+        initial_loss=initial,
+        min_loss=min(history),
+        loss_curve=curve,
+        seconds=seconds,
+        samples_per_s=samples / max(seconds, 1e-9),
+        device=str(device),
+        amp=cfg.amp,
         world_size=info.world_size,
     )
 
@@ -315,7 +334,11 @@ BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def recalibrate_bn(
-    model: nn.Module, data: Dataset, batches: int = 20, batch_size: int = 128, seed: int = 0,
+    model: nn.Module,
+    data: Dataset,
+    batches: int = 20,
+    batch_size: int = 128,
+    seed: int = 0,
     device: str = "cpu",
 ) -> nn.Module:
     """Re-estimate BatchNorm running statistics on ``batches`` batches of ``data``, weights untouched.

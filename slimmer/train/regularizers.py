@@ -222,9 +222,7 @@ class HaloRegularizer(TrainHook):
     def on_start(self, model: nn.Module, total_steps: int) -> None:
         params = _params(model, self.names, "halo")
         start = math.log(math.expm1(1.0 - self.eps))  # softplus(start) + eps == 1
-        self.raw = {
-n: nn.Parameter(torch.full_like(p.detach(), start)) for n, p in params.items()
-        }
+        self.raw = {n: nn.Parameter(torch.full_like(p.detach(), start)) for n, p in params.items()}
         if self.scale_to_steps and total_steps > 0:
             self.scale = max(1.0, HALO_REFERENCE_STEPS / total_steps)
 

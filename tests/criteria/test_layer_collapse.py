@@ -61,9 +61,7 @@ def test_synflow_at_999_permille_only_drops_bypassable_branches(trained_resnet20
     masks = prune(trained_resnet20, "synflow", 0.999)
     empty = sorted(n for n, m in masks.masks.items() if not bool(m.any()))
     identity_blocks = {
-        name
-        for name, m in trained_resnet20.named_modules()
-        if isinstance(getattr(m, "shortcut", None), nn.Identity)
+        name for name, m in trained_resnet20.named_modules() if isinstance(getattr(m, "shortcut", None), nn.Identity)
     }
     branch = {f"{block}.conv{i}.weight" for block in identity_blocks for i in (1, 2)}
     assert set(empty) <= branch, empty

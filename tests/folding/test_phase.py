@@ -66,15 +66,19 @@ def test_only_the_activation_between_two_layers_is_wrapped() -> None:
     assert state.before["conv_nodes"] == 2
 
 
-def test_residual_activations_are_not_wrapped(resnet20_state) -> None:
+def test_residual_activations_are_wrapped_only_where_a_region_collapses(resnet20_state) -> None:
     from slimmer.zoo import ARCHITECTURES
 
     net = ARCHITECTURES.get("resnet20-fmnist").build()
     net.load_state_dict(torch.load(resnet20_state))
     state = fold_phase.linearize(net.eval(), torch.randn(2, 1, 28, 28), gate="off")
-    assert sorted(state.wrapped) == [f"layer{s}.{b}.relu1" for s in (1, 2, 3) for b in range(3)]
+    stem_region = ["relu", "layer1.0.relu2", "layer1.1.relu2"]
+    assert sorted(state.wrapped) == sorted([f"layer{s}.{b}.relu1" for s in (1, 2, 3) for b in range(3)] + stem_region)
     assert state.wrapped["layer2.0.relu1"] == "layer2.0.conv1 -> layer2.0.conv2"
-    assert "residual sum or a branch" in state.not_wrapped["layer1.0.relu2"]
+    assert state.wrapped["relu"].startswith("region x -> add_2 into one 15x15 conv, 1 -> 16 channels")
+    # a residual activation after the stride-2 stage opens no region: it stays
+    assert "residual sum or a branch" in state.not_wrapped["layer2.0.relu2"]
+    assert "layer1.2.relu2" in state.not_wrapped  # the region ends on the sum before it
 
 
 def test_measured_gate_accepts_a_merge_that_is_faster() -> None:

@@ -24,9 +24,7 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
                     module.weight.copy_(torch.rand(module.weight.shape, generator=generator) + 0.5)
                     module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.5)
                 if getattr(module, "running_mean", None) is not None:
-                    module.running_mean.copy_(
-                        torch.randn(module.running_mean.shape, generator=generator) * 0.1
-                    )
+                    module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
                     module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
     return model.eval()
 

@@ -49,8 +49,9 @@ def test_mask_hook_keeps_pruned_weights_exactly_zero_and_loss_drops(net_factory,
 
 def _kl(teacher: nn.Module, student: nn.Module, x: torch.Tensor) -> float:
     with torch.no_grad():
-        return float(F.kl_div(F.log_softmax(student(x), 1), F.log_softmax(teacher(x), 1),
-                              log_target=True, reduction="batchmean"))
+        return float(
+            F.kl_div(F.log_softmax(student(x), 1), F.log_softmax(teacher(x), 1), log_target=True, reduction="batchmean")
+        )
 
 
 def test_distillation_without_labels_moves_student_toward_teacher(net_factory, tiny_task):
