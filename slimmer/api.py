@@ -160,16 +160,8 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
         report.accuracy["after_prune"] = accuracy(model, eval_x, eval_y)
     if scheduled(config):  # the schedule prunes during fine-tuning, starting from the dense weights
         model.load_state_dict(original.state_dict())
-    if pruned.plan is not None:
-        say("shrink", "removing pruned channels")
-        surgery = shrink_model(model, pruned, example)
-        report.surgery = {
-            "max_abs_diff": surgery.max_abs_diff,
-            "output_scale": surgery.output_scale,
-            "rolled_back": surgery.rolled_back,
-            "channels_removed": surgery.plan.channels_pruned,
-        }
-        report.warnings += [w for w in pruned.warnings if w not in report.warnings]
+    if pruned.plan is not None and not scheduled(config):
+        _shrink(model, pruned, example, report, say)
     after_shrink(model, config, example, pruned)
     if pruned.nm is not None or pruned.fold is not None:
         report.sparsity.update(
@@ -180,6 +172,8 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
     report.finetune = recover(model, original, config, example, data, pruned, say)
     if pruned.model is not None:  # layer folding collapsed a region: the model is now a traced GraphModule
         model = pruned.model
+    if pruned.plan is not None and scheduled(config):  # the schedule's last channel masks, removed once
+        _shrink(model, pruned, example, report, say)
     info = current_dist()
     if info.world_size > 1 and not info.is_main:  # rank 0 alone exports, verifies and writes
         barrier()
@@ -190,6 +184,19 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
     finally:
         if info.world_size > 1:
             barrier()
+
+
+def _shrink(model: nn.Module, pruned: PruneResult, example: torch.Tensor, report: Report, say: Progress) -> None:
+    """Physically remove the planned channels and record the surgery in the report."""
+    say("shrink", "removing pruned channels")
+    surgery = shrink_model(model, pruned, example)
+    report.surgery = {
+        "max_abs_diff": surgery.max_abs_diff,
+        "output_scale": surgery.output_scale,
+        "rolled_back": surgery.rolled_back,
+        "channels_removed": surgery.plan.channels_pruned,
+    }
+    report.warnings += [w for w in pruned.warnings if w not in report.warnings]
 
 
 @dataclass

@@ -176,10 +176,15 @@ class CompressConfig:
         if self.schedule != "oneshot":
             if self.finetune_steps == 0:
                 raise ConfigError(f"--schedule {self.schedule} spreads pruning over fine-tuning: pass --finetune-steps")
-            if tuple(self.methods) != ("unstructured",):
+            if tuple(self.methods) not in (("unstructured",), ("channel",)):
                 raise ConfigError(
-                    f"--schedule {self.schedule} works with --method unstructured in this version",
-                    hint="use --schedule oneshot with channel, nm or fold",
+                    f"--schedule {self.schedule} works with --method unstructured or --method channel alone",
+                    hint="use --schedule oneshot to combine methods (e.g. channel,nm) or with nm and fold",
+                )
+            if self.speedup is not None:
+                raise ConfigError(
+                    f"--speedup measures one plan; --schedule {self.schedule} changes the plan during fine-tuning",
+                    hint="use --macs-target with a schedule, or --schedule oneshot with --speedup",
                 )
         if self.finetune_steps > 0 and self.data is None:
             raise ConfigError("--finetune-steps needs --data to train on")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from slimmer.errors import ConfigError
 from slimmer.graph.groups import GroupSet, build_groups
 from slimmer.registry import did_you_mean
 from slimmer.structures.channel import plan_channels
+from slimmer.structures.channel_masks import ChannelMasks
 from slimmer.structures.nm import NMResult, nm_masks, parse_nm
 from slimmer.structures.plan import PruningPlan
 from slimmer.structures.unstructured import MaskSet, prunable_weights, unstructured_masks
@@ -136,9 +138,21 @@ def record_masks(masks: MaskSet, config: CompressConfig, result: PruneResult | N
     return result
 
 
-def _channel(
-    model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits | None, result: PruneResult
-) -> None:
+def channel_plan(
+    model: nn.Module,
+    config: CompressConfig,
+    example: torch.Tensor,
+    data: DataSplits | None,
+    *,
+    sparsity: float | None,
+    macs_target: float | None,
+    groups: GroupSet | None = None,
+) -> tuple[PruningPlan, GroupSet, str, Any]:
+    """``(plan, groups, criterion, speedup search or None)``: which channels to remove, by the
+    configured criterion, to ``sparsity`` (channel fraction) or ``macs_target`` (MACs kept).
+
+    Used once for one-shot pruning and at every update of a pruning schedule; nothing is zeroed.
+    """
     kind = CHANNEL_CRITERIA.get(config.criterion)
     channel_scores = None
     if kind is None:  # a weight criterion (lamp, snip, taylor, synflow, ...): its scores summed per group
@@ -157,7 +171,7 @@ def _channel(
         def channel_scores(group):
             return channel_scores_from(weight_scores, group)
 
-    groups = build_groups(model, (example,))
+    groups = build_groups(model, (example,)) if groups is None else groups
     if not groups.prunable:
         reasons = sorted({g.blocked_by for g in groups.blocked if g.blocked_by})
         raise ConfigError(
@@ -165,25 +179,71 @@ def _channel(
             hint="run `slimmer inspect` to see what blocks each layer, or use --method unstructured",
         )
     round_to = config.round_to or DEFAULT_ROUND_TO
-    speedup = None
     if config.speedup is not None:
         speedup = _plan_for_speedup(model, groups, config, example, round_to, kind, channel_scores)
-        plan = speedup.plan
-    else:
-        plan = plan_channels(
-            groups,
-            model,
-            sparsity=None if config.macs_target is not None else config.target_sparsity,
-            macs_target=config.macs_target,
-            round_to=round_to,
-            max_ratio=DEFAULT_MAX_RATIO,
-            scope=config.scope,
-            criterion=kind,
-            example_inputs=(example,),
-            seed=config.seed,
-            channel_scores=channel_scores,
-            latency_aware=config.latency_aware,
-        )
+        return speedup.plan, groups, kind, speedup
+    plan = plan_channels(
+        groups,
+        model,
+        sparsity=sparsity,
+        macs_target=macs_target,
+        round_to=round_to,
+        max_ratio=DEFAULT_MAX_RATIO,
+        scope=config.scope,
+        criterion=kind,
+        example_inputs=(example,),
+        seed=config.seed,
+        channel_scores=channel_scores,
+        latency_aware=config.latency_aware,
+    )
+    return plan, groups, kind, None
+
+
+def schedule_final(config: CompressConfig) -> float:
+    """What a pruning schedule ramps to: the sparsity, or for channel pruning to a MACs target the
+    fraction of MACs removed (``1 - --macs-target``)."""
+    if "channel" in config.methods and config.macs_target is not None:
+        return 1.0 - config.macs_target
+    return config.target_sparsity
+
+
+def channel_masks_for(
+    model: nn.Module,
+    config: CompressConfig,
+    example: torch.Tensor,
+    data: DataSplits | None,
+    fraction: float,
+    groups: GroupSet | None = None,
+) -> ChannelMasks:
+    """Channel pruning as masks for one update of a schedule at ``fraction`` of
+    :func:`schedule_final` (nothing is removed; :func:`shrink_model` does that once at the end)."""
+    if fraction <= 0:
+        return ChannelMasks(None, {}, 0.0, {})
+    by_macs = config.macs_target is not None
+    plan, _, _, _ = channel_plan(
+        model,
+        config,
+        example,
+        data,
+        sparsity=None if by_macs else fraction,
+        macs_target=1.0 - fraction if by_macs else None,
+        groups=groups,
+    )
+    return ChannelMasks.from_plan(plan, model, _channel_fractions(plan))
+
+
+def _channel(
+    model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits | None, result: PruneResult
+) -> None:
+    plan, groups, kind, speedup = channel_plan(
+        model,
+        config,
+        example,
+        data,
+        sparsity=None if config.macs_target is not None else config.target_sparsity,
+        macs_target=config.macs_target,
+    )
+    round_to = config.round_to or DEFAULT_ROUND_TO
     mask_model(model, plan)
     result.plan, result.groups = plan, groups
     result.warnings += plan.notes

@@ -16,8 +16,9 @@ from torch import nn
 
 from slimmer.config import CompressConfig
 from slimmer.folding import phase as fold_phase
-from slimmer.prune import PruneResult, unstructured_masks_for
+from slimmer.prune import PruneResult, channel_masks_for, schedule_final, unstructured_masks_for
 from slimmer.schedules import ScheduledMaskHook, build_schedule
+from slimmer.structures.channel_masks import ChannelMasks
 from slimmer.structures.nm import nm_mask
 from slimmer.train.data import DataSplits, pad_crop_flip
 from slimmer.train.distributed import init_from_env, resolve_device, wrap_ddp
@@ -37,13 +38,18 @@ def _hooks(
 ) -> list[TrainHook]:
     hooks: list[TrainHook] = []
     if scheduled(config):
+        if "channel" in config.methods:  # channel masks; the channels go once, after fine-tuning
 
-        def recompute(m: nn.Module, sparsity: float):
-            return unstructured_masks_for(m, config, example, data, sparsity)
+            def recompute(m: nn.Module, fraction: float):
+                return channel_masks_for(m, config, example, data, fraction, groups=pruned.groups)
+        else:
+
+            def recompute(m: nn.Module, fraction: float):
+                return unstructured_masks_for(m, config, example, data, fraction)
 
         interval = max(1, config.finetune_steps // 50)
         hooks.append(
-            ScheduledMaskHook(build_schedule(config.schedule, config.target_sparsity, interval=interval), recompute)
+            ScheduledMaskHook(build_schedule(config.schedule, schedule_final(config), interval=interval), recompute)
         )
     elif pruned.masks is not None:
         hooks.append(MaskHook(pruned.masks))
@@ -101,7 +107,7 @@ def recover(
     if data is None or not len(data.train):
         return None
     done: dict = {}
-    if pruned.plan is not None:
+    if pruned.plan is not None and not scheduled(config):  # a schedule removes channels after fine-tuning
         say("recalibrate", "re-estimating BatchNorm statistics after channel removal")
         recalibrate_bn(model, data.train, batches=20, batch_size=min(128, len(data.train)), seed=config.seed)
         done["bn_recalibrated"] = True
@@ -126,7 +132,16 @@ def recover(
         result = finetune(student, teacher_or_none, data.train, cfg, hooks, progress=progress if info.is_main else None)
     done.update(result.to_dict())
     for hook in hooks:
-        if isinstance(hook, ScheduledMaskHook) and hook.masks is not None:
+        if isinstance(hook, ScheduledMaskHook) and isinstance(hook.masks, ChannelMasks):
+            pruned.plan = hook.masks.plan  # removed by the caller (shrink_model), once
+            if pruned.plan is not None:
+                pruned.details["channels_pruned"] = pruned.plan.channels_pruned
+            pruned.per_layer = hook.masks.per_layer_sparsity()
+            if config.macs_target is None:
+                pruned.sparsity_achieved = hook.masks.sparsity
+            pruned.warnings += [w for w in hook.warnings if w not in pruned.warnings]
+            done["schedule_updates"] = len(hook.updates)
+        elif isinstance(hook, ScheduledMaskHook) and hook.masks is not None:
             pruned.masks = hook.masks
             pruned.sparsity_achieved = hook.masks.sparsity
             pruned.per_layer = hook.masks.per_layer_sparsity()

@@ -11,9 +11,8 @@ one 5×5 costs 25·C²), so a pair is merged only when its estimated MACs do not
 ``max_mac_growth`` (1.0: no growth). After every merge the model's outputs on the example input
 are compared with the previous ones; a difference reverts the merge and is reported.
 
-Not handled here: residual blocks (``x + conv2(conv1(x))`` needs the block's ``forward``
-rewritten; :func:`~slimmer.folding.merge.merge_residual` builds the layer) and chains through
-reshapes (conv → flatten → linear).
+Not handled here: residual blocks (``x + conv2(conv1(x))``: :mod:`slimmer.folding.region`
+collapses those by rewriting the traced graph) and chains through reshapes (conv → flatten → linear).
 """
 
 from __future__ import annotations

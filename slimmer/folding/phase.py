@@ -4,18 +4,28 @@ The procedure of Ben Dror et al. ("Layer Folding", BMVC 2022, arXiv 2106.09309),
 ``--method`` includes ``fold`` and fine-tuning is asked for (``--data`` and ``--finetune-steps``):
 
 1. :func:`linearize` wraps the activations "where sensible" in σ_α(x) = αx + (1−α)·act(x) with
-   α starting at :data:`ALPHA_START`. Sensible means: linearizing it would leave two layers
-   adjacent that :func:`~slimmer.folding.merge.merge_refusal` can merge (``layer → [BN] → act →
-   layer``, every tensor on the way used once, each module called once) and, with the latency gate
-   on, the merged layer is not slower than the pair in onnxruntime. An activation that feeds a
-   residual sum, a branch or a pooling is never wrapped: removing it would not remove a layer,
-   only accuracy. In a ResNet basic block that is ``relu1`` (between conv1/bn1 and conv2).
+   α starting at :data:`ALPHA_START`. Sensible means one of two things, each through the latency
+   gate:
+
+   * a **pair**: linearizing it would leave two layers adjacent that
+     :func:`~slimmer.folding.merge.merge_refusal` can merge (``layer → [BN] → act → layer``, every
+     tensor on the way used once, each module called once). In a ResNet basic block that is
+     ``relu1`` (between conv1/bn1 and conv2);
+   * a **region** (:mod:`slimmer.folding.region`): counting activations as linear, a stretch of
+     the graph from one tensor to another — stride-1 convs, BN, identities, residual sums — that
+     one conv computes with fewer MACs. That is where the input has few channels: in
+     resnet20-fmnist the stem and stage 1 (7 convs, 3 residual sums, 1 → 16 channels) become one
+     15×15 conv from the image, so the stem's ``relu`` and the ``relu2`` after the first two sums
+     are wrapped as well. Any other activation feeding a residual sum, a branch or a pooling is
+     not wrapped: removing it would remove no layer, only accuracy.
 2. The recovery stage fine-tunes the first :data:`ALPHA_FRACTION` of the budget with
    :class:`~slimmer.folding.linearize.FoldingPenaltyHook` (λ = :data:`PENALTY`, α learning rate
    :data:`ALPHA_LR_SCALE` × the network's; distillation from the original stays on).
 3. :func:`fold` turns α ≥ 0.9 into the identity, folds the BatchNorms that now sit between two
-   layers and merges the adjacent layers with the paper's border approximation (padding p1 + s1·p2),
-   each merge only where the gate allows it; the rest of the budget then absorbs the rounding and
+   layers, merges the adjacent layers with the paper's border approximation (padding p1 + s1·p2),
+   then collapses each region that became entirely linear into one conv (the skip connections land
+   in the kernel centre; the model becomes a traced ``fx.GraphModule``, left in ``phase.model``),
+   each merge and collapse only where the gate allows it; the rest of the budget then absorbs the rounding and
    the border approximation. The other BatchNorms stay for that fine-tune (a BN-free ResNet-20
    fine-tuned at lr 0.01 lost 25 points of accuracy in 2 steps) and :func:`finish` folds them
    afterwards (exact in eval mode).
@@ -32,9 +42,9 @@ linearized (that would cost accuracy for nothing) — and its answer is reused a
 ``"off"`` merges whatever the rules allow. Layers holding unstructured masks or an N:M pattern are
 never merged (the merged weight would be dense), and a pruning schedule cannot precede folding.
 
-Not done here: folding the residual identity into the merged kernel's centre
-(:func:`~slimmer.folding.merge.add_identity` builds it, but removing the ``+`` needs the block's
-``forward`` rewritten), and chains through reshapes.
+A region is judged at planning time with a conv of the merged shape (timing depends on shapes
+only) and measured again, with the real weights, when it collapses. Not done here: chains through
+reshapes, and regions through strided convolutions.
 """
 
 from __future__ import annotations
