@@ -133,7 +133,7 @@ class FoldingPenaltyHook(TrainHook):
         self._before: list[torch.Tensor] = []
 
     def on_start(self, model: nn.Module, total_steps: int) -> None:
-        self._alphas = [m.alpha for m in linearizable(model).values()]
+        self._alphas = list({id(m.alpha): m.alpha for m in linearizable(model).values()}.values())  # tied α once
 
     def extra_parameters(self) -> list[nn.Parameter]:
         return list(self._alphas)

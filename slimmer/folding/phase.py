@@ -85,6 +85,11 @@ ALPHA_LR_SCALE = 1.0
 PENALTY = 0.25
 # Share of the fine-tuning budget spent learning α (the rest recovers after folding).
 ALPHA_FRACTION = 0.5
+# The activations a region needs (and no pair) share one α: the region pays only when all of them are
+# linear, and the penalty then weighs them together. Measured on resnet20-fmnist (234 α steps), each
+# with its own α: the stem's relu went to 0 while four others reached 1, so nothing collapsed and
+# those four cost accuracy for nothing. See docs/BENCHMARKS.md "Layer folding".
+TIE_REGION_ALPHA = True
 # "measure": merge only when the merged layer is not slower in onnxruntime; "off": merge what the rules allow.
 LATENCY_GATE = "measure"
 
@@ -239,26 +244,36 @@ def linearize(
     phase.before = sizes(model, example, captured)
     phase.wrapped, phase.not_wrapped = candidates(model, captured, phase.gate)
     planned, refused, why = regions.plan(model, _inputs(example), phase.gate.protected, accept=phase.gate.region)
-    for region in planned:
-        for path in region["activations"]:
-            phase.wrapped.setdefault(
-                path,
-                f"region {region['from']} -> {region['to']} into one {region['into']} "
-                f"(MACs {region['macs_before']} -> {region['macs_after']} per image)",
-            )
-            phase.not_wrapped.pop(path, None)
     phase.result["regions_planned"] = planned
     phase.result["regions_not_planned"] = refused
     if why:
         phase.result["regions_note"] = why
+    pair_wrapped = set(phase.wrapped)
+    for region in planned:
+        for path in region["activations"]:
+            if path not in pair_wrapped:
+                phase.wrapped.setdefault(path, _region_text(region))
+            phase.not_wrapped.pop(path, None)
     for path in phase.wrapped:
         act = model.get_submodule(path)
         if getattr(act, "inplace", False):
             act = copy.copy(act)
             act.inplace = False
         set_module(model, path, LinearizableActivation(act, alpha))
+    for region in planned:  # a region collapses only when all its activations go: one decision, one α
+        tied = [p for p in region["activations"] if p not in pair_wrapped]
+        for path in tied[1:] if TIE_REGION_ALPHA else ():
+            model.get_submodule(path).alpha = model.get_submodule(tied[0]).alpha
+        region["alpha_tied"] = tied if TIE_REGION_ALPHA and len(tied) > 1 else []
     model.train(was_training)
     return phase
+
+
+def _region_text(region: dict[str, Any]) -> str:
+    return (
+        f"region {region['from']} -> {region['to']} into one {region['into']} "
+        f"(MACs {region['macs_before']} -> {region['macs_after']} per image)"
+    )
 
 
 def fold(

@@ -187,3 +187,65 @@ def test_finetune_with_folding_merges_and_keeps_the_whole_budget(monkeypatch) ->
     assert fold["finetune_steps"] == {"alpha": 2, "after_folding": 2}
     assert fold["became_identity"] == ["act1"] and len(fold["merges"]) == 1
     assert fold["conv_nodes"] == {"before": 2, "after": 1} and fold["depth"] == {"before": 3, "after": 2}
+
+
+def test_a_regions_activations_share_one_alpha(resnet20_state, monkeypatch) -> None:
+    from slimmer.zoo import ARCHITECTURES
+
+    slow = {"pair_ms": 1.0, "merged_ms": 2.0, "speedup": 0.5}
+    fast = {"pair_ms": 2.0, "merged_ms": 1.0, "speedup": 2.0}
+    monkeypatch.setattr(fold_gate, "measure_merge", lambda *a: slow)  # every relu1 pair refused
+    monkeypatch.setattr(fold_gate, "measure_region", lambda *a: fast)
+    net = ARCHITECTURES.get("resnet20-fmnist").build()
+    net.load_state_dict(torch.load(resnet20_state))
+    state = fold_phase.linearize(net.eval(), torch.randn(2, 1, 28, 28), gate="measure")
+    tied = ["relu", "layer1.0.relu1", "layer1.0.relu2", "layer1.1.relu1", "layer1.1.relu2", "layer1.2.relu1"]
+    assert list(state.wrapped) == tied
+    assert state.result["regions_planned"][0]["alpha_tied"] == tied
+    alphas = {id(net.get_submodule(p).alpha) for p in tied}
+    assert len(alphas) == 1
+    # the penalty counts the shared α once per activation; its own learning rate applies once per step
+    data = Dataset(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)), "test")
+    moves = []
+    for scale in (1.0, 10.0):
+        net.get_submodule("relu").alpha.data.fill_(0.5)
+        for name, p in net.named_parameters():
+            p.requires_grad_(name.endswith("alpha"))
+        cfg = FinetuneConfig(steps=1, batch_size=8, lr=0.01, warmup_steps=0, momentum=0.0, nesterov=False)
+        finetune(net, None, data, cfg, [FoldingPenaltyHook(0.25, alpha_lr_scale=scale)])
+        moves.append(net.get_submodule("layer1.1.relu2").alpha.item() - 0.5)
+    assert moves[0] != 0 and moves[1] == pytest.approx(10 * moves[0], rel=1e-3)
+
+
+def test_tied_alpha_folds_the_whole_region_or_nothing(monkeypatch) -> None:
+    class Stem(nn.Module):
+        """1-channel input, stem conv, act, a residual block with an inner act: one region."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(1, 8, 3, padding=1)
+            self.act0 = nn.ReLU()
+            self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+            self.act1 = nn.ReLU()
+            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+            self.out = nn.ReLU()
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            s = self.act0(self.stem(x))
+            y = self.out(self.conv2(self.act1(self.conv1(s))) + s)
+            return self.head(y.mean((2, 3)))
+
+    monkeypatch.setattr(fold_gate, "measure_merge", lambda *a: {"pair_ms": 1.0, "merged_ms": 2.0, "speedup": 0.5})
+    monkeypatch.setattr(fold_gate, "measure_region", lambda *a: {"pair_ms": 2.0, "merged_ms": 1.0, "speedup": 2.0})
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 16, 16)
+    for alpha, collapsed in ((0.95, 1), (0.5, 0)):
+        net = Stem().eval()
+        state = fold_phase.linearize(net, x, gate="measure")
+        assert state.result["regions_planned"][0]["alpha_tied"] == ["act0", "act1"]
+        with torch.no_grad():
+            net.act0.alpha.fill_(alpha)
+        report = fold_phase.fold(state, net, x)
+        assert len(report["regions_collapsed"]) == collapsed
+        assert report["conv_nodes"]["after"] == (1 if collapsed else 3)
