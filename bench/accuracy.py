@@ -1,10 +1,10 @@
 """Accuracy at equal fine-tuning budget (BENCHMARKS.md §3): slimmer against its peers.
 
 From the bundled resnet20-fmnist checkpoint, every row gets the same budget: ``--steps`` optimizer
-steps (468 = one epoch at batch 128), SGD Nesterov lr 0.01 cosine, weight decay 5e-4, pad-crop +
-flip, evaluated on the 10k Fashion-MNIST test split. The peers get the same loop with cross-entropy
-only (no distillation), exactly as in the BENCHMARKS.md reference runs; slimmer uses its defaults
-(distillation from the original).
+steps (468 = one epoch at batch 128), SGD Nesterov lr 0.01 (``--lr``, the same for every row)
+cosine, weight decay 5e-4, pad-crop + flip, evaluated on the 10k Fashion-MNIST test split.
+The peers get the same loop with cross-entropy only (no distillation), exactly as in the
+BENCHMARKS.md reference runs; slimmer uses its defaults (distillation from the original).
 
 Rows: ``channel`` (slimmer --macs-target 0.5 vs Torch-Pruning L2 at ratio 0.29, ≈ the same MACs),
 ``u90`` (slimmer 90% unstructured vs torch.nn.utils.prune global L1), ``u97`` (slimmer 97% with the
@@ -45,6 +45,7 @@ from slimmer.train.finetune import FinetuneConfig, MaskHook, finetune  # noqa: E
 from slimmer.zoo import ARCHITECTURES, FMNIST_MEAN, FMNIST_STD  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "accuracy.jsonl"
+LR = 0.01  # every row's learning rate (--lr); BENCHMARKS.md §3 uses 0.01
 SHAPE = (1, 1, 28, 28)
 
 
@@ -56,7 +57,7 @@ def base_model() -> torch.nn.Module:
 
 def peer_finetune(model, data, steps: int, seed: int, hooks) -> None:
     cfg = FinetuneConfig(
-        steps=steps, batch_size=128, lr=0.01, seed=seed, device="cpu", augment=pad_crop_flip(4), progress_every_s=1e9
+        steps=steps, batch_size=128, lr=LR, seed=seed, device="cpu", augment=pad_crop_flip(4), progress_every_s=1e9
     )
     finetune(model, None, data.train, cfg, hooks)
 
@@ -72,7 +73,7 @@ def slimmer_row(data, test, steps, seed, fixed_nm_mask: bool = False, **opts) ->
         data="fashion-mnist",
         finetune_steps=steps,
         batch_size=128,
-        lr=0.01,
+        lr=LR,
         seed=seed,
         device="cpu",
         progress_every_s=1e9,
@@ -97,7 +98,8 @@ def slimmer_row(data, test, steps, seed, fixed_nm_mask: bool = False, **opts) ->
     if cfg.schedule != "oneshot":  # the one-shot result is reported; the schedule restarts from dense
         after_prune = accuracy(model, *test)
         model.load_state_dict(original.state_dict())
-    shrink_model(model, pruned, x)
+    if cfg.schedule == "oneshot":
+        shrink_model(model, pruned, x)
     after_shrink(model, cfg, x, pruned)
     if cfg.schedule == "oneshot":
         after_prune = accuracy(model, *test)
@@ -105,6 +107,9 @@ def slimmer_row(data, test, steps, seed, fixed_nm_mask: bool = False, **opts) ->
         pruned.masks, pruned.nm = pruned.nm.masks, None  # MaskHook instead of SR-STE
     if steps:
         recover(model, original, cfg, x, data, pruned, lambda *a: None)
+        model = pruned.model if pruned.model is not None else model
+        if cfg.schedule != "oneshot":  # a channel schedule's last masks are removed once, at the end
+            shrink_model(model, pruned, x)
     return {
         "after_prune": after_prune,
         "after_finetune": accuracy(model, *test),
@@ -155,6 +160,12 @@ ROWS = {
             "slimmer channel --macs-target 0.5, --round-to 4 (l1, KD)",
             lambda d, t, s, seed: slimmer_row(d, t, s, seed, methods=("channel",), macs_target=0.5, round_to=4),
         ),
+        (
+            "slimmer channel --macs-target 0.5, --round-to 4, gradual (l1, KD)",
+            lambda d, t, s, seed: slimmer_row(
+                d, t, s, seed, methods=("channel",), macs_target=0.5, round_to=4, schedule="gradual"
+            ),
+        ),
         ("Torch-Pruning L2 ratio 0.29 (CE)", tp_row),
     ],
     "u90": [
@@ -162,7 +173,18 @@ ROWS = {
             "slimmer 90% unstructured (lamp, KD)",
             lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.9, criterion="lamp"),
         ),
+        (
+            "slimmer 90% unstructured, gradual (lamp, KD)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.9, criterion="lamp", schedule="gradual"),
+        ),
         ("torch.nn.utils.prune global L1 90% (CE)", lambda d, t, s, seed: torch_prune_row(d, t, s, seed, 0.9)),
+    ],
+    # the noise floor: the same fine-tune with nothing pruned (how much one epoch alone moves accuracy)
+    "floor": [
+        (
+            "slimmer 0% (nothing pruned), fine-tune only (KD)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.0),
+        ),
     ],
     "u97": [
         (
@@ -196,6 +218,20 @@ ROWS = {
             ),
         ),
         (
+            "slimmer channel --macs-target 0.5, --round-to 4, greg (l1), reg 234 + ft 234 (KD)",
+            lambda d, t, s, seed: slimmer_row(
+                d,
+                t,
+                s // 2,
+                seed,
+                methods=("channel",),
+                macs_target=0.5,
+                round_to=4,
+                regularizer="greg",
+                reg_steps=s - s // 2,
+            ),
+        ),
+        (
             "slimmer 90% unstructured, halo then magnitude, reg 234 + ft 234 (KD)",
             lambda d, t, s, seed: slimmer_row(
                 d, t, s // 2, seed, sparsity=0.9, regularizer="halo", reg_steps=s - s // 2
@@ -209,20 +245,31 @@ ROWS = {
             "slimmer 2:4, fixed one-shot mask fine-tune (KD)",
             lambda d, t, s, seed: slimmer_row(d, t, s, seed, methods=("nm",), fixed_nm_mask=True),
         ),
+        (
+            "slimmer 1:4, SR-STE fine-tune (KD)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, methods=("nm",), nm="1:4"),
+        ),
+        (
+            "slimmer 1:4, fixed one-shot mask fine-tune (KD)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, methods=("nm",), nm="1:4", fixed_nm_mask=True),
+        ),
     ],
 }
 
 
 def main() -> None:
+    global LR
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="channel,u90,u97")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--steps", type=int, default=468)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=LR, help="the learning rate of every row (slimmer and peers alike)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--match", default="", help="run only the methods whose label contains this text")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
+    LR = args.lr
     torch.set_num_threads(args.threads)
     data = load_data("fashion-mnist", SHAPE, FMNIST_MEAN, FMNIST_STD)
     test = (data.eval.x, data.eval.y)
@@ -239,6 +286,7 @@ def main() -> None:
                     "label": label,
                     "seed": seed,
                     "steps": args.steps,
+                    "lr": args.lr,
                     "before": before,
                     "seconds": round(time.time() - t0),
                     **result,
@@ -254,21 +302,22 @@ def write_docs(path: Path, command: str) -> None:
     groups: dict[tuple[str, str, int], list[dict]] = {}
     order = {row: i for i, row in enumerate(ROWS)}
     for r in sorted(rows, key=lambda r: order.get(r["row"], len(order))):
-        groups.setdefault((r["row"], r["label"], r["steps"]), []).append(r)
+        groups.setdefault((r["row"], r["label"], r["steps"], r.get("lr", 0.01)), []).append(r)
     lines = [
         "| row | method | MACs kept / sparsity | before | right after pruning | after fine-tuning (seeds) | "
         "mean drop |",
         "|---|---|---|---|---|---|---|",
     ]
-    for (row, label, steps), rs in groups.items():
+    for (row, label, steps, lr), rs in groups.items():
         after = [r["after_finetune"] for r in rs]
         size = (
             f"{rs[0]['sparsity']:.3f} sparsity"
             if rs[0].get("sparsity") is not None
             else f"{rs[0]['macs_kept']:.3f} MACs"
         )
+        budget = f"{steps} steps" if lr == 0.01 else f"{steps} steps, lr {lr:g}"
         lines.append(
-            f"| {row} ({steps} steps) | {label} | {size} | {rs[0]['before']:.2%} | "
+            f"| {row} ({budget}) | {label} | {size} | {rs[0]['before']:.2%} | "
             f"{statistics.mean(r['after_prune'] for r in rs):.2%} | "
             f"{' / '.join(f'{a:.2%}' for a in after)} | {100 * (rs[0]['before'] - statistics.mean(after)):.2f} |"
         )

@@ -42,6 +42,9 @@ from slimmer.bundled import DEMO_ARCH, DEMO_WEIGHTS, bundled_file  # noqa: E402
 OUT = Path(__file__).resolve().parent / "folding.jsonl"
 WORK = Path("/tmp/slimmer-bench-folding")
 SHAPE = (1, 1, 28, 28)
+PRE_REGION = Path(__file__).resolve().parent / "folding.pre-region.jsonl"  # runs before region folding
+# The reading of the measured table, written from the rows it sits under (see docs/BENCHMARKS.md).
+READING = ""
 ROWS = {
     "measure": "fold, latency gate on (default)",
     "off": "fold, latency gate off (every allowed merge)",
@@ -98,6 +101,9 @@ def fold_row(row: str, steps: int, seed: int, work: Path, alpha_lr_scale: float 
         "alpha_final": fold.get("alpha_final"),
         "merges": len(fold.get("merges", [])),
         "merges_refused": fold.get("merges_refused"),
+        "regions_planned": fold.get("regions_planned"),
+        "regions_collapsed": fold.get("regions_collapsed"),
+        "regions_refused": fold.get("regions_refused"),
         "not_wrapped": fold.get("activations_not_wrapped"),
         "latency_measured": fold.get("latency_measured"),
         "depth": fold.get("depth"),
@@ -113,7 +119,7 @@ def alpha_scan(scales: list[float], steps: int, seed: int) -> list[dict]:
     """The α half alone at several α learning-rate multiples: where does α end after ``steps`` steps?
 
     Same loop as ``compress`` (SGD lr 0.01 cosine, KD α 0.9 from the original, pad-crop, λ 0.25,
-    α from 0.05, latency gate off so all nine ``relu1`` are wrapped); accuracy with σ_α still in
+    α from 0.05, latency gate off so every ``relu1`` and the stem region are wrapped); accuracy with σ_α still in
     place, on the first 2,000 test images.
     """
     from safetensors.torch import load_file
@@ -233,51 +239,51 @@ def write_docs(timed: list[dict], command: str, scan: list[dict]) -> None:
     notes = []
     for r in timed:
         if r.get("alpha_final"):
-            alphas = ", ".join(f"{k.replace('.relu1', '')} {v:.2f}" for k, v in r["alpha_final"].items())
-            notes.append(f"- {r['label']}: final α per block `relu1`: {alphas}.")
-        if r.get("latency_measured"):
-            ratios = [v["speedup"] for v in r["latency_measured"].values()]
+            alphas = ", ".join(f"{k} {v:.2f}" for k, v in r["alpha_final"].items())
+            notes.append(f"- {r['label']}: final α: {alphas}.")
+        for region in r.get("regions_collapsed") or []:
             notes.append(
-                f"- {r['label']}: the gate timed {len(ratios)} conv pairs against their merged conv "
-                f"(pair/merged {min(ratios):.2f}–{max(ratios):.2f}; < 1 means the merged conv is slower)."
+                f"- {r['label']}: collapsed {', '.join(region['layers'])} (and the residual sums between them) "
+                f"into one {region['into']}: MACs {region['macs_before']:,} → {region['macs_after']:,}."
             )
-    forced = [r for r in timed if r.get("merges")]
-    gated = [r for r in timed if r.get("latency_measured")]
-    if forced and gated:
-        ratios = [v["speedup"] for r in gated for v in r["latency_measured"].values()]
-        best = max(forced, key=lambda r: r["merges"])
-        notes.append(
-            f"\n**Reading.** On this model and runtime layer folding does not pay: every merged conv (5×5, or 7×7 "
-            f"stride 2) ran at {min(ratios):.2f}–{max(ratios):.2f}× the speed of the two 3×3 convs it replaces, so "
-            "the default gate linearizes nothing and the result is the fine-tuned model with BatchNorm folded (speedup "
-            f"within the control's noise). Forcing the merges gives what the paper promises in depth — "
-            f"{best['original_conv_nodes']} → {best['onnx_conv_nodes']} Conv nodes, depth {_pair(best['depth'])} — "
-            f"but MACs grow {best['macs']['after'] / best['macs']['before']:.2f}× and the model is "
-            f"{best['latency']['speedup']:.2f}× as fast (slower), at {best['accuracy']['after_finetune']:.2%} test "
-            "accuracy. Merging pays where the intermediate is wide (an inverted bottleneck: MACs shrink) or on "
-            "hardware where depth, not MACs, sets latency; the gate measures that per pair."
-        )
+        measured = r.get("latency_measured") or {}
+        pairs = [v["speedup"] for k, v in measured.items() if "conv)" not in k]
+        regions = {k: v["speedup"] for k, v in measured.items() if "conv)" in k}
+        if pairs:
+            notes.append(
+                f"- {r['label']}: the gate timed {len(pairs)} conv pairs against their merged conv "
+                f"(pair/merged {min(pairs):.2f}–{max(pairs):.2f}; < 1 means the merged conv is slower)"
+                + (
+                    "; and the region against its one conv: "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in regions.items())
+                    if regions
+                    else ""
+                )
+                + "."
+            )
     v = _common.versions()
     first = timed[1] if len(timed) > 1 else {}
     body = (
         "Commands (one process per row, run side by side on a shared 2-core machine): "
         f"`python bench/folding.py --rows measure --steps {first.get('steps', 468)}`, "
-        f"`python bench/folding.py --rows off --steps {first.get('steps', 468)} --alpha-lr-scale 10`, "
-        f"`python bench/folding.py --rows off --steps {first.get('steps', 468)} --alpha-lr-scale 1`, then "
+        f"`python bench/folding.py --rows off --steps {first.get('steps', 468)}`, then "
         f"`python {command}` ({_common.today()}; torch {v.get('torch')}, onnxruntime {v.get('onnxruntime')}).\n\n"
         "Bundled resnet20-fmnist, `--method fold` with `--data fashion-mnist --finetune-steps "
-        f"{first.get('steps', 468)} --batch-size 128` (half the steps learn α with λ = 0.25, α from 0.05 and "
-        "the α learning rate multiple in the row label; the other half after folding), distillation "
+        f"{first.get('steps', 468)} --batch-size 128` (half the steps learn α with λ = 0.25, α from 0.05, the "
+        "activations of a region sharing one α; the other half after folding), distillation "
         "from the original. Latency per §2: batch 1, 1 intra-op thread, "
         f"{timed[0]['latency']['warmup']} warm-up runs, {timed[0]['latency']['pairs']} interleaved pairs, median "
         "of per-pair ratios unpruned/row (> 1 = the row is faster). Depth = Conv/Linear layers on the longest path; "
         "params and MACs are the model's before the folding phase and after merging (BatchNorm folded). "
         "Test accuracy on the 10,000-image test split.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes)
     )
+    if READING:
+        body += "\n\n" + READING
     if scan:
         body += (
-            "\n\n**α learning rate** (the α half alone, the loop of `python bench/folding.py --alpha-scan 1,10,30`: "
-            f"{scan[0]['steps']} steps, all nine `relu1` wrapped, accuracy with σ_α in place on the first 2,000 "
+            "\n\n**α learning rate** (measured before region folding existed, so only the nine `relu1` were "
+            "wrapped; the α half alone, the loop of `python bench/folding.py --alpha-scan 1,10,30`: "
+            f"{scan[0]['steps']} steps, accuracy with σ_α in place on the first 2,000 "
             "test images):\n\n"
             "| α lr multiple | α ≥ 0.9 after | final α (layer1.0 … layer3.2) | accuracy |\n|---|---|---|---|\n"
             + "\n".join(
@@ -328,7 +334,8 @@ def main() -> None:
         for r in timed:
             print(json.dumps({k: r.get(k) for k in ("row", "onnx_conv_nodes", "latency")}), flush=True)
         if args.write_docs:
-            scan = [r for r in _common.read_jsonl(args.out) if r.get("row") == "alpha-scan"]
+            runs = _common.read_jsonl(args.out) + (_common.read_jsonl(PRE_REGION) if PRE_REGION.exists() else [])
+            scan = [r for r in runs if r.get("row") == "alpha-scan"]
             write_docs(timed, "bench/folding.py " + " ".join(sys.argv[1:]), scan)
 
 
