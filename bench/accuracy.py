@@ -240,13 +240,16 @@ ROWS = {
     ],
     # issue 6: SR-STE against the same one-shot 2:4 mask held fixed, equal steps
     "nm": [
-        ("slimmer 2:4, SR-STE fine-tune (KD)", lambda d, t, s, seed: slimmer_row(d, t, s, seed, methods=("nm",))),
+        (
+            "slimmer 2:4, SR-STE fine-tune from the dense weights (KD)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, methods=("nm",)),
+        ),
         (
             "slimmer 2:4, fixed one-shot mask fine-tune (KD)",
             lambda d, t, s, seed: slimmer_row(d, t, s, seed, methods=("nm",), fixed_nm_mask=True),
         ),
         (
-            "slimmer 1:4, SR-STE fine-tune (KD)",
+            "slimmer 1:4, SR-STE fine-tune from the dense weights (KD)",
             lambda d, t, s, seed: slimmer_row(d, t, s, seed, methods=("nm",), nm="1:4"),
         ),
         (

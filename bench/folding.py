@@ -254,8 +254,7 @@ def write_docs(timed: list[dict], command: str, scan: list[dict]) -> None:
                 f"- {r['label']}: the gate timed {len(pairs)} conv pairs against their merged conv "
                 f"(pair/merged {min(pairs):.2f}–{max(pairs):.2f}; < 1 means the merged conv is slower)"
                 + (
-                    "; and the region against its one conv: "
-                    + ", ".join(f"{k} {v:.2f}" for k, v in regions.items())
+                    "; and the region against its one conv: " + ", ".join(f"{k} {v:.2f}" for k, v in regions.items())
                     if regions
                     else ""
                 )

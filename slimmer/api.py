@@ -156,13 +156,15 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
         "per_layer": pruned.per_layer,
         "tolerance": config.sparsity_tolerance,
     }
-    if eval_y is not None:
-        report.accuracy["after_prune"] = accuracy(model, eval_x, eval_y)
     if scheduled(config):  # the schedule prunes during fine-tuning, starting from the dense weights
+        if eval_y is not None:  # what the one-shot prune would have given
+            report.accuracy["after_prune"] = accuracy(model, eval_x, eval_y)
         model.load_state_dict(original.state_dict())
     if pruned.plan is not None and not scheduled(config):
         _shrink(model, pruned, example, report, say)
     after_shrink(model, config, example, pruned)
+    if eval_y is not None and not scheduled(config):  # N:M masks and folding included
+        report.accuracy["after_prune"] = accuracy(model, eval_x, eval_y)
     if pruned.nm is not None or pruned.fold is not None:
         report.sparsity.update(
             requested=pruned.sparsity_requested, achieved=pruned.sparsity_achieved, per_layer=pruned.per_layer

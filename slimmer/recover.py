@@ -54,8 +54,18 @@ def _hooks(
     elif pruned.masks is not None:
         hooks.append(MaskHook(pruned.masks))
     if pruned.nm is not None:
+        restore_dense(model, pruned.nm.dense)
         hooks.append(SRSTEHook(pruned.nm.layers, partial(nm_mask, n=pruned.nm.n, m=pruned.nm.m)))
     return hooks
+
+
+def restore_dense(model: nn.Module, dense: dict[str, torch.Tensor]) -> None:
+    """Put the N:M layers' weights from before masking back: SR-STE recomputes the mask from them
+    at every step (Zhou et al. keep dense weights throughout), and leaves them exactly N:M at the end."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, weight in dense.items():
+            params[name].copy_(weight)
 
 
 def finetune_config(config: CompressConfig, example: torch.Tensor, n_train: int, steps: int) -> FinetuneConfig:

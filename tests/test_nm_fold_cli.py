@@ -166,3 +166,19 @@ def test_channel_then_fold_in_one_run(cli, r20, fmnist_like_npz, monkeypatch):
     assert len(fold["merges"]) == 9 and len(fold["regions_collapsed"]) == 1 and fold["conv_nodes"]["after"] == 9
     assert report["verification"]["passed"]
     assert len([n for n in onnx.load(report["onnx"]["path"]).graph.node if n.op_type == "Conv"]) == 9
+
+
+def test_after_prune_accuracy_includes_the_nm_masks(cli, tmp_path):
+    """The N:M masks are applied after the pruning stage proper: ``after_prune`` must see them."""
+    from slimmer.bundled import DEMO_SAMPLE, DEMO_WEIGHTS, bundled_file
+
+    trained = tmp_path / "trained.safetensors"  # the bundled checkpoint: accuracy means something
+    trained.write_bytes(bundled_file(DEMO_WEIGHTS).read_bytes())
+    sample = bundled_file(DEMO_SAMPLE)  # 2,000 labelled Fashion-MNIST test images
+    args = ("compress", trained, "--arch", "resnet20-fmnist", "--data", sample, "--json", "--force")
+    dense = cli(*args, "--sparsity", "0.0").json()["accuracy"]
+    assert dense["after_prune"] == dense["before"] > 0.8
+    run = cli(*args, "--method", "nm", "--nm", "1:8")
+    assert run.code == 0, run.stderr
+    acc = run.json()["accuracy"]
+    assert acc["before"] == dense["before"] and acc["after_prune"] < acc["before"] - 0.05

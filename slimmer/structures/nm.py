@@ -56,6 +56,8 @@ class NMResult:
     n: int
     m: int
     skipped: dict[str, str] = field(default_factory=dict)
+    # the weights before masking: SR-STE fine-tunes from them, so a pruned weight can win its place back
+    dense: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def layers(self) -> list[str]:

@@ -96,3 +96,29 @@ def test_unknown_parameter_and_bad_decay() -> None:
     hook = SRSTEHook(["nope.weight"], partial(nm_mask, n=2, m=4))
     with pytest.raises(ValueError, match="nope.weight"):
         hook.on_start(toy(), 1)
+
+
+def test_srste_fine_tuning_starts_from_the_weights_before_masking(resnet20_state, tmp_path) -> None:
+    """``after_shrink`` masks the N:M layers (for the after-prune numbers); the recovery stage puts
+    the dense weights back, so SR-STE can swap a pruned weight in when it outgrows a kept one."""
+    from pathlib import Path
+
+    from slimmer.config import CompressConfig
+    from slimmer.prune import PruneResult, after_shrink
+    from slimmer.recover import _hooks
+    from slimmer.train.data import Dataset, DataSplits
+    from slimmer.zoo import ARCHITECTURES
+
+    net = ARCHITECTURES.get("resnet20-fmnist").build()
+    net.load_state_dict(torch.load(resnet20_state))
+    dense = copy.deepcopy(net.state_dict())
+    cfg = CompressConfig(model=Path("m.pt"), methods=("nm",), nm="2:4", data="d.npz", finetune_steps=2)
+    x = torch.randn(2, 1, 28, 28)
+    pruned = PruneResult()
+    after_shrink(net, cfg, x, pruned)
+    layer = "layer2.0.conv2.weight"
+    assert layer in pruned.nm.layers and check_nm(net.state_dict()[layer].numpy(), 2, 4)
+    data = DataSplits(train=Dataset(torch.randn(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), "t"), eval=None)
+    hooks = _hooks(net, cfg, x, data, pruned)
+    assert any(isinstance(h, SRSTEHook) for h in hooks)
+    torch.testing.assert_close(net.state_dict()[layer], dense[layer])  # dense again: SR-STE masks per forward
