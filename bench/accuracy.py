@@ -66,6 +66,7 @@ def slimmer_row(data, test, steps, seed, fixed_nm_mask: bool = False, **opts) ->
     """The compress flow on the bundled model (prune, regularize when asked, shrink, fine-tune).
 
     ``fixed_nm_mask`` fine-tunes an N:M run with its one-shot mask held fixed instead of SR-STE."""
+    opts.setdefault("reconstruct", False)  # rows before least-squares reconstruction existed keep their meaning
     model = base_model()
     original = copy.deepcopy(model)
     cfg = CompressConfig(
@@ -106,7 +107,9 @@ def slimmer_row(data, test, steps, seed, fixed_nm_mask: bool = False, **opts) ->
     if fixed_nm_mask and pruned.nm is not None:
         pruned.masks, pruned.nm = pruned.nm.masks, None  # MaskHook instead of SR-STE
     if steps:
-        recover(model, original, cfg, x, data, pruned, lambda *a: None)
+        recovered = recover(model, original, cfg, x, data, pruned, lambda *a: None, lambda m: accuracy(m, *test))
+        if recovered and "accuracy_after_reconstruct" in recovered:
+            extra["after_reconstruct"] = recovered["accuracy_after_reconstruct"]
         model = pruned.model if pruned.model is not None else model
         if cfg.schedule != "oneshot":  # a channel schedule's last masks are removed once, at the end
             shrink_model(model, pruned, x)
@@ -166,12 +169,26 @@ ROWS = {
                 d, t, s, seed, methods=("channel",), macs_target=0.5, round_to=4, schedule="gradual"
             ),
         ),
+        (
+            "slimmer channel --macs-target 0.5, --round-to 4 (l1, reconstruct, KD)",
+            lambda d, t, s, seed: slimmer_row(
+                d, t, s, seed, methods=("channel",), macs_target=0.5, round_to=4, reconstruct=True
+            ),
+        ),
+        (
+            "slimmer channel --macs-target 0.5, round_to 16 = default (l1, reconstruct, KD)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, methods=("channel",), macs_target=0.5, reconstruct=True),
+        ),
         ("Torch-Pruning L2 ratio 0.29 (CE)", tp_row),
     ],
     "u90": [
         (
             "slimmer 90% unstructured (lamp, KD)",
             lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.9, criterion="lamp"),
+        ),
+        (
+            "slimmer 90% unstructured (lamp, reconstruct, KD)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.9, criterion="lamp", reconstruct=True),
         ),
         (
             "slimmer 90% unstructured, gradual (lamp, KD)",

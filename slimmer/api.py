@@ -171,7 +171,10 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
         )
         report.warnings += [w for w in pruned.warnings if w not in report.warnings]
     lap("prune")
-    report.finetune = recover(model, original, config, example, data, pruned, say)
+    evaluate = (lambda m: accuracy(m, eval_x, eval_y)) if eval_y is not None else None
+    report.finetune = recover(model, original, config, example, data, pruned, say, evaluate)
+    if report.finetune and "accuracy_after_reconstruct" in report.finetune:
+        report.accuracy["after_reconstruct"] = report.finetune.pop("accuracy_after_reconstruct")
     if pruned.model is not None:  # layer folding collapsed a region: the model is now a traced GraphModule
         model = pruned.model
     if pruned.plan is not None and scheduled(config):  # the schedule's last channel masks, removed once

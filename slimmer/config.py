@@ -78,6 +78,7 @@ class CompressConfig:
     batch_size: int = 128
     optimizer: str = "sgd"
     kd: bool = True
+    reconstruct: bool = True
     amp: bool = True
     augment: bool = True
     progress_every_s: float = 10.0

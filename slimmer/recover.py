@@ -24,6 +24,8 @@ from slimmer.train.data import DataSplits, pad_crop_flip
 from slimmer.train.distributed import init_from_env, resolve_device, wrap_ddp
 from slimmer.train.finetune import FinetuneConfig, MaskHook, finetune, recalibrate_bn
 from slimmer.train.hooks import TrainHook
+from slimmer.train.reconstruct import SAMPLES as RECON_SAMPLES
+from slimmer.train.reconstruct import ReconstructResult, reconstruct
 from slimmer.train.srste import SRSTEHook
 
 Say = Callable[[str, str], None]
@@ -104,6 +106,41 @@ def distillation_teacher(teacher: nn.Module, config: CompressConfig, data: DataS
     return teacher if config.kd or data.train.y is None else None
 
 
+def reconstructs(config: CompressConfig, pruned: PruneResult) -> bool:
+    """Least-squares reconstruction runs after one-shot unstructured or channel pruning (not under a
+    schedule, which prunes later; not for N:M, which SR-STE trains, nor with layer folding)."""
+    if not config.reconstruct or scheduled(config) or pruned.nm is not None:
+        return False
+    if fold_phase.active(config.methods, True, config.finetune_steps):
+        return False
+    return pruned.masks is not None or pruned.plan is not None
+
+
+def _reconstruct(
+    model: nn.Module, original: nn.Module, config: CompressConfig, data: DataSplits, pruned: PruneResult, say: Say
+) -> ReconstructResult:
+    generator = torch.Generator().manual_seed(config.seed)
+    pick = torch.randperm(len(data.train), generator=generator)[:RECON_SAMPLES]
+    masks = pruned.masks.masks if pruned.masks is not None else None
+    kept: dict[str, torch.Tensor] = {}
+    if pruned.plan is not None:
+        reference = dict(original.named_modules())
+        for name, dims in pruned.plan.removals().items():
+            path, _, leaf = name.rpartition(".")
+            layer = reference.get(path)
+            if leaf == "weight" and 0 in dims and isinstance(layer, (nn.Conv2d, nn.Linear)):
+                removed = dims[0]
+                kept[path] = torch.tensor([i for i in range(layer.weight.shape[0]) if i not in removed])
+    return reconstruct(
+        model,
+        original,
+        data.train.x[pick],
+        keep_masks=masks,
+        kept_outputs=kept,
+        progress=lambda m: say("reconstruct", m),
+    )
+
+
 def recover(
     model: nn.Module,
     teacher: nn.Module,
@@ -112,11 +149,17 @@ def recover(
     data: DataSplits | None,
     pruned: PruneResult,
     say: Say,
+    evaluate: Callable[[nn.Module], float] | None = None,
 ) -> dict | None:
     """Re-estimate BN statistics after surgery and fine-tune; return what was done (or None)."""
     if data is None or not len(data.train):
         return None
     done: dict = {}
+    if reconstructs(config, pruned):
+        say("reconstruct", f"re-solving the pruned layers by least squares on {RECON_SAMPLES} training inputs")
+        done["reconstruction"] = _reconstruct(model, teacher, config, data, pruned, say).to_dict()
+        if evaluate is not None:
+            done["accuracy_after_reconstruct"] = evaluate(model)
     if pruned.plan is not None and not scheduled(config):  # a schedule removes channels after fine-tuning
         say("recalibrate", "re-estimating BatchNorm statistics after channel removal")
         recalibrate_bn(model, data.train, batches=20, batch_size=min(128, len(data.train)), seed=config.seed)

@@ -76,7 +76,9 @@ class Report:
         acc = self.accuracy
         if acc.get("before") is not None:
             table.add_row(
-                "accuracy", _pct(acc.get("before")), _pct(_last(acc.get("after_finetune"), acc.get("after_prune")))
+                "accuracy",
+                _pct(acc.get("before")),
+                _pct(_last(acc.get("after_finetune"), acc.get("after_reconstruct"), acc.get("after_prune"))),
             )
         if self.latency_ms.get("before") is not None:
             table.add_row("latency (ms)", f"{self.latency_ms['before']:.3f}", f"{self.latency_ms['after']:.3f}")
