@@ -104,6 +104,7 @@ def slimmer_row(data, test, steps, seed, fixed_nm_mask: bool = False, **opts) ->
     after_shrink(model, cfg, x, pruned)
     if cfg.schedule == "oneshot":
         after_prune = accuracy(model, *test)
+    one_shot = {n: m.clone() for n, m in pruned.nm.masks.masks.items()} if pruned.nm is not None else None
     if fixed_nm_mask and pruned.nm is not None:
         pruned.masks, pruned.nm = pruned.nm.masks, None  # MaskHook instead of SR-STE
     if steps:
@@ -113,6 +114,10 @@ def slimmer_row(data, test, steps, seed, fixed_nm_mask: bool = False, **opts) ->
         model = pruned.model if pruned.model is not None else model
         if cfg.schedule != "oneshot":  # a channel schedule's last masks are removed once, at the end
             shrink_model(model, pruned, x)
+    if one_shot:  # how much of the one-shot N:M mask fine-tuning changed (SR-STE can swap weights)
+        params = dict(model.named_parameters())
+        flips = sum(int(((params[n].detach() != 0) != m).sum()) for n, m in one_shot.items())
+        extra["nm_mask_changed"] = flips / sum(m.numel() for m in one_shot.values())
     return {
         "after_prune": after_prune,
         "after_finetune": accuracy(model, *test),
