@@ -156,7 +156,10 @@ def recover(
         return None
     done: dict = {}
     if reconstructs(config, pruned):
-        say("reconstruct", f"re-solving the pruned layers by least squares on {RECON_SAMPLES} training inputs")
+        say(
+            "reconstruct",
+            f"re-solving the pruned layers by least squares on {min(RECON_SAMPLES, len(data.train))} training inputs",
+        )
         done["reconstruction"] = _reconstruct(model, teacher, config, data, pruned, say).to_dict()
         if evaluate is not None:
             done["accuracy_after_reconstruct"] = evaluate(model)

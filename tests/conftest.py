@@ -16,6 +16,15 @@ from slimmer.cli import app
 from slimmer.zoo import ARCHITECTURES
 
 
+@pytest.fixture(autouse=True)
+def _quick_reconstruction(request, monkeypatch):
+    """Every ``compress`` with ``--data`` reconstructs pruned layers by least squares first; in-process
+    tests use 64 calibration images instead of 512 to stay quick (same code path). Tests marked
+    ``full_reconstruction`` keep the default."""
+    if "full_reconstruction" not in request.keywords:
+        monkeypatch.setattr("slimmer.recover.RECON_SAMPLES", 64)
+
+
 @pytest.fixture(scope="session")
 def resnet20_state(tmp_path_factory) -> Path:
     """A randomly initialized resnet20-fmnist state_dict (BN statistics perturbed so they matter)."""

@@ -116,6 +116,7 @@ def test_too_costly_layers_are_skipped(monkeypatch) -> None:
     assert result.layers == {} and all("flops" in why for why in result.skipped.values())
 
 
+@pytest.mark.full_reconstruction
 @pytest.mark.parametrize("flag, expect", [(None, True), ("--no-reconstruct", False)])
 def test_compress_reconstructs_before_finetuning_unless_told_not_to(cli, r20, fmnist_like_npz, flag, expect):
     args = ["compress", r20, "--arch", "resnet20-fmnist", "--sparsity", "0.8", "--data", fmnist_like_npz]
