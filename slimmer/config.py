@@ -78,7 +78,7 @@ class CompressConfig:
     batch_size: int = 128
     optimizer: str = "sgd"
     kd: bool = True
-    reconstruct: bool = True
+    reconstruct: bool | None = None  # None: only when no fine-tuning follows (measured: see recover.reconstructs)
     amp: bool = True
     augment: bool = True
     progress_every_s: float = 10.0

@@ -88,10 +88,12 @@ def compress_command(
     lr: float = typer.Option(0.01, "--lr", help="fine-tuning peak learning rate (cosine with warm-up)"),
     optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (Nesterov momentum) or adamw"),
     kd: bool = typer.Option(True, "--kd/--no-kd", help="distill from the original model while fine-tuning"),
-    reconstruct: bool = typer.Option(
-        True,
+    reconstruct: bool | None = typer.Option(
+        None,
         "--reconstruct/--no-reconstruct",
-        help="before fine-tuning, re-solve each pruned layer by least squares to match the original's outputs",
+        help="re-solve each pruned layer by least squares to match the original's outputs (needs --data); "
+        "default: only when no fine-tuning follows",
+        show_default=False,
     ),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="pad-crop-flip augmentation while fine-tuning"),
     progress_every: float = typer.Option(10.0, "--progress-every", help="seconds between fine-tuning progress lines"),

@@ -117,14 +117,17 @@ def test_too_costly_layers_are_skipped(monkeypatch) -> None:
 
 
 @pytest.mark.full_reconstruction
-@pytest.mark.parametrize("flag, expect", [(None, True), ("--no-reconstruct", False)])
-def test_compress_reconstructs_before_finetuning_unless_told_not_to(cli, r20, fmnist_like_npz, flag, expect):
+@pytest.mark.parametrize(
+    "flag, steps, expect",
+    [(None, "0", True), ("--no-reconstruct", "0", False), (None, "2", False), ("--reconstruct", "2", True)],
+)
+def test_compress_reconstructs_when_no_finetuning_follows_or_when_asked(cli, r20, fmnist_like_npz, flag, steps, expect):
     args = ["compress", r20, "--arch", "resnet20-fmnist", "--sparsity", "0.8", "--data", fmnist_like_npz]
-    args += ["--finetune-steps", "2", "--batch-size", "16", "--json"] + ([flag] if flag else [])
+    args += ["--finetune-steps", steps, "--batch-size", "16", "--json"] + ([flag] if flag else [])
     run = cli(*args)
     assert run.code == 0, run.stderr
     r = run.json()
-    assert ("reconstruction" in r["finetune"]) is expect
+    assert ("reconstruction" in (r["finetune"] or {})) is expect
     assert (r["accuracy"].get("after_reconstruct") is not None) is expect
     if expect:
         assert r["finetune"]["reconstruction"]["samples"] == 270  # every training image: 300 less the 10% held out
