@@ -175,6 +175,12 @@ ROWS = {
             ),
         ),
         (
+            "slimmer channel --macs-target 0.5, --round-to 4 (l2, KD)",
+            lambda d, t, s, seed: slimmer_row(
+                d, t, s, seed, methods=("channel",), macs_target=0.5, round_to=4, criterion="l2"
+            ),
+        ),
+        (
             "slimmer channel --macs-target 0.5, --round-to 4 (l1, reconstruct, KD)",
             lambda d, t, s, seed: slimmer_row(
                 d, t, s, seed, methods=("channel",), macs_target=0.5, round_to=4, reconstruct=True
