@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -305,7 +306,7 @@ def main() -> None:
     data = load_data("fashion-mnist", SHAPE, FMNIST_MEAN, FMNIST_STD)
     test = (data.eval.x, data.eval.y)
     before = accuracy(base_model(), *test)
-    for row in args.rows.split(","):
+    for row in filter(None, args.rows.split(",")):  # --rows "" --write-docs: the table from the runs so far
         for label, fn in ROWS[row]:
             if args.match not in label:
                 continue
@@ -325,7 +326,7 @@ def main() -> None:
                 _common.append_jsonl(args.out, record)
                 print(json.dumps(record), flush=True)
     if args.write_docs:
-        write_docs(args.out, "`python " + " ".join(sys.argv) + "`")
+        write_docs(args.out, "`python " + shlex.join(sys.argv) + "`")
 
 
 def write_docs(path: Path, command: str) -> None:
@@ -347,14 +348,20 @@ def write_docs(path: Path, command: str) -> None:
             else f"{rs[0]['macs_kept']:.3f} MACs"
         )
         budget = f"{steps} steps" if lr == 0.01 else f"{steps} steps, lr {lr:g}"
+        start = f"{statistics.mean(r['after_prune'] for r in rs):.2%}"
+        if all(r.get("after_reconstruct") is not None for r in rs):
+            start += f" → {statistics.mean(r['after_reconstruct'] for r in rs):.2%} reconstructed"
+        if all(r.get("nm_mask_changed") is not None for r in rs):
+            label += f"; {statistics.mean(r['nm_mask_changed'] for r in rs):.1%} of the mask changed"
         lines.append(
-            f"| {row} ({budget}) | {label} | {size} | {rs[0]['before']:.2%} | "
-            f"{statistics.mean(r['after_prune'] for r in rs):.2%} | "
+            f"| {row} ({budget}) | {label} | {size} | {rs[0]['before']:.2%} | {start} | "
             f"{' / '.join(f'{a:.2%}' for a in after)} | {100 * (rs[0]['before'] - statistics.mean(after)):.2f} |"
         )
     v = _common.versions()
     body = (
-        f"Command: {command} ({_common.today()}; torch {v.get('torch')}, "
+        f'Each row is the mean over its seeds of `python bench/accuracy.py --rows ROW --match "LABEL" '
+        f"--seeds S [--lr LR]` (one run per seed, appended to bench/accuracy.jsonl); the table was written by "
+        f"{command} ({_common.today()}; torch {v.get('torch')}, "
         f"torch-pruning {v.get('torch-pruning', 'n/a')}).\n\nTest split: 10,000 Fashion-MNIST images.\n\n"
         + "\n".join(lines)
     )

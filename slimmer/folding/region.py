@@ -68,6 +68,24 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return gm
 
 
+def _differs(model: nn.Module, gm: fx.GraphModule, example: tuple[Any, ...]) -> str | None:
+    """Why the traced graph cannot stand in for ``model`` (its outputs differ on ``example``), or None."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            want, got = model(*example), gm(*example)
+    finally:
+        model.train(was)
+    pairs = list(zip(want, got, strict=False)) if isinstance(want, (tuple, list)) else [(want, got)]
+    for a, b in pairs:
+        if isinstance(a, torch.Tensor) and (
+            not isinstance(b, torch.Tensor) or a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+        ):
+            return f"the torch.fx trace of {type(model).__name__} does not reproduce its outputs"
+    return None
+
+
 @dataclass
 class Region:
     """A linear region from ``source`` to ``output`` of a traced graph, and what collapsing it costs."""
@@ -345,10 +363,14 @@ def plan(
     """
     try:
         gm = trace(model)
+        why = _differs(model, gm, example)
+        found = [] if why else find_regions(gm, example, hypothetical=True, protected=protected)
     except Exception as exc:  # noqa: BLE001 - torch.fx raises many kinds for untraceable code
-        return [], [], f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc})"
+        why, found = f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc})", []
+    if why:
+        return [], [], why
     planned, refused = [], []
-    for r in find_regions(gm, example, hypothetical=True, protected=protected):
+    for r in found:
         if not r.activations:
             continue  # already linear: collapse() takes it at fold time
         shaped = nn.Conv2d(r.in_channels, r.out_channels, r.kernel, padding=r.radius)
@@ -387,8 +409,11 @@ def collapse(
     report = CollapseReport()
     try:
         gm = trace(model)
+        why = _differs(model, gm, example)
     except Exception as exc:  # noqa: BLE001 - torch.fx raises many kinds for untraceable code
-        report.note = f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc})"
+        why = f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc})"
+    if why:
+        report.note = why
         return model, report
     refused: set[tuple[str, str]] = set()
     for _ in range(max_rounds):

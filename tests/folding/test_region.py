@@ -169,3 +169,22 @@ def test_untraceable_model_is_left_alone_with_the_reason() -> None:
     assert new is net and report.collapsed == [] and "cannot trace Branchy" in report.note
     planned, refused, why = region.plan(net, (torch.randn(1, 1, 8, 8),))
     assert planned == [] and "cannot trace Branchy" in why
+
+
+def test_a_trace_that_does_not_reproduce_the_model_is_not_used() -> None:
+    class Counter(nn.Module):
+        """Python state in forward: torch.fx bakes the count at trace time into a constant."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(1, 4, 3, padding=1)
+            self.b = nn.Conv2d(4, 4, 3, padding=1)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.b(self.a(x)) * self.calls
+
+    net = Counter().eval()
+    new, report = region.collapse(net, (torch.randn(1, 1, 8, 8),))
+    assert new is net and report.collapsed == [] and "does not reproduce its outputs" in report.note
