@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from slimmer.cli import bench, compress, demo, inspect, verify
@@ -25,4 +28,19 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:  # an interrupt that arrived while an earlier one was being reported
-        raise SystemExit(EXIT_INTERRUPTED) from None
+        _leave(EXIT_INTERRUPTED)
+    except SystemExit as exc:
+        _leave(exc.code)
+
+
+def _leave(code: int | str | None) -> None:
+    """Exit with ``code``. Under torchrun (a process group is up), leave without C++ static
+    destructors: a gloo thread still winding down at interpreter exit can abort the process
+    ("terminate called without an active exception") after every file was written and the ranks
+    met at the final barrier, turning a finished run into exit -6."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+    raise SystemExit(code)
