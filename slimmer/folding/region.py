@@ -68,6 +68,15 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return gm
 
 
+def _traced(model: nn.Module, example: tuple[Any, ...]) -> tuple[fx.GraphModule | None, str | None]:
+    """``model`` traced, and why the trace cannot stand in for it (None when it can)."""
+    try:
+        gm = trace(model)
+        return gm, _differs(model, gm, example)
+    except Exception as exc:  # noqa: BLE001 - torch.fx raises many kinds for untraceable code
+        return None, f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc})"
+
+
 def _differs(model: nn.Module, gm: fx.GraphModule, example: tuple[Any, ...]) -> str | None:
     """Why the traced graph cannot stand in for ``model`` (its outputs differ on ``example``), or None."""
     was = model.training
@@ -361,16 +370,11 @@ def plan(
     Each planned region's description carries ``activations``, the module paths to linearize.
     ``accept`` judges each with a conv of the merged shape (latency depends on shapes only).
     """
-    try:
-        gm = trace(model)
-        why = _differs(model, gm, example)
-        found = [] if why else find_regions(gm, example, hypothetical=True, protected=protected)
-    except Exception as exc:  # noqa: BLE001 - torch.fx raises many kinds for untraceable code
-        why, found = f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc})", []
+    gm, why = _traced(model, example)
     if why:
         return [], [], why
     planned, refused = [], []
-    for r in found:
+    for r in find_regions(gm, example, hypothetical=True, protected=protected):
         if not r.activations:
             continue  # already linear: collapse() takes it at fold time
         shaped = nn.Conv2d(r.in_channels, r.out_channels, r.kernel, padding=r.radius)
@@ -407,11 +411,7 @@ def collapse(
     conv)`` may refuse a region by returning the reason (the phase's latency gate).
     """
     report = CollapseReport()
-    try:
-        gm = trace(model)
-        why = _differs(model, gm, example)
-    except Exception as exc:  # noqa: BLE001 - torch.fx raises many kinds for untraceable code
-        why = f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc})"
+    gm, why = _traced(model, example)
     if why:
         report.note = why
         return model, report

@@ -90,9 +90,7 @@ def _cached_targets(
     modules = dict(original.named_modules())
     handles = [
         modules[path].register_forward_hook(
-            lambda mod, i, o, path=path: (
-                store[path].append(_targets(mod, o.detach(), wanted[path]).float().cpu()) and None
-            )
+            lambda mod, i, o, path=path: store[path].append(_targets(mod, o.detach(), wanted[path]).float().cpu())
         )
         for path in wanted
     ]
@@ -179,9 +177,9 @@ def _solve(h: torch.Tensor, r: torch.Tensor, keep: torch.Tensor) -> torch.Tensor
     """Rows of the new weight: row ``o`` solves ``h[K,K] w = r[K,o]`` on its kept set ``K``."""
     eye = torch.eye(h.shape[0], dtype=h.dtype)
     h = h + DAMPING * float(h.diagonal().mean().clamp_min(1e-12)) * eye
-    out = torch.zeros(keep.shape, dtype=h.dtype)
     if bool(keep.all()):
         return torch.linalg.solve(h, r).T
+    out = torch.zeros(keep.shape, dtype=h.dtype)
     for o in range(keep.shape[0]):
         k = keep[o].nonzero().squeeze(1)
         if len(k):
