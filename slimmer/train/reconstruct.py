@@ -20,7 +20,7 @@ Needs only inputs, no labels: :data:`SAMPLES` training images. ``H`` and ``X·Y`
 chunk by chunk (float64), and every forward stops at the layer being solved. Layers whose exact
 solve would cost more than :data:`MAX_SOLVE_FLOPS` (wide layers with many different row masks) and
 grouped convolutions are left as they are and listed. Measured on resnet20-fmnist at 90% LAMP:
-15.2% → 90.0% test accuracy with no fine-tuning (512 images, docs/BENCHMARKS.md "Accuracy"); see
+15.2% → 90.1% test accuracy with no fine-tuning (512 images, docs/BENCHMARKS.md "Accuracy"); see
 :func:`slimmer.recover.reconstructs` for when ``compress`` runs it.
 """
 
