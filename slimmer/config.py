@@ -78,6 +78,7 @@ class CompressConfig:
     batch_size: int = 128
     optimizer: str = "sgd"
     kd: bool = True
+    kd_layers: float = 0.0  # weight of layer-wise distillation (train/feature_kd.py); 0 = logits only
     reconstruct: bool | None = None  # None: only when no fine-tuning follows (measured: see recover.reconstructs)
     amp: bool = True
     augment: bool = True
@@ -144,7 +145,12 @@ class CompressConfig:
             raise ConfigError(f"--scope {self.scope!r} is not one of {', '.join(SCOPES)}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"--schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
-        for name, value in (("--atol", self.atol), ("--rtol", self.rtol), ("--lr", self.lr)):
+        for name, value in (
+            ("--atol", self.atol),
+            ("--rtol", self.rtol),
+            ("--lr", self.lr),
+            ("--kd-layers", self.kd_layers),
+        ):
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name} must be a finite number ≥ 0, got {value!r}")
         if self.finetune_steps < 0:

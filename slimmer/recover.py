@@ -22,8 +22,9 @@ from slimmer.structures.channel_masks import ChannelMasks
 from slimmer.structures.nm import nm_mask
 from slimmer.train.data import DataSplits, pad_crop_flip
 from slimmer.train.distributed import init_from_env, resolve_device, wrap_ddp
-from slimmer.train.finetune import FinetuneConfig, MaskHook, finetune, recalibrate_bn
-from slimmer.train.hooks import TrainHook
+from slimmer.train.feature_kd import FeatureDistillHook, matched_layers
+from slimmer.train.finetune import FinetuneConfig, finetune, recalibrate_bn
+from slimmer.train.hooks import MaskHook, TrainHook
 from slimmer.train.reconstruct import SAMPLES as RECON_SAMPLES
 from slimmer.train.reconstruct import ReconstructResult, reconstruct
 from slimmer.train.srste import SRSTEHook
@@ -124,29 +125,47 @@ def reconstructs(config: CompressConfig, pruned: PruneResult) -> bool:
     return pruned.masks is not None or pruned.plan is not None
 
 
+def kept_outputs(original: nn.Module, pruned: PruneResult) -> dict[str, torch.Tensor]:
+    """For each Conv/Linear whose output channels channel surgery removed: the original's channels it kept."""
+    kept: dict[str, torch.Tensor] = {}
+    if pruned.plan is None:
+        return kept
+    reference = dict(original.named_modules())
+    for name, dims in pruned.plan.removals().items():
+        path, _, leaf = name.rpartition(".")
+        layer = reference.get(path)
+        if leaf == "weight" and 0 in dims and isinstance(layer, (nn.Conv2d, nn.Linear)):
+            removed = dims[0]
+            kept[path] = torch.tensor([i for i in range(layer.weight.shape[0]) if i not in removed])
+    return kept
+
+
 def _reconstruct(
     model: nn.Module, original: nn.Module, config: CompressConfig, data: DataSplits, pruned: PruneResult, say: Say
 ) -> ReconstructResult:
     generator = torch.Generator().manual_seed(config.seed)
     pick = torch.randperm(len(data.train), generator=generator)[:RECON_SAMPLES]
     masks = pruned.masks.masks if pruned.masks is not None else None
-    kept: dict[str, torch.Tensor] = {}
-    if pruned.plan is not None:
-        reference = dict(original.named_modules())
-        for name, dims in pruned.plan.removals().items():
-            path, _, leaf = name.rpartition(".")
-            layer = reference.get(path)
-            if leaf == "weight" and 0 in dims and isinstance(layer, (nn.Conv2d, nn.Linear)):
-                removed = dims[0]
-                kept[path] = torch.tensor([i for i in range(layer.weight.shape[0]) if i not in removed])
     return reconstruct(
         model,
         original,
         data.train.x[pick],
         keep_masks=masks,
-        kept_outputs=kept,
+        kept_outputs=kept_outputs(original, pruned),
         progress=lambda m: say("reconstruct", m),
     )
+
+
+def layer_distillation(
+    model: nn.Module, teacher: nn.Module | None, config: CompressConfig, pruned: PruneResult
+) -> FeatureDistillHook | None:
+    """The layer-wise distillation hook of ``--kd-layers W`` (W > 0, a teacher, no layer folding,
+    which renames layers as it merges them), matching every Conv/Linear the two models share."""
+    if teacher is None or config.kd_layers <= 0 or fold_phase.active(config.methods, True, config.finetune_steps):
+        return None
+    kept = kept_outputs(teacher, pruned) if not scheduled(config) else {}
+    layers = matched_layers(model, teacher, kept)
+    return FeatureDistillHook(teacher, layers, kept, config.kd_layers) if layers else None
 
 
 def recover(
@@ -180,6 +199,10 @@ def recover(
     hooks = _hooks(model, config, example, data, pruned)
     cfg = finetune_config(config, example, len(data.train), config.finetune_steps)
     teacher_or_none = distillation_teacher(teacher, config, data)
+    layered = layer_distillation(model, teacher_or_none, config, pruned)
+    if layered is not None:
+        hooks.append(layered)
+        done["kd_layers"] = {"weight": config.kd_layers, "layers": len(layered.layers)}
 
     progress = step_printer(say, "finetune", "fine-tune")
     say(

@@ -30,8 +30,7 @@ from torch import nn
 
 from slimmer.errors import ConfigError
 from slimmer.registry import Registry
-from slimmer.train.finetune import MaskHook
-from slimmer.train.hooks import TrainHook
+from slimmer.train.hooks import MaskHook, TrainHook
 
 Schedule = Callable[..., float]
 SCHEDULES: Registry[Schedule] = Registry("schedule")

@@ -88,6 +88,12 @@ def compress_command(
     lr: float = typer.Option(0.01, "--lr", help="fine-tuning peak learning rate (cosine with warm-up)"),
     optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (Nesterov momentum) or adamw"),
     kd: bool = typer.Option(True, "--kd/--no-kd", help="distill from the original model while fine-tuning"),
+    kd_layers: float = typer.Option(
+        0.0,
+        "--kd-layers",
+        help="weight of layer-wise distillation: every Conv/Linear output also learns the original's "
+        "(normalized squared error); 0 = logits only",
+    ),
     reconstruct: bool | None = typer.Option(
         None,
         "--reconstruct/--no-reconstruct",
@@ -154,6 +160,7 @@ def compress_command(
         lr=lr,
         optimizer=optimizer,
         kd=kd,
+        kd_layers=kd_layers,
         reconstruct=reconstruct,
         amp=amp,
         progress_every_s=progress_every,

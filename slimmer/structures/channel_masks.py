@@ -4,7 +4,7 @@ A schedule (gradual, iterative, cyclical) changes what is pruned many times duri
 Removing channels at each update would rebuild the model and the optimizer every time and forbid
 a cyclical schedule from bringing channels back; instead every update zeroes every parameter slice
 of the plan's pruned channels (producer rows, BatchNorm γ and β, consumer columns) and the
-fine-tuning loop keeps them at zero (:class:`~slimmer.train.finetune.MaskHook`). A zeroed channel
+fine-tuning loop keeps them at zero (:class:`~slimmer.train.hooks.MaskHook`). A zeroed channel
 outputs exactly zero, so removing it after the last update (:func:`~slimmer.prune.shrink_model`)
 leaves the outputs unchanged.
 """

@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -370,53 +370,3 @@ def recalibrate_bn(
         for m, momentum in zip(norms, saved, strict=True):
             m.momentum = momentum
     return module.eval().to("cpu")
-
-
-class KeepMasks(Protocol):
-    """What :class:`MaskHook` needs from a mask set (``slimmer.structures.unstructured.MaskSet``)."""
-
-    masks: dict[str, torch.Tensor]
-
-
-class MaskHook(TrainHook):
-    """Hold pruned weights at exactly zero during fine-tuning.
-
-    Weights are zeroed before the first step and after every optimizer step, and their gradients are
-    zeroed before every step, so momentum buffers (SGD) and moment estimates (Adam) of pruned weights
-    stay zero too: nothing pushes them back between steps.
-    """
-
-    def __init__(self, masks: KeepMasks) -> None:
-        self.masks = masks
-        self._pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
-
-    def set_masks(self, model: nn.Module, masks: KeepMasks) -> None:
-        """Switch to new masks (a schedule's update) and zero the newly pruned weights now."""
-        self.masks = masks
-        params = dict(model.named_parameters())
-        missing = sorted(set(masks.masks) - set(params))
-        if missing:
-            raise ConfigError(f"masks name parameters the model does not have: {', '.join(missing[:5])}")
-        self._pairs = []
-        for name, mask in masks.masks.items():
-            p = params[name]
-            if tuple(mask.shape) != tuple(p.shape):
-                raise ConfigError(f"mask {name} has shape {tuple(mask.shape)}, the weight {tuple(p.shape)}")
-            self._pairs.append((p, mask.to(device=p.device, dtype=p.dtype)))
-        self._zero_weights()
-
-    def _zero_weights(self) -> None:
-        with torch.no_grad():
-            for p, mask in self._pairs:
-                p.mul_(mask)
-
-    def on_start(self, model: nn.Module, total_steps: int) -> None:
-        self.set_masks(model, self.masks)
-
-    def after_backward(self, model: nn.Module, step: int) -> None:
-        for p, mask in self._pairs:
-            if p.grad is not None:
-                p.grad.mul_(mask)
-
-    def after_step(self, model: nn.Module, step: int) -> None:
-        self._zero_weights()

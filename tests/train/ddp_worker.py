@@ -17,7 +17,8 @@ from torch import nn
 from slimmer.structures.unstructured import prunable_weights, unstructured_masks
 from slimmer.train import distributed
 from slimmer.train.data import Dataset
-from slimmer.train.finetune import FinetuneConfig, MaskHook, finetune
+from slimmer.train.finetune import FinetuneConfig, finetune
+from slimmer.train.hooks import MaskHook
 
 
 def main(out: Path) -> None:

@@ -15,13 +15,12 @@ from slimmer.structures.unstructured import prunable_weights, unstructured_masks
 from slimmer.train.data import Dataset, iterate_batches
 from slimmer.train.finetune import (
     FinetuneConfig,
-    MaskHook,
     TrainingDiverged,
     finetune,
     lr_factor,
     recalibrate_bn,
 )
-from slimmer.train.hooks import TrainHook
+from slimmer.train.hooks import MaskHook, TrainHook
 
 
 def cfg(**kw) -> FinetuneConfig:
