@@ -42,6 +42,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from slimmer.folding.fxtrace import traced
 from slimmer.folding.linearize import DEFAULT_KINDS, LinearizableActivation
 
 # Collapse a region only when the merged conv (plus what must stay for other users) costs at most
@@ -51,48 +52,6 @@ MAX_COST_RATIO = 0.75
 CHECK_RTOL = 1e-4
 ADD_OPS = {operator.add, torch.add}
 NEUTRAL = (nn.Identity, nn.Dropout, nn.Dropout2d)
-
-
-class _Tracer(fx.Tracer):
-    """torch.fx tracing that keeps a :class:`LinearizableActivation` as one node."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, LinearizableActivation) or super().is_leaf_module(m, qualname)
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """``model`` as an ``fx.GraphModule`` sharing its submodules and parameters (raises when untraceable)."""
-    graph = _Tracer().trace(model)
-    gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
-    gm.train(model.training)
-    return gm
-
-
-def _traced(model: nn.Module, example: tuple[Any, ...]) -> tuple[fx.GraphModule | None, str | None]:
-    """``model`` traced, and why the trace cannot stand in for it (None when it can)."""
-    try:
-        gm = trace(model)
-        return gm, _differs(model, gm, example)
-    except Exception as exc:  # noqa: BLE001 - torch.fx raises many kinds for untraceable code
-        return None, f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc})"
-
-
-def _differs(model: nn.Module, gm: fx.GraphModule, example: tuple[Any, ...]) -> str | None:
-    """Why the traced graph cannot stand in for ``model`` (its outputs differ on ``example``), or None."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            want, got = model(*example), gm(*example)
-    finally:
-        model.train(was)
-    pairs = list(zip(want, got, strict=False)) if isinstance(want, (tuple, list)) else [(want, got)]
-    for a, b in pairs:
-        if isinstance(a, torch.Tensor) and (
-            not isinstance(b, torch.Tensor) or a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5)
-        ):
-            return f"the torch.fx trace of {type(model).__name__} does not reproduce its outputs"
-    return None
 
 
 @dataclass
@@ -370,7 +329,7 @@ def plan(
     Each planned region's description carries ``activations``, the module paths to linearize.
     ``accept`` judges each with a conv of the merged shape (latency depends on shapes only).
     """
-    gm, why = _traced(model, example)
+    gm, why = traced(model, example)
     if why:
         return [], [], why
     planned, refused = [], []
@@ -411,7 +370,7 @@ def collapse(
     conv)`` may refuse a region by returning the reason (the phase's latency gate).
     """
     report = CollapseReport()
-    gm, why = _traced(model, example)
+    gm, why = traced(model, example)
     if why:
         report.note = why
         return model, report
