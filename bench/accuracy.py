@@ -7,7 +7,8 @@ The peers get the same loop with cross-entropy only (no distillation), exactly a
 BENCHMARKS.md reference runs; slimmer uses its defaults (distillation from the original).
 
 Rows: ``channel`` (slimmer --macs-target 0.5 vs Torch-Pruning L2 at ratio 0.29, ≈ the same MACs),
-``u90`` (slimmer 90% unstructured vs torch.nn.utils.prune global L1), ``u97`` (slimmer 97% with the
+``u90`` (slimmer 90% unstructured vs torch.nn.utils.prune global L1; also ``--regrow``,
+layer-wise distillation, AdamW, magnitude and Taylor), ``u97`` (slimmer 97% with the
 oneshot, iterative, gradual and cyclical schedules), ``pai`` (SNIP, GraSP, SynFlow at 90% and 99%),
 ``reg`` (slimming and greg at half the MACs, halo at 90%: half the steps regularizing, half
 fine-tuning), ``nm`` (2:4 fine-tuned with SR-STE against the same mask held fixed).
@@ -42,7 +43,8 @@ from slimmer.regularize import apply_chosen, regularize  # noqa: E402
 from slimmer.stats import accuracy, count_macs  # noqa: E402
 from slimmer.structures.unstructured import MaskSet, prunable_weights  # noqa: E402
 from slimmer.train.data import load_data, pad_crop_flip  # noqa: E402
-from slimmer.train.finetune import FinetuneConfig, MaskHook, finetune  # noqa: E402
+from slimmer.train.finetune import FinetuneConfig, finetune  # noqa: E402
+from slimmer.train.hooks import MaskHook  # noqa: E402
 from slimmer.zoo import ARCHITECTURES, FMNIST_MEAN, FMNIST_STD  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "accuracy.jsonl"
@@ -110,6 +112,8 @@ def slimmer_row(data, test, steps, seed, fixed_nm_mask: bool = False, **opts) ->
         pruned.masks, pruned.nm = pruned.nm.masks, None  # MaskHook instead of SR-STE
     if steps:
         recovered = recover(model, original, cfg, x, data, pruned, lambda *a: None, lambda m: accuracy(m, *test))
+        if recovered and "regrow" in recovered:
+            extra["mask_changed"] = recovered["regrow"]["mask_changed"]
         if recovered and "accuracy_after_reconstruct" in recovered:
             extra["after_reconstruct"] = recovered["accuracy_after_reconstruct"]
         model = pruned.model if pruned.model is not None else model
@@ -191,6 +195,12 @@ ROWS = {
             "slimmer channel --macs-target 0.5, round_to 16 = default (l1, reconstruct, KD)",
             lambda d, t, s, seed: slimmer_row(d, t, s, seed, methods=("channel",), macs_target=0.5, reconstruct=True),
         ),
+        (
+            "slimmer channel --macs-target 0.5, --round-to 4 (l2, KD + layers)",
+            lambda d, t, s, seed: slimmer_row(
+                d, t, s, seed, methods=("channel",), macs_target=0.5, round_to=4, criterion="l2", kd_layers=1.0
+            ),
+        ),
         ("Torch-Pruning L2 ratio 0.29 (CE)", tp_row),
     ],
     "u90": [
@@ -205,6 +215,30 @@ ROWS = {
         (
             "slimmer 90% unstructured, gradual (lamp, KD)",
             lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.9, criterion="lamp", schedule="gradual"),
+        ),
+        (
+            "slimmer 90% unstructured (lamp, KD, regrow)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.9, criterion="lamp", regrow=True),
+        ),
+        (
+            "slimmer 90% unstructured (lamp, KD + layers)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.9, criterion="lamp", kd_layers=1.0),
+        ),
+        (
+            "slimmer 90% unstructured (lamp, KD + layers x5)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.9, criterion="lamp", kd_layers=5.0),
+        ),
+        (
+            "slimmer 90% unstructured (taylor, KD)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.9, criterion="taylor"),
+        ),
+        (
+            "slimmer 90% unstructured (magnitude, KD)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.9, criterion="magnitude"),
+        ),
+        (
+            "slimmer 90% unstructured (lamp, KD, adamw)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.9, criterion="lamp", optimizer="adamw"),
         ),
         ("torch.nn.utils.prune global L1 90% (CE)", lambda d, t, s, seed: torch_prune_row(d, t, s, seed, 0.9)),
     ],
@@ -351,8 +385,9 @@ def write_docs(path: Path, command: str) -> None:
         start = f"{statistics.mean(r['after_prune'] for r in rs):.2%}"
         if all(r.get("after_reconstruct") is not None for r in rs):
             start += f" → {statistics.mean(r['after_reconstruct'] for r in rs):.2%} reconstructed"
-        if all(r.get("nm_mask_changed") is not None for r in rs):
-            label += f"; {statistics.mean(r['nm_mask_changed'] for r in rs):.1%} of the mask changed"
+        changed = [r.get("nm_mask_changed", r.get("mask_changed")) for r in rs]
+        if all(c is not None for c in changed):
+            label += f"; {statistics.mean(changed):.1%} of the mask changed"
         lines.append(
             f"| {row} ({budget}) | {label} | {size} | {rs[0]['before']:.2%} | {start} | "
             f"{' / '.join(f'{a:.2%}' for a in after)} | {100 * (rs[0]['before'] - statistics.mean(after)):.2f} |"

@@ -79,6 +79,7 @@ class CompressConfig:
     optimizer: str = "sgd"
     kd: bool = True
     kd_layers: float = 0.0  # weight of layer-wise distillation (train/feature_kd.py); 0 = logits only
+    regrow: bool = False  # dense straight-through fine-tuning of a one-shot unstructured mask (recover.regrows)
     reconstruct: bool | None = None  # None: only when no fine-tuning follows (measured: see recover.reconstructs)
     amp: bool = True
     augment: bool = True
@@ -195,10 +196,31 @@ class CompressConfig:
                 )
         if self.finetune_steps > 0 and self.data is None:
             raise ConfigError("--finetune-steps needs --data to train on")
+        if self.regrow:
+            self._check_regrow()
         if self.regularizer is not None:
             self._check_regularizer()
         elif self.reg_steps is not None:
             raise ConfigError("--reg-steps applies to --regularizer", hint="add --regularizer slimming, greg or halo")
+
+    def _check_regrow(self) -> None:
+        if tuple(self.methods) != ("unstructured",):
+            raise ConfigError(
+                f"--regrow re-chooses unstructured masks while fine-tuning, not --method {','.join(self.methods)}",
+                hint="use --method unstructured, or drop --regrow",
+            )
+        if self.finetune_steps == 0:
+            raise ConfigError("--regrow re-chooses the mask while fine-tuning: pass --finetune-steps and --data")
+        if self.schedule != "oneshot":
+            raise ConfigError(
+                f"--regrow moves a one-shot mask; --schedule {self.schedule} already re-prunes on its own",
+                hint="drop --regrow, or use --schedule oneshot",
+            )
+        if self.reconstruct:
+            raise ConfigError(
+                "--regrow fine-tunes from the weights before masking, which would undo --reconstruct",
+                hint="choose one of --regrow and --reconstruct",
+            )
 
     def _check_regularizer(self) -> None:
         name = self.regularizer

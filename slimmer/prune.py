@@ -59,6 +59,7 @@ class PruneResult:
     per_layer: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
+    dense: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # masked weights before masking
 
 
 def prune(model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits | None) -> PruneResult:
@@ -121,7 +122,9 @@ def _unstructured(
 
 
 def apply_masks(model: nn.Module, masks: MaskSet, config: CompressConfig, result: PruneResult) -> None:
-    """Zero ``masks`` in ``model`` and record them in ``result``."""
+    """Zero ``masks`` in ``model`` and record them in ``result`` (with the weights as they were, for --regrow)."""
+    params = dict(model.named_parameters())
+    result.dense = {name: params[name].detach().clone() for name in masks.masks}
     masks.apply(model)
     record_masks(masks, config, result)
 

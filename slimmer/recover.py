@@ -20,6 +20,7 @@ from slimmer.prune import PruneResult, channel_masks_for, schedule_final, unstru
 from slimmer.schedules import ScheduledMaskHook, build_schedule
 from slimmer.structures.channel_masks import ChannelMasks
 from slimmer.structures.nm import nm_mask
+from slimmer.structures.unstructured import MaskSet, largest_mask
 from slimmer.train.data import DataSplits, pad_crop_flip
 from slimmer.train.distributed import init_from_env, resolve_device, wrap_ddp
 from slimmer.train.feature_kd import FeatureDistillHook, matched_layers
@@ -54,12 +55,25 @@ def _hooks(
         hooks.append(
             ScheduledMaskHook(build_schedule(config.schedule, schedule_final(config), interval=interval), recompute)
         )
+    elif regrows(config, pruned):  # the one-shot weights come back; each layer keeps its count of weights
+        restore_dense(model, pruned.dense)
+        counts = {name: int(mask.sum()) for name, mask in pruned.masks.masks.items()}
+        hooks.append(SRSTEHook(counts, {name: partial(largest_mask, keep=k) for name, k in counts.items()}))
     elif pruned.masks is not None:
         hooks.append(MaskHook(pruned.masks))
     if pruned.nm is not None:
         restore_dense(model, pruned.nm.dense)
         hooks.append(SRSTEHook(pruned.nm.layers, partial(nm_mask, n=pruned.nm.n, m=pruned.nm.m)))
     return hooks
+
+
+def regrows(config: CompressConfig, pruned: PruneResult) -> bool:
+    """``--regrow``: fine-tune a one-shot unstructured mask from the weights before masking, re-choosing
+    each layer's largest weights at every step (Lin et al., ICLR 2020, Dynamic Model Pruning with
+    Feedback; the SR-STE hook's mechanics). Measured on resnet20-fmnist at 90% LAMP, 468 steps, 4 seeds
+    (docs/BENCHMARKS.md, Accuracy): 91.58% mean against 91.43% with the mask held fixed, every seed
+    higher; 2.9% of the mask moved. Not the default: issue 4 asks pruned weights to stay exactly zero."""
+    return config.regrow and pruned.masks is not None and set(pruned.masks.masks) <= set(pruned.dense)
 
 
 def restore_dense(model: nn.Module, dense: dict[str, torch.Tensor]) -> None:
@@ -219,6 +233,11 @@ def recover(
         result = finetune(student, teacher_or_none, data.train, cfg, hooks, progress=progress if info.is_main else None)
     done.update(result.to_dict())
     for hook in hooks:
+        if isinstance(hook, SRSTEHook) and pruned.nm is None and pruned.masks is not None:  # --regrow
+            final = hook.masks()
+            moved = sum(int((final[n] != m).sum()) for n, m in pruned.masks.masks.items())
+            done["regrow"] = {"mask_changed": moved / max(1, pruned.masks.total)}
+            pruned.masks = MaskSet(final, warnings=pruned.masks.warnings)
         if isinstance(hook, ScheduledMaskHook) and isinstance(hook.masks, ChannelMasks):
             pruned.plan = hook.masks.plan  # removed by the caller (shrink_model), once
             if pruned.plan is not None:

@@ -170,6 +170,8 @@ def apply_chosen(model: nn.Module, chosen: PruneResult) -> None:
     if chosen.plan is not None:
         mask_model(model, chosen.plan)
     if chosen.masks is not None:
+        params = dict(model.named_parameters())
+        chosen.dense = {name: params[name].detach().clone() for name in chosen.masks.masks}
         chosen.masks.apply(model)
 
 

@@ -94,6 +94,12 @@ def compress_command(
         help="weight of layer-wise distillation: every Conv/Linear output also learns the original's "
         "(normalized squared error); 0 = logits only",
     ),
+    regrow: bool = typer.Option(
+        False,
+        "--regrow/--no-regrow",
+        help="unstructured: fine-tune from the weights before masking and re-choose each layer's largest "
+        "weights every step (pruned by mistake can come back; counts per layer stay)",
+    ),
     reconstruct: bool | None = typer.Option(
         None,
         "--reconstruct/--no-reconstruct",
@@ -161,6 +167,7 @@ def compress_command(
         optimizer=optimizer,
         kd=kd,
         kd_layers=kd_layers,
+        regrow=regrow,
         reconstruct=reconstruct,
         amp=amp,
         progress_every_s=progress_every,

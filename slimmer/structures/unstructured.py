@@ -81,6 +81,12 @@ def _prune_lowest(flat: torch.Tensor, k: int) -> torch.Tensor:
     return keep
 
 
+def largest_mask(weight: torch.Tensor, keep: int) -> torch.Tensor:
+    """Keep-mask of exactly the ``keep`` largest-magnitude entries of ``weight`` (ties: the earlier goes first)."""
+    flat = weight.detach().abs().flatten().cpu()
+    return _prune_lowest(flat, flat.numel() - keep).view(weight.shape)
+
+
 def unstructured_masks(
     scores: dict[str, torch.Tensor], sparsity: float, *, scope: str = "global", min_keep: int = 1
 ) -> MaskSet:

@@ -23,7 +23,13 @@ so they see W̃ and never overwrite W with its masked version. This is correct u
 hook.after_step()`` and needs no call order between the forward and :meth:`loss`.
 
 The mask function is handed in (``train/`` does not import ``structures/``):
-``SRSTEHook(names, functools.partial(nm_mask, n=2, m=4))``.
+``SRSTEHook(names, functools.partial(nm_mask, n=2, m=4))``, or one function per weight as a dict.
+
+The same mechanics train an unstructured mask (``--regrow``): with a per-layer "keep the k largest"
+function this is Dynamic Model Pruning with Feedback (Lin, Stich, Barba, Dmitriev and Jaggi, ICLR
+2020): the forward uses the pruned weights, their gradient updates the dense ones ("error
+feedback"), and the mask is re-chosen from the dense weights, so a weight pruned by mistake can
+come back while each layer keeps exactly its one-shot count.
 """
 
 from __future__ import annotations
@@ -45,13 +51,16 @@ class SRSTEHook(TrainHook):
     """Sparse-refined straight-through training of N:M weights (Zhou et al., ICLR 2021).
 
     ``names`` are the parameter names (``"layer.weight"``) trained N:M; ``mask_fn`` maps a dense
-    weight to its boolean keep-mask (recomputed before every forward); ``decay`` is λ_w.
+    weight to its boolean keep-mask (recomputed before every forward), one function for all or a
+    dict by name; ``decay`` is λ_w.
     """
 
-    def __init__(self, names: Iterable[str], mask_fn: MaskFn, decay: float = DEFAULT_DECAY) -> None:
+    def __init__(self, names: Iterable[str], mask_fn: MaskFn | dict[str, MaskFn], decay: float = DEFAULT_DECAY) -> None:
         if decay < 0:
             raise ValueError(f"SR-STE decay λ_w must be ≥ 0, got {decay}")
         self.names = sorted(names)
+        if isinstance(mask_fn, dict) and set(self.names) - set(mask_fn):
+            raise ValueError(f"SR-STE: no mask function for {', '.join(sorted(set(self.names) - set(mask_fn)))}")
         self.mask_fn = mask_fn
         self.decay = decay
         self._params: dict[str, nn.Parameter] = {}
@@ -67,6 +76,10 @@ class SRSTEHook(TrainHook):
         self._params = {n: params[n] for n in self.names}
         self._handle = model.register_forward_pre_hook(self._before_forward)
 
+    def _mask(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        fn = self.mask_fn[name] if isinstance(self.mask_fn, dict) else self.mask_fn
+        return fn(weight).to(device=weight.device, dtype=torch.bool)
+
     @property
     def swapped(self) -> bool:
         """True between a forward and the next ``after_backward``: parameters hold W⊙M."""
@@ -75,7 +88,7 @@ class SRSTEHook(TrainHook):
     def masks(self) -> dict[str, torch.Tensor]:
         """The current keep-masks, computed from the dense weights."""
         with torch.no_grad():
-            return {n: self.mask_fn(self._dense.get(n, p)).bool() for n, p in self._params.items()}
+            return {n: self._mask(n, self._dense.get(n, p)) for n, p in self._params.items()}
 
     def _before_forward(self, module: nn.Module, args: Any) -> None:
         with torch.no_grad():
@@ -84,7 +97,7 @@ class SRSTEHook(TrainHook):
                 if dense is None:
                     dense = param.detach().clone()
                     self._dense[name] = dense
-                mask = self.mask_fn(dense).to(device=dense.device, dtype=torch.bool)
+                mask = self._mask(name, dense)
                 self._masks[name] = mask
                 param.copy_(dense * mask)
 
@@ -116,6 +129,6 @@ class SRSTEHook(TrainHook):
             self._handle.remove()
             self._handle = None
         with torch.no_grad():
-            for param in self._params.values():
-                param.mul_(self.mask_fn(param.detach()).to(device=param.device, dtype=param.dtype))
+            for name, param in self._params.items():
+                param.mul_(self._mask(name, param.detach()).to(param.dtype))
         self._masks.clear()

@@ -123,20 +123,8 @@ def test_compress_distils_every_layer_when_asked(cli, r20, fmnist_like_npz, meth
 
 def test_compress_refuses_a_negative_layer_weight(cli, r20, fmnist_like_npz, tmp_path) -> None:
     out = tmp_path / "m.onnx"
-    run = cli(
-        "compress",
-        r20,
-        "--arch",
-        "resnet20-fmnist",
-        "--data",
-        fmnist_like_npz,
-        "--finetune-steps",
-        "2",
-        "--kd-layers",
-        "-1",
-        "-o",
-        str(out),
-    )
+    args = ["compress", r20, "--arch", "resnet20-fmnist", "--data", fmnist_like_npz, "--finetune-steps", "2"]
+    run = cli(*args, "--kd-layers", "-1", "-o", out)
     assert run.code == 2
     assert "--kd-layers" in run.stderr
     assert not out.exists()
