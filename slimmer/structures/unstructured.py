@@ -82,9 +82,13 @@ def _prune_lowest(flat: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def largest_mask(weight: torch.Tensor, keep: int) -> torch.Tensor:
-    """Keep-mask of exactly the ``keep`` largest-magnitude entries of ``weight`` (ties: the earlier goes first)."""
-    flat = weight.detach().abs().flatten().cpu()
-    return _prune_lowest(flat, flat.numel() - keep).view(weight.shape)
+    """Keep-mask of exactly the ``keep`` largest-magnitude entries of ``weight`` (ties: the earlier is
+    kept), on the weight's device (``--regrow`` calls it for every layer at every step)."""
+    flat = weight.detach().abs().flatten()
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    if keep > 0:
+        mask[torch.argsort(flat, descending=True, stable=True)[:keep]] = True
+    return mask.view(weight.shape)
 
 
 def unstructured_masks(

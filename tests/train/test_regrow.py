@@ -21,7 +21,7 @@ FT = ["--finetune-steps", "4", "--batch-size", "32"]
 def test_largest_mask_keeps_exactly_k_ties_by_position() -> None:
     w = torch.tensor([[0.5, -2.0, 0.1], [2.0, 0.0, -0.5]])
     assert largest_mask(w, 2).tolist() == [[False, True, False], [True, False, False]]
-    assert largest_mask(w, 3).tolist() == [[False, True, False], [True, False, True]]  # the earlier 0.5 goes first
+    assert largest_mask(w, 3).tolist() == [[True, True, False], [True, False, False]]  # the earlier 0.5 stays
     assert int(largest_mask(w, 0).sum()) == 0 and bool(largest_mask(w, 6).all())
 
 
