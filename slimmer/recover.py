@@ -128,7 +128,7 @@ def reconstructs(config: CompressConfig, pruned: PruneResult) -> bool:
     By default only when no fine-tuning follows. Measured on resnet20-fmnist (docs/BENCHMARKS.md,
     Accuracy): it lifts 90% LAMP from 15.2% to 90.1% and half-MACs channel pruning from 16.7% to
     91.4% by itself, but 468 fine-tuning steps from there ended at 91.02 / 90.92% for 90% LAMP
-    against 91.46% without it (and 91.66% against 91.73 / 91.59% for channels). ``--reconstruct``
+    against 91.41–91.46% (4 seeds) without it (and 91.66% against 91.73 / 91.59% for channels). ``--reconstruct``
     asks for it before fine-tuning anyway.
     """
     wanted = config.reconstruct if config.reconstruct is not None else config.finetune_steps == 0
