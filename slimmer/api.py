@@ -144,7 +144,7 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
         from slimmer.regularize import apply_chosen
 
         pruned = regularized.chosen  # greg: remove exactly what was pushed towards zero
-        apply_chosen(model, pruned)
+        apply_chosen(model, pruned, keep_dense=config.regrow)
     else:
         pruned = prune(model, prune_config, example, data)
     if regularized is not None:

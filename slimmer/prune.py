@@ -59,7 +59,7 @@ class PruneResult:
     per_layer: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
-    dense: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # masked weights before masking
+    dense: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # --regrow: masked weights, before
 
 
 def prune(model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits | None) -> PruneResult:
@@ -122,11 +122,17 @@ def _unstructured(
 
 
 def apply_masks(model: nn.Module, masks: MaskSet, config: CompressConfig, result: PruneResult) -> None:
-    """Zero ``masks`` in ``model`` and record them in ``result`` (with the weights as they were, for --regrow)."""
-    params = dict(model.named_parameters())
-    result.dense = {name: params[name].detach().clone() for name in masks.masks}
+    """Zero ``masks`` in ``model`` and record them in ``result`` (with ``--regrow``, the weights as they were)."""
+    if config.regrow:
+        result.dense = weights_before_masking(model, masks)
     masks.apply(model)
     record_masks(masks, config, result)
+
+
+def weights_before_masking(model: nn.Module, masks: MaskSet) -> dict[str, torch.Tensor]:
+    """Copies of the weights ``masks`` is about to zero: ``--regrow`` fine-tunes from them."""
+    params = dict(model.named_parameters())
+    return {name: params[name].detach().clone() for name in masks.masks}
 
 
 def record_masks(masks: MaskSet, config: CompressConfig, result: PruneResult | None = None) -> PruneResult:

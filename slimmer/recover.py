@@ -233,7 +233,7 @@ def recover(
         result = finetune(student, teacher_or_none, data.train, cfg, hooks, progress=progress if info.is_main else None)
     done.update(result.to_dict())
     for hook in hooks:
-        if isinstance(hook, SRSTEHook) and pruned.nm is None and pruned.masks is not None:  # --regrow
+        if isinstance(hook, SRSTEHook) and regrows(config, pruned):
             final = hook.masks()
             moved = sum(int((final[n] != m).sum()) for n, m in pruned.masks.masks.items())
             done["regrow"] = {"mask_changed": moved / max(1, pruned.masks.total)}

@@ -29,7 +29,7 @@ from torch import nn
 
 from slimmer.config import CompressConfig
 from slimmer.errors import ConfigError
-from slimmer.prune import PruneResult, prune, record_masks
+from slimmer.prune import PruneResult, prune, record_masks, weights_before_masking
 from slimmer.structures.unstructured import MaskSet, prunable_weights
 from slimmer.surgery import mask_model
 from slimmer.train.data import DataSplits
@@ -165,13 +165,14 @@ def _setup(
     return greg2, finish_pick
 
 
-def apply_chosen(model: nn.Module, chosen: PruneResult) -> None:
-    """Zero what greg chose (its channel plan or weight masks) in ``model``."""
+def apply_chosen(model: nn.Module, chosen: PruneResult, keep_dense: bool = False) -> None:
+    """Zero what greg chose (its channel plan or weight masks) in ``model``; ``keep_dense`` (``--regrow``)
+    first keeps the weights that are zeroed."""
     if chosen.plan is not None:
         mask_model(model, chosen.plan)
     if chosen.masks is not None:
-        params = dict(model.named_parameters())
-        chosen.dense = {name: params[name].detach().clone() for name in chosen.masks.masks}
+        if keep_dense:
+            chosen.dense = weights_before_masking(model, chosen.masks)
         chosen.masks.apply(model)
 
 

@@ -93,3 +93,12 @@ def test_regrow_where_it_cannot_apply_is_a_usage_error(cli, r20, fmnist_like_npz
     assert run.code == 2, run.stderr
     assert words in run.stderr and "--regrow" in run.stderr
     assert not out.exists()
+
+
+def test_regrow_after_greg_starts_from_the_regularized_weights(cli, r20, fmnist_like_npz, tmp_path) -> None:
+    args = ["compress", r20, "--arch", "resnet20-fmnist", "--sparsity", "0.8", "--data", fmnist_like_npz, *FT]
+    run = cli(*args, "--regularizer", "greg", "--reg-steps", "2", "--regrow", "-o", tmp_path / "g.onnx", "--json")
+    assert run.code == 0, run.stderr
+    r = run.json()
+    assert 0 <= r["finetune"]["regrow"]["mask_changed"] < 0.2
+    assert abs(r["sparsity"]["achieved"] - 0.8) <= 0.005
