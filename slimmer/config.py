@@ -198,10 +198,23 @@ class CompressConfig:
             raise ConfigError("--finetune-steps needs --data to train on")
         if self.regrow:
             self._check_regrow()
+        if self.kd_layers > 0:
+            self._check_kd_layers()
         if self.regularizer is not None:
             self._check_regularizer()
         elif self.reg_steps is not None:
             raise ConfigError("--reg-steps applies to --regularizer", hint="add --regularizer slimming, greg or halo")
+
+    def _check_kd_layers(self) -> None:
+        if self.finetune_steps == 0:
+            raise ConfigError("--kd-layers distils while fine-tuning: pass --finetune-steps and --data")
+        if not self.kd:
+            raise ConfigError("--kd-layers distils from the original model: drop --no-kd, or drop --kd-layers")
+        if "fold" in self.methods:
+            raise ConfigError(
+                "--kd-layers matches layers by name, and layer folding merges and renames them",
+                hint="drop --kd-layers with --method fold",
+            )
 
     def _check_regrow(self) -> None:
         if tuple(self.methods) != ("unstructured",):

@@ -173,9 +173,9 @@ def _reconstruct(
 def layer_distillation(
     model: nn.Module, teacher: nn.Module | None, config: CompressConfig, pruned: PruneResult
 ) -> FeatureDistillHook | None:
-    """The layer-wise distillation hook of ``--kd-layers W`` (W > 0, a teacher, no layer folding,
-    which renames layers as it merges them), matching every Conv/Linear the two models share."""
-    if teacher is None or config.kd_layers <= 0 or fold_phase.active(config.methods, True, config.finetune_steps):
+    """The layer-wise distillation hook of ``--kd-layers W`` (the configuration refuses it without a
+    teacher or with layer folding, which renames layers), matching every Conv/Linear the models share."""
+    if teacher is None or config.kd_layers <= 0:
         return None
     kept = kept_outputs(teacher, pruned) if not scheduled(config) else {}
     layers = matched_layers(model, teacher, kept)

@@ -121,10 +121,18 @@ def test_compress_distils_every_layer_when_asked(cli, r20, fmnist_like_npz, meth
     assert run.json()["finetune"]["kd_layers"] == {"weight": 0.5, "layers": layers}
 
 
-def test_compress_refuses_a_negative_layer_weight(cli, r20, fmnist_like_npz, tmp_path) -> None:
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--finetune-steps", "2", "--kd-layers", "-1"], "--kd-layers must be"),
+        (["--kd-layers", "1"], "--finetune-steps"),
+        (["--finetune-steps", "2", "--kd-layers", "1", "--no-kd"], "--no-kd"),
+        (["--finetune-steps", "2", "--kd-layers", "1", "--method", "fold"], "layer folding"),
+    ],
+)
+def test_compress_refuses_layer_distillation_it_would_not_run(cli, r20, fmnist_like_npz, tmp_path, extra, words):
     out = tmp_path / "m.onnx"
-    args = ["compress", r20, "--arch", "resnet20-fmnist", "--data", fmnist_like_npz, "--finetune-steps", "2"]
-    run = cli(*args, "--kd-layers", "-1", "-o", out)
-    assert run.code == 2
-    assert "--kd-layers" in run.stderr
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--data", fmnist_like_npz, *extra, "-o", out)
+    assert run.code == 2, run.stderr
+    assert words in run.stderr and "--kd-layers" in run.stderr
     assert not out.exists()
