@@ -219,10 +219,12 @@ def recover(
         done["kd_layers"] = {"weight": config.kd_layers, "layers": len(layered.layers)}
 
     progress = step_printer(say, "finetune", "fine-tune")
-    say(
-        "finetune",
-        f"fine-tuning {config.finetune_steps} steps ({'distilling from the original' if config.kd else 'labels only'})",
-    )
+    how = "distilling from the original" if config.kd else "labels only"
+    if layered is not None:
+        how += f", layer by layer over {len(layered.layers)} layers"
+    if regrows(config, pruned):
+        how += ", the mask may move (--regrow)"
+    say("finetune", f"fine-tuning {config.finetune_steps} steps ({how})")
     info = init_from_env()
     if fold_phase.active(config.methods, True, config.finetune_steps):  # linearize, fold, merge (Ben Dror et al.)
         result = fold_phase.finetune_with_folding(
