@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from torch import fx, nn
 
-from slimmer.folding._modules import call_counts, innermost_module, layer_of
+from slimmer.folding._modules import call_counts, layer_of
 from slimmer.folding.batchnorm import BN_OPS
 from slimmer.folding.gate import LatencyGate
 from slimmer.folding.linearize import (
-    ACTIVATION_OPS,
     DEFAULT_KINDS,
     LinearizableActivation,
+    activation_calls,
 )
 from slimmer.folding.merge import merge_convs, merge_linears, merge_refusal
 from slimmer.graph.capture import CapturedGraph, op_name
@@ -38,11 +38,7 @@ def candidates(model: nn.Module, captured: CapturedGraph, gate: LatencyGate) -> 
     counts = call_counts(captured)
     chosen: dict[str, str] = {}
     skipped: dict[str, str] = {}
-    for node in captured.graph.nodes:
-        if node.op != "call_function" or op_name(node) not in ACTIVATION_OPS:
-            continue
-        path = innermost_module(node)
-        owner = model.get_submodule(path) if path else model
+    for node, path, owner in activation_calls(model, captured):
         if isinstance(owner, LinearizableActivation):
             continue
         if path is None or not isinstance(owner, DEFAULT_KINDS):

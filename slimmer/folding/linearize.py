@@ -13,14 +13,14 @@ them in the captured graph so the report can say they are not foldable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from slimmer.folding._modules import innermost_module, set_module
-from slimmer.graph.capture import capture, op_name
+from slimmer.graph.capture import CapturedGraph, capture, op_name
 from slimmer.train.hooks import TrainHook
 
 DEFAULT_KINDS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU)
@@ -80,16 +80,20 @@ def insert_linearizable(
     return wrapped
 
 
+def activation_calls(model: nn.Module, captured: CapturedGraph) -> Iterator[tuple[fx.Node, str | None, nn.Module]]:
+    """``(node, module path, the module whose forward makes the call)`` for every activation op of ``captured``."""
+    for node in captured.graph.nodes:
+        if node.op == "call_function" and op_name(node) in ACTIVATION_OPS:
+            path = innermost_module(node)
+            yield node, path, model.get_submodule(path) if path else model
+
+
 def functional_activations(model: nn.Module, example_input: torch.Tensor | Sequence[Any]) -> dict[str, str]:
     """Activations called as functions inside a ``forward``: ``{node: reason}`` (not foldable)."""
     inputs = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
     captured = capture(model, inputs)
     found: dict[str, str] = {}
-    for node in captured.graph.nodes:
-        if node.op != "call_function" or op_name(node) not in ACTIVATION_OPS:
-            continue
-        path = innermost_module(node)
-        owner = model.get_submodule(path) if path else model
+    for node, path, owner in activation_calls(model, captured):
         if isinstance(owner, (*DEFAULT_KINDS, LinearizableActivation)):
             continue
         where = f"{path or '<root>'} ({type(owner).__name__}).forward"
