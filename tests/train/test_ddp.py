@@ -15,7 +15,8 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
 @pytest.mark.slow
-def test_two_process_ddp_finetune_keeps_ranks_identical_and_masks(tmp_path):
+@pytest.mark.parametrize("mode", ["held", "regrow"])
+def test_two_process_ddp_finetune_keeps_ranks_identical_and_masks(tmp_path, mode):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]), env.get("PYTHONPATH", "")])
     cmd = [
@@ -27,6 +28,7 @@ def test_two_process_ddp_finetune_keeps_ranks_identical_and_masks(tmp_path):
         "2",
         str(WORKER),
         str(tmp_path),
+        mode,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -36,8 +38,11 @@ def test_two_process_ddp_finetune_keeps_ranks_identical_and_masks(tmp_path):
     for k in s0:
         assert torch.equal(s0[k], s1[k]), k
     masks = torch.load(tmp_path / "masks.pt", weights_only=True)
-    for name, mask in masks.items():
+    for name, mask in masks["final"].items():
         assert torch.count_nonzero(s0[name][~mask]) == 0, name
+        assert torch.count_nonzero(s0[name]) == int(masks["first"][name].sum()), name  # the layer's count stays
+    moved = any(not torch.equal(masks["final"][n], masks["first"][n]) for n in masks["first"])
+    assert moved is (mode == "regrow")
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["world"] == 2 and report["world_size"] == 2 and report["steps_done"] == 15
     assert report["final_loss"] < report["initial_loss"]
