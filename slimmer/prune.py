@@ -338,8 +338,7 @@ def after_shrink(model: nn.Module, config: CompressConfig, example: torch.Tensor
                 + ")",
                 hint="choose an M that divides the layers' input channels, e.g. --nm 2:4",
             )
-        params = dict(model.named_parameters())
-        nm.dense = {name: params[name].detach().clone() for name in nm.layers}
+        nm.dense = weights_before_masking(model, nm.masks)
         nm.masks.apply(model)
         result.nm = nm
         result.warnings += [f"N:M skipped {layer}: {why}" for layer, why in nm.skipped.items()]

@@ -47,7 +47,6 @@ class FeatureDistillHook(TrainHook):
         self._student: dict[str, torch.Tensor] = {}
         self._teacher: dict[str, torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self.last: float | None = None
 
     def on_start(self, model: nn.Module, total_steps: int) -> None:
         self.remove()
@@ -84,9 +83,7 @@ class FeatureDistillHook(TrainHook):
         self._teacher.clear()
         if not terms:
             return None
-        value = self.weight * torch.stack(terms).mean()
-        self.last = float(value.detach())
-        return value
+        return self.weight * torch.stack(terms).mean()
 
     def remove(self) -> None:
         for handle in self._handles:
