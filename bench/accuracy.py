@@ -395,7 +395,7 @@ def write_docs(path: Path, command: str) -> None:
     v = _common.versions()
     body = (
         f'Each row is the mean over its seeds of `python bench/accuracy.py --rows ROW --match "LABEL" '
-        f"--seeds S [--lr LR]` (one run per seed, appended to bench/accuracy.jsonl); the table was written by "
+        f"--seeds S [--lr LR] [--steps N]` (one run per seed, appended to bench/accuracy.jsonl); the table was written by "
         f"{command} ({_common.today()}; torch {v.get('torch')}, "
         f"torch-pruning {v.get('torch-pruning', 'n/a')}).\n\nTest split: 10,000 Fashion-MNIST images.\n\n"
         + "\n".join(lines)
