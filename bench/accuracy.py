@@ -201,6 +201,12 @@ ROWS = {
                 d, t, s, seed, methods=("channel",), macs_target=0.5, round_to=4, criterion="l2", kd_layers=1.0
             ),
         ),
+        (
+            "slimmer channel --macs-target 0.5, --round-to 4, --scope layer (l2, KD)",
+            lambda d, t, s, seed: slimmer_row(
+                d, t, s, seed, methods=("channel",), macs_target=0.5, round_to=4, criterion="l2", scope="layer"
+            ),
+        ),
         ("Torch-Pruning L2 ratio 0.29 (CE)", tp_row),
     ],
     "u90": [
@@ -395,8 +401,8 @@ def write_docs(path: Path, command: str) -> None:
     v = _common.versions()
     body = (
         f'Each row is the mean over its seeds of `python bench/accuracy.py --rows ROW --match "LABEL" '
-        f"--seeds S [--lr LR] [--steps N]` (one run per seed, appended to bench/accuracy.jsonl); the table was written by "
-        f"{command} ({_common.today()}; torch {v.get('torch')}, "
+        f"--seeds S [--lr LR] [--steps N]` (one run per seed, appended to bench/accuracy.jsonl); "
+        f"the table was written by {command} ({_common.today()}; torch {v.get('torch')}, "
         f"torch-pruning {v.get('torch-pruning', 'n/a')}).\n\nTest split: 10,000 Fashion-MNIST images.\n\n"
         + "\n".join(lines)
     )
