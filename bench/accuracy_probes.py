@@ -31,8 +31,8 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 
@@ -54,17 +54,6 @@ TARGETS = {
 }
 
 
-@contextlib.contextmanager
-def swapped(owner: object, name: str, value: object) -> Iterator[None]:
-    """``owner.name = value`` for the duration of the block."""
-    saved = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, saved)
-
-
 def probe_context(probe: str, seed: int, notes: dict) -> contextlib.AbstractContextManager:
     """The patch that makes ``slimmer_row`` run ``probe``; ``notes`` collects what the probe saw."""
     kind, _, value = probe.partition("=")
@@ -78,14 +67,14 @@ def probe_context(probe: str, seed: int, notes: dict) -> contextlib.AbstractCont
                 kw["kd_alpha"] = float(value)
             return build(**kw)
 
-        return swapped(recover_module, "FinetuneConfig", with_alpha)
+        return patch.object(recover_module, "FinetuneConfig", with_alpha)
     if kind == "srste-decay":
 
         class Decayed(recover_module.SRSTEHook):
             def __init__(self, names, mask_fn, decay: float = 0.0) -> None:
                 super().__init__(names, mask_fn, decay=float(value))
 
-        return swapped(recover_module, "SRSTEHook", Decayed)
+        return patch.object(recover_module, "SRSTEHook", Decayed)
     if kind in ("bn-before", "bn-after"):
         run = accuracy.recover
 
@@ -100,14 +89,14 @@ def probe_context(probe: str, seed: int, notes: dict) -> contextlib.AbstractCont
                 recalibrate_bn(final, data.train, batches=100, seed=config.seed + 1)
             return done
 
-        return swapped(accuracy, "recover", with_bn)
+        return patch.object(accuracy, "recover", with_bn)
     if kind == "scratch":
 
         def random_model() -> torch.nn.Module:
             torch.manual_seed(1000 + seed)
             return ARCHITECTURES.get("resnet20-fmnist").build().eval()
 
-        return swapped(accuracy, "base_model", random_model)
+        return patch.object(accuracy, "base_model", random_model)
     raise SystemExit(f"unknown probe {probe!r}: see --help")
 
 
