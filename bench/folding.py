@@ -72,6 +72,8 @@ def fold_row(row: str, steps: int, seed: int, work: Path, alpha_lr_scale: float 
         finetune_steps=steps,
         batch_size=128,
         lr=0.01,
+        augment=True,  # the recipe of the rows in docs/BENCHMARKS.md (compress's default until 2026-11-30)
+        kd_weight=0.9,
         seed=seed,
         device="cpu",
         eval_samples=10_000,

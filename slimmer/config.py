@@ -78,11 +78,12 @@ class CompressConfig:
     batch_size: int = 128
     optimizer: str = "sgd"
     kd: bool = True
+    kd_weight: float = 0.5  # distillation's share of the loss when labels exist; the rest is cross-entropy
     kd_layers: float = 0.0  # weight of layer-wise distillation (train/feature_kd.py); 0 = logits only
     regrow: bool = False  # dense straight-through fine-tuning of a one-shot unstructured mask (recover.regrows)
     reconstruct: bool | None = None  # None: only when no fine-tuning follows (measured: see recover.reconstructs)
     amp: bool = True
-    augment: bool = True
+    augment: bool = False  # pad-crop-flip while fine-tuning; off: brief fine-tuning recovers more without (recover.py)
     progress_every_s: float = 10.0
     lr: float = 0.01
     mean: tuple[float, ...] | None = None
@@ -156,6 +157,7 @@ class CompressConfig:
                 raise ConfigError(f"{name} must be a finite number ≥ 0, got {value!r}")
         if self.finetune_steps < 0:
             raise ConfigError(f"--finetune-steps must be ≥ 0, got {self.finetune_steps}")
+        _check_fraction("--kd-weight", self.kd_weight, low_open=True, high_open=False)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be ≥ 1, got {self.batch_size}")
         if self.round_to is not None and self.round_to < 1:

@@ -29,6 +29,15 @@ def test_pruned_weights_stay_zero_through_finetuning(cli, r20, fmnist_like_npz):
     assert abs(r["sparsity"]["achieved"] - 0.9) <= 0.005
     assert abs(onnx_zero_fraction(r["onnx"]["path"], list(r["sparsity"]["per_layer"])) - 0.9) <= 0.005
     assert "no fine-tuning was run" not in " ".join(r["warnings"])
+    assert r["finetune"]["augmented"] is False  # brief fine-tuning sees the images as they are by default
+    assert r["finetune"]["kd_weight"] == 0.5  # with labels: half distillation, half cross-entropy
+
+
+def test_augment_flag_turns_pad_crop_flip_on(cli, r20, fmnist_like_npz):
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--data", fmnist_like_npz, *FT, "--augment", "--json")
+    assert run.code == 0, run.stderr
+    assert run.json()["finetune"]["augmented"] is True
+    assert "pad-crop-flip augmentation" in run.stderr
 
 
 def test_distillation_without_labels(cli, r20, tmp_path):
@@ -39,6 +48,7 @@ def test_distillation_without_labels(cli, r20, tmp_path):
     r = run.json()
     assert r["finetune"]["steps_done"] == 4 and r["accuracy"]["before"] is None
     assert r["verification"]["top1_agreement"] is not None
+    assert r["finetune"]["kd_weight"] == 1.0  # no labels: distillation is the whole loss
 
 
 @pytest.mark.parametrize("schedule", ["iterative", "gradual", "cyclical"])
@@ -64,6 +74,23 @@ def test_schedules_reach_the_final_sparsity(cli, r20, fmnist_like_npz, schedule)
     r = run.json()
     assert abs(r["sparsity"]["achieved"] - 0.8) <= 0.005
     assert r["finetune"]["schedule_updates"] >= 2
+
+
+@pytest.mark.parametrize(("flags", "weight"), [(["--kd-weight", "0.8"], 0.8), (["--no-kd"], 0.0)])
+def test_kd_weight_reaches_the_loop(cli, r20, fmnist_like_npz, flags, weight):
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--data", fmnist_like_npz, *FT, *flags, "--json")
+    assert run.code == 0, run.stderr
+    assert run.json()["finetune"]["kd_weight"] == weight
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "nan"])
+def test_kd_weight_outside_its_range_is_a_usage_error(cli, r20, fmnist_like_npz, tmp_path, value):
+    out = tmp_path / "m.onnx"
+    run = cli(
+        "compress", r20, "--arch", "resnet20-fmnist", "--data", fmnist_like_npz, *FT, "--kd-weight", value, "-o", out
+    )
+    assert run.code == 2 and "--kd-weight must be a number in (0, 1]" in run.stderr
+    assert [f.name for f in tmp_path.iterdir() if f.name.startswith("m.")] == []  # no model, no report
 
 
 def test_schedule_without_finetuning_is_a_usage_error(cli, r20):
