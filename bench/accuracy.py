@@ -2,9 +2,12 @@
 
 From the bundled resnet20-fmnist checkpoint, every row gets the same budget: ``--steps`` optimizer
 steps (468 = one epoch at batch 128), SGD Nesterov lr 0.01 (``--lr``, the same for every row)
-cosine, weight decay 5e-4, pad-crop + flip, evaluated on the 10k Fashion-MNIST test split.
+cosine, weight decay 5e-4, evaluated on the 10k Fashion-MNIST test split. Rows augment with
+pad-crop + flip (``compress``'s default until 2026-11-30) unless their label says "no augmentation"
+(the default since), and then the peer of the same row does not augment either.
 The peers get the same loop with cross-entropy only (no distillation), exactly as in the
-BENCHMARKS.md reference runs; slimmer uses its defaults (distillation from the original).
+BENCHMARKS.md reference runs; slimmer distils from the original: "KD" in a label is the loss
+0.9·KD + 0.1·CE (the default until 2026-11-30), "KD 0.5" today's ``--kd-weight`` 0.5.
 
 Rows: ``channel`` (slimmer --macs-target 0.5 vs Torch-Pruning L2 at ratio 0.29, ≈ the same MACs),
 ``u90`` (slimmer 90% unstructured vs torch.nn.utils.prune global L1; also ``--regrow``,
@@ -58,9 +61,15 @@ def base_model() -> torch.nn.Module:
     return model.eval()
 
 
-def peer_finetune(model, data, steps: int, seed: int, hooks) -> None:
+def peer_finetune(model, data, steps: int, seed: int, hooks, augment: bool = True) -> None:
     cfg = FinetuneConfig(
-        steps=steps, batch_size=128, lr=LR, seed=seed, device="cpu", augment=pad_crop_flip(4), progress_every_s=1e9
+        steps=steps,
+        batch_size=128,
+        lr=LR,
+        seed=seed,
+        device="cpu",
+        augment=pad_crop_flip(4) if augment else None,
+        progress_every_s=1e9,
     )
     finetune(model, None, data.train, cfg, hooks)
 
@@ -70,6 +79,8 @@ def slimmer_row(data, test, steps, seed, fixed_nm_mask: bool = False, **opts) ->
 
     ``fixed_nm_mask`` fine-tunes an N:M run with its one-shot mask held fixed instead of SR-STE."""
     opts.setdefault("reconstruct", False)  # rows before least-squares reconstruction existed keep their meaning
+    opts.setdefault("augment", True)  # so do the rows from when compress augmented by default ("no augmentation" rows)
+    opts.setdefault("kd_weight", 0.9)  # and distilled with weight 0.9 ("KD"; "KD 0.5" rows use today's default)
     model = base_model()
     original = copy.deepcopy(model)
     cfg = CompressConfig(
@@ -132,14 +143,14 @@ def slimmer_row(data, test, steps, seed, fixed_nm_mask: bool = False, **opts) ->
     }
 
 
-def tp_row(data, test, steps, seed) -> dict:
+def tp_row(data, test, steps, seed, augment: bool = True) -> dict:
     model = base_model()
     x = torch.randn(1, *SHAPE[1:])
     macs0 = count_macs(model, x)
     _common.classifier_layers = lambda m: [m.fc]  # keep the 10-way head whole, as in BENCHMARKS.md §3
     pruned = _common.tp_prune(model, x, ratio=0.29, p=2, with_masked=False).model
     after_prune = accuracy(pruned, *test)
-    peer_finetune(pruned, data, steps, seed, [])
+    peer_finetune(pruned, data, steps, seed, [], augment)
     return {
         "after_prune": after_prune,
         "after_finetune": accuracy(pruned, *test),
@@ -147,7 +158,7 @@ def tp_row(data, test, steps, seed) -> dict:
     }
 
 
-def torch_prune_row(data, test, steps, seed, sparsity: float) -> dict:
+def torch_prune_row(data, test, steps, seed, sparsity: float, augment: bool = True) -> dict:
     import torch.nn.utils.prune as tprune
 
     model = base_model()
@@ -159,7 +170,7 @@ def torch_prune_row(data, test, steps, seed, sparsity: float) -> dict:
         tprune.remove(module, name)
     masks = MaskSet({n: (w != 0) for n, w in prunable_weights(model).items()})
     after_prune = accuracy(model, *test)
-    peer_finetune(model, data, steps, seed, [MaskHook(masks)])
+    peer_finetune(model, data, steps, seed, [MaskHook(masks)], augment)
     return {"after_prune": after_prune, "after_finetune": accuracy(model, *test), "sparsity": masks.sparsity}
 
 
@@ -208,6 +219,28 @@ ROWS = {
             ),
         ),
         ("Torch-Pruning L2 ratio 0.29 (CE)", tp_row),
+        (
+            "slimmer channel --macs-target 0.5, --round-to 4 (l2, KD, no augmentation)",
+            lambda d, t, s, seed: slimmer_row(
+                d, t, s, seed, methods=("channel",), macs_target=0.5, round_to=4, criterion="l2", augment=False
+            ),
+        ),
+        ("Torch-Pruning L2 ratio 0.29 (CE, no augmentation)", lambda d, t, s, seed: tp_row(d, t, s, seed, False)),
+        (
+            "slimmer channel --macs-target 0.5, --round-to 4 (l2, KD 0.5, no augmentation)",
+            lambda d, t, s, seed: slimmer_row(
+                d,
+                t,
+                s,
+                seed,
+                methods=("channel",),
+                macs_target=0.5,
+                round_to=4,
+                criterion="l2",
+                augment=False,
+                kd_weight=0.5,
+            ),
+        ),
     ],
     "u90": [
         (
@@ -247,12 +280,34 @@ ROWS = {
             lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.9, criterion="lamp", optimizer="adamw"),
         ),
         ("torch.nn.utils.prune global L1 90% (CE)", lambda d, t, s, seed: torch_prune_row(d, t, s, seed, 0.9)),
+        (
+            "slimmer 90% unstructured (lamp, KD, no augmentation)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.9, criterion="lamp", augment=False),
+        ),
+        (
+            "slimmer 90% unstructured (lamp, KD 0.5, no augmentation)",
+            lambda d, t, s, seed: slimmer_row(
+                d, t, s, seed, sparsity=0.9, criterion="lamp", augment=False, kd_weight=0.5
+            ),
+        ),
+        (
+            "torch.nn.utils.prune global L1 90% (CE, no augmentation)",
+            lambda d, t, s, seed: torch_prune_row(d, t, s, seed, 0.9, augment=False),
+        ),
     ],
     # the noise floor: the same fine-tune with nothing pruned (how much one epoch alone moves accuracy)
     "floor": [
         (
             "slimmer 0% (nothing pruned), fine-tune only (KD)",
             lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.0),
+        ),
+        (
+            "slimmer 0% (nothing pruned), fine-tune only (KD 0.5, no augmentation)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.0, augment=False, kd_weight=0.5),
+        ),
+        (
+            "slimmer 0% (nothing pruned), fine-tune only (labels only, no augmentation)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, sparsity=0.0, augment=False, kd=False),
         ),
     ],
     "u97": [
@@ -324,6 +379,16 @@ ROWS = {
         (
             "slimmer 1:4, fixed one-shot mask fine-tune (KD)",
             lambda d, t, s, seed: slimmer_row(d, t, s, seed, methods=("nm",), nm="1:4", fixed_nm_mask=True),
+        ),
+        (
+            "slimmer 2:4, SR-STE fine-tune from the dense weights (KD 0.5, no augmentation)",
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, methods=("nm",), augment=False, kd_weight=0.5),
+        ),
+        (
+            "slimmer 2:4, fixed one-shot mask fine-tune (KD 0.5, no augmentation)",
+            lambda d, t, s, seed: slimmer_row(
+                d, t, s, seed, methods=("nm",), fixed_nm_mask=True, augment=False, kd_weight=0.5
+            ),
         ),
     ],
 }

@@ -7,8 +7,16 @@ into the table of methods.
 
 Probes (``--probe``):
 
-- ``none``: the target as ``compress`` runs it;
+- ``none``: the target as ``slimmer_row`` runs it: ``compress``'s recipe, with pad-crop-flip
+  augmentation (the default until 2026-11-30, which the earlier probes compare against);
 - ``kd-alpha=A``: the weight of the distillation term (``FinetuneConfig.kd_alpha``, 0.9 by default);
+- ``weight-decay=D``: the loop's weight decay (5e-4 by default);
+- ``ema=D``: the weights (and BatchNorm statistics) at the end are an exponential moving average
+  of the fine-tuning trajectory with decay ``D`` instead of the last step's;
+- ``kd-temp=T``: the distillation temperature (``FinetuneConfig.kd_temperature``, 4 by default);
+- ``no-augment``: fine-tuning on the training images as they are (``compress``'s default since);
+- ``augment-pad=P``: pad-crop by ``P`` pixels and flip (``compress`` pads by a side // 8, 3 here;
+  ``P`` = 0 flips only);
 - ``bn-before``: BatchNorm statistics re-estimated on 20 clean training batches before fine-tuning
   (``compress`` does this only after channel surgery);
 - ``bn-after``: the same on 100 clean batches after fine-tuning (fine-tuning sees augmented images);
@@ -16,8 +24,12 @@ Probes (``--probe``):
 - ``scratch``: the target from a random initialization (seeded by ``--seeds``) with labels only,
   the SR-STE paper's protocol; use a higher ``--lr``.
 
-Targets (``--target``): ``channel`` (half the MACs, l2, round_to 4), ``u90`` (90% LAMP), ``nm`` (2:4
-SR-STE), ``nm-fixed`` (2:4, mask held), ``floor`` (nothing pruned); ``--no-kd`` trains on labels only.
+Probes combine with ``+`` (``--probe no-augment+kd-alpha=1``).
+
+Targets (``--target``): ``channel`` (half the MACs, l2, round_to 4), ``u90`` (90% LAMP),
+``u90-regrow`` / ``u90-reconstruct`` (the same with ``--regrow`` / ``--reconstruct``), ``nm`` (2:4
+SR-STE), ``nm-fixed`` (2:4, mask held), ``channel-nm`` / ``channel-nm-fixed`` (2:4 on top of half
+the MACs, as ``--method channel,nm``), ``floor`` (nothing pruned); ``--no-kd`` trains on labels only.
 
     python bench/accuracy_probes.py --probe srste-decay=0.5 --target nm --seeds 0,1
 
@@ -40,17 +52,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy  # noqa: E402
 
 import slimmer.recover as recover_module  # noqa: E402
-from slimmer.train.data import load_data  # noqa: E402
+from slimmer.train.data import load_data, pad_crop_flip  # noqa: E402
 from slimmer.train.finetune import recalibrate_bn  # noqa: E402
+from slimmer.train.hooks import TrainHook  # noqa: E402
 from slimmer.zoo import ARCHITECTURES, FMNIST_MEAN, FMNIST_STD  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "accuracy_probes.jsonl"
 TARGETS = {
     "channel": dict(methods=("channel",), macs_target=0.5, round_to=4, criterion="l2"),
     "u90": dict(sparsity=0.9, criterion="lamp"),
+    "u90-regrow": dict(sparsity=0.9, criterion="lamp", regrow=True),
+    "u90-reconstruct": dict(sparsity=0.9, criterion="lamp", reconstruct=True),
     "nm": dict(methods=("nm",)),
     "nm-fixed": dict(methods=("nm",), fixed_nm_mask=True),
     "floor": dict(sparsity=0.0),
+    "channel-nm": dict(methods=("channel", "nm"), macs_target=0.5, round_to=4, criterion="l2"),
+    "channel-nm-fixed": dict(
+        methods=("channel", "nm"), macs_target=0.5, round_to=4, criterion="l2", fixed_nm_mask=True
+    ),
 }
 
 
@@ -59,15 +78,41 @@ def probe_context(probe: str, seed: int, notes: dict) -> contextlib.AbstractCont
     kind, _, value = probe.partition("=")
     if kind == "none":
         return contextlib.nullcontext()
-    if kind == "kd-alpha":
+    if kind in ("kd-alpha", "kd-temp", "no-augment", "augment-pad", "weight-decay"):
         build = recover_module.FinetuneConfig
 
-        def with_alpha(**kw):
-            if kw.get("kd_alpha", 0) > 0:  # distilling at all (not --no-kd)
-                kw["kd_alpha"] = float(value)
+        def changed(**kw):
+            if kind == "no-augment":
+                kw["augment"] = None
+            elif kind == "augment-pad":
+                kw["augment"] = pad_crop_flip(pad=int(value))
+            elif kind == "weight-decay":
+                kw["weight_decay"] = float(value)
+            elif kw.get("kd_alpha", 0) > 0:  # distilling at all (not --no-kd)
+                kw["kd_alpha" if kind == "kd-alpha" else "kd_temperature"] = float(value)
             return build(**kw)
 
-        return patch.object(recover_module, "FinetuneConfig", with_alpha)
+        return patch.object(recover_module, "FinetuneConfig", changed)
+    if kind == "ema":
+        hooks_for = recover_module._hooks
+
+        class Averaged(TrainHook):
+            def on_start(self, model, total_steps):
+                self.avg = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+            def after_step(self, model, step):
+                with torch.no_grad():
+                    for k, v in model.state_dict().items():
+                        if k in self.avg:
+                            self.avg[k].lerp_(v, 1.0 - float(value))
+
+            def on_end(self, model):
+                model.load_state_dict({**model.state_dict(), **self.avg})
+
+        def with_ema(*args, **kw):
+            return [*hooks_for(*args, **kw), Averaged()]  # last: it averages what the masks left
+
+        return patch.object(recover_module, "_hooks", with_ema)
     if kind == "srste-decay":
 
         class Decayed(recover_module.SRSTEHook):
@@ -119,7 +164,9 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         notes: dict = {}
         start = time.time()
-        with probe_context(args.probe, seed, notes):
+        with contextlib.ExitStack() as stack:
+            for part in args.probe.split("+"):  # entered in turn, so each patch wraps the ones before
+                stack.enter_context(probe_context(part, seed, notes))
             result = accuracy.slimmer_row(data, test, args.steps, seed, **opts)
         row = {
             "probe": args.probe,
