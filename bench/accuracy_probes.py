@@ -9,7 +9,7 @@ Probes (``--probe``):
 
 - ``none``: the target as ``slimmer_row`` runs it: ``compress``'s recipe, with pad-crop-flip
   augmentation (the default until 2026-11-30, which the earlier probes compare against);
-- ``kd-alpha=A``: the weight of the distillation term (``FinetuneConfig.kd_alpha``, 0.9 by default);
+- ``kd-alpha=A``: the weight of the distillation term (``FinetuneConfig.kd_alpha``; 0.9 in these rows);
 - ``weight-decay=D``: the loop's weight decay (5e-4 by default);
 - ``ema=D``: the weights (and BatchNorm statistics) at the end are an exponential moving average
   of the fine-tuning trajectory with decay ``D`` instead of the last step's;

@@ -243,8 +243,6 @@ def recover(
         student = wrap_ddp(model, info) if info.world_size > 1 else model
         result = finetune(student, teacher_or_none, data.train, cfg, hooks, progress=progress if info.is_main else None)
     done.update(result.to_dict())
-    done["augmented"] = cfg.augment is not None
-    done["kd_weight"] = cfg.kd_alpha if data.train.y is not None else 1.0
     for hook in hooks:
         if isinstance(hook, SRSTEHook) and regrows(config, pruned):
             final = hook.masks()

@@ -123,6 +123,8 @@ class FinetuneResult:
     device: str
     amp: bool
     world_size: int = 1
+    kd_weight: float = 0.0  # distillation's share of the loss as run (1 without labels, 0 without a teacher)
+    augmented: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -327,6 +329,8 @@ def _loop(
         device=str(device),
         amp=cfg.amp,
         world_size=info.world_size,
+        kd_weight=alpha if teacher is not None else 0.0,
+        augmented=cfg.augment is not None,
     )
 
 
