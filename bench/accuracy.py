@@ -227,6 +227,21 @@ ROWS = {
         ),
         ("Torch-Pruning L2 ratio 0.29 (CE, no augmentation)", lambda d, t, s, seed: tp_row(d, t, s, seed, False)),
         (
+            "slimmer channel --macs-target 0.5, --round-to 4 (l2, labels only, no augmentation)",
+            lambda d, t, s, seed: slimmer_row(
+                d,
+                t,
+                s,
+                seed,
+                methods=("channel",),
+                macs_target=0.5,
+                round_to=4,
+                criterion="l2",
+                augment=False,
+                kd=False,
+            ),
+        ),
+        (
             "slimmer channel --macs-target 0.5, --round-to 4 (l2, KD 0.5, no augmentation)",
             lambda d, t, s, seed: slimmer_row(
                 d,
@@ -288,6 +303,12 @@ ROWS = {
             "slimmer 90% unstructured (lamp, KD 0.5, no augmentation)",
             lambda d, t, s, seed: slimmer_row(
                 d, t, s, seed, sparsity=0.9, criterion="lamp", augment=False, kd_weight=0.5
+            ),
+        ),
+        (
+            "slimmer 90% unstructured (lamp, KD 0.5, regrow, no augmentation)",
+            lambda d, t, s, seed: slimmer_row(
+                d, t, s, seed, sparsity=0.9, criterion="lamp", regrow=True, augment=False, kd_weight=0.5
             ),
         ),
         (
