@@ -227,7 +227,7 @@ def recover(
     progress = step_printer(say, "finetune", "fine-tune")
     how = "distilling from the original" if config.kd else "labels only"
     if config.kd and data.train.y is not None:
-        how += f" (weight {config.kd_weight:g}, the rest cross-entropy)"
+        how += f" at weight {config.kd_weight:g}, the rest cross-entropy"
     if cfg.augment is not None:
         how += ", pad-crop-flip augmentation"
     if layered is not None:
