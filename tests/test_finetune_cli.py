@@ -81,6 +81,7 @@ def test_kd_weight_reaches_the_loop(cli, r20, fmnist_like_npz, flags, weight):
     run = cli("compress", r20, "--arch", "resnet20-fmnist", "--data", fmnist_like_npz, *FT, *flags, "--json")
     assert run.code == 0, run.stderr
     assert run.json()["finetune"]["kd_weight"] == weight
+    assert ("distilling from the original at weight 0.8, the rest cross-entropy" in run.stderr) == (weight == 0.8)
 
 
 @pytest.mark.parametrize("value", ["0", "1.5", "nan"])
