@@ -174,6 +174,8 @@ def torch_prune_row(data, test, steps, seed, sparsity: float, augment: bool = Tr
     return {"after_prune": after_prune, "after_finetune": accuracy(model, *test), "sparsity": masks.sparsity}
 
 
+HALF_MACS_L2_RT4 = dict(methods=("channel",), macs_target=0.5, round_to=4, criterion="l2")  # the no-augmentation rows
+
 ROWS = {
     "channel": [
         (
@@ -221,40 +223,16 @@ ROWS = {
         ("Torch-Pruning L2 ratio 0.29 (CE)", tp_row),
         (
             "slimmer channel --macs-target 0.5, --round-to 4 (l2, KD, no augmentation)",
-            lambda d, t, s, seed: slimmer_row(
-                d, t, s, seed, methods=("channel",), macs_target=0.5, round_to=4, criterion="l2", augment=False
-            ),
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, **HALF_MACS_L2_RT4, augment=False),
         ),
         ("Torch-Pruning L2 ratio 0.29 (CE, no augmentation)", lambda d, t, s, seed: tp_row(d, t, s, seed, False)),
         (
             "slimmer channel --macs-target 0.5, --round-to 4 (l2, labels only, no augmentation)",
-            lambda d, t, s, seed: slimmer_row(
-                d,
-                t,
-                s,
-                seed,
-                methods=("channel",),
-                macs_target=0.5,
-                round_to=4,
-                criterion="l2",
-                augment=False,
-                kd=False,
-            ),
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, **HALF_MACS_L2_RT4, augment=False, kd=False),
         ),
         (
             "slimmer channel --macs-target 0.5, --round-to 4 (l2, KD 0.5, no augmentation)",
-            lambda d, t, s, seed: slimmer_row(
-                d,
-                t,
-                s,
-                seed,
-                methods=("channel",),
-                macs_target=0.5,
-                round_to=4,
-                criterion="l2",
-                augment=False,
-                kd_weight=0.5,
-            ),
+            lambda d, t, s, seed: slimmer_row(d, t, s, seed, **HALF_MACS_L2_RT4, augment=False, kd_weight=0.5),
         ),
     ],
     "u90": [
