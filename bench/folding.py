@@ -1,6 +1,6 @@
 """Layer folding on the bundled model (issue 6): Conv nodes, depth/params/MACs, paired latency, accuracy.
 
-Runs ``slimmer.api.compress`` on the bundled resnet20-fmnist checkpoint (92.23% test accuracy) with
+Runs ``slimmer.api.run`` on the bundled resnet20-fmnist checkpoint (92.23% test accuracy) with
 ``--method fold``, Fashion-MNIST and ``--steps`` fine-tuning steps at batch 128 (468 = one epoch;
 SGD lr 0.01 cosine, distillation from the original: the defaults). The folding phase
 (``slimmer.folding.phase``) linearizes, fine-tunes α for half the budget, folds, merges and
@@ -56,7 +56,7 @@ def conv_nodes(path: Path) -> int:
 
 
 def fold_row(row: str, steps: int, seed: int, work: Path, alpha_lr_scale: float | None) -> dict:
-    from slimmer.api import compress
+    from slimmer.api import run as compress
     from slimmer.config import CompressConfig
     from slimmer.folding import phase
 

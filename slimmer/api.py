@@ -1,145 +1,172 @@
-"""The public verbs. ``compress`` is the one flow: load → prune → (fine-tune) → export → verify → report.
+"""The public verbs. ``compress`` is the one flow: load → prune → recover → shrink → export → verify → report.
 
-Every stage is a plain function call here; the CLI only builds a :class:`CompressConfig`, calls
-:func:`compress`, renders the :class:`Report` and maps errors to exit codes. Nothing here prints
-or exits; progress is reported through the optional ``progress`` callback.
+- :func:`compress` takes an in-memory ``nn.Module`` and its example inputs (a tensor, a tuple, a
+  dict of named tensors, or :class:`~slimmer.inputs.ExampleInputs`) and returns a
+  :class:`CompressResult`: the pruned module, the report and the paths written.
+- :func:`run` is the same flow from a checkpoint file described by a :class:`CompressConfig`
+  (what ``slimmer compress`` calls).
+
+Each stage is a plain function call returning its result; the decisions are resolved once into a
+:class:`~slimmer.runplan.RunPlan`; the :class:`Report` is assembled from the results at the end.
+Nothing here prints or exits; progress is reported through the optional ``progress`` callback.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from slimmer.checkpoint import LoadedModel, load_checkpoint
+from slimmer import acceptance
 from slimmer.config import CompressConfig
-from slimmer.errors import ConfigError
 from slimmer.export import onnx as onnx_export
-from slimmer.export.verify import Verification, agreement, verify_onnx
 from slimmer.prune import PruneResult, after_shrink, prune, shrink_model
-from slimmer.recover import recover, scheduled
+from slimmer.recover import recover
 from slimmer.report import Report
+from slimmer.runplan import VERIFY_BATCHES, RunPlan
+from slimmer.stages import (
+    Loaded,
+    Measured,
+    check_forward,
+    export_and_verify,
+    from_module,
+    load,
+    measure,
+    onnx_info,
+    read_data,
+)
 from slimmer.stats import accuracy, count_macs, count_nonzero, count_params
-from slimmer.train.data import DataSplits, load_data
 from slimmer.train.distributed import barrier, init_from_env
 from slimmer.train.distributed import current as current_dist
 
 Progress = Callable[[str, str], None]
-VERIFY_BATCHES = (1, 3)
+__all__ = ["VERIFY_BATCHES", "CompressResult", "compress", "load", "plan_path", "run"]
 
 
 def _no_progress(stage: str, message: str) -> None:
     return None
 
 
-def load(config: CompressConfig) -> tuple[LoadedModel, tuple[int, ...]]:
-    """Load the checkpoint safely and resolve the input shape (option, else the architecture's)."""
-    loaded = load_checkpoint(
-        config.model,
-        arch=config.arch,
-        trust_remote_code=config.trust_remote_code,
-        expect_sha256=config.expect_sha256,
-    )
-    shape = config.input_shape or (loaded.arch.input_shape if loaded.arch and loaded.arch.input_shape else None)
-    if not shape:
-        raise ConfigError(
-            "the input shape is unknown for this model",
-            hint="pass --input-shape, e.g. --input-shape 1,3,224,224",
-        )
-    return loaded, tuple(shape)
+@dataclass(frozen=True)
+class CompressResult:
+    """What :func:`compress` returns: the pruned module (physically smaller for channel pruning),
+    the report, and the files written (``onnx_path`` is None when verification failed)."""
+
+    model: nn.Module
+    report: Report
+    onnx_path: Path | None
+    report_path: Path
+    plan_path: Path | None
 
 
-def example_input(shape: tuple[int, ...], batch: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn((batch, *shape[1:]), generator=gen)
+def compress(
+    model: nn.Module,
+    example_inputs: Any,
+    config: CompressConfig | None = None,
+    *,
+    progress: Progress | None = None,
+) -> CompressResult:
+    """Prune ``model`` (a copy: the module given is left as it is), export and verify it.
 
+    ``example_inputs``: a tensor (one input), a tuple of tensors (positional), a dict of named
+    tensors (bound to ``forward``'s parameters by name), or an :class:`ExampleInputs`. Every
+    tensor is batch first, of any dtype; the batch axis is dynamic in the ONNX graph unless
+    ``config.dynamic_batch`` is False. ``config`` defaults to ``CompressConfig()`` (50%
+    unstructured magnitude pruning, output ``model.slim.onnx`` in the working directory).
 
-def check_forward(model: nn.Module, example: torch.Tensor) -> None:
-    """Run the model once on the example input; a failure here is a wrong input shape, not a bug."""
-    try:
-        with torch.no_grad():
-            model(example)
-    except Exception as exc:  # noqa: BLE001
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"the model fails on an input of shape {tuple(example.shape)}: {first}",
-            hint="check --input-shape (batch first, e.g. 1,3,224,224)",
-        ) from None
-
-
-def compress(config: CompressConfig, progress: Progress | None = None) -> Report:
-    """Run the whole flow and return the report. Raises :class:`SlimmerError` on bad input or export
-    failure; a verification failure returns a report with ``status="failed"`` and ``exit_code=5``."""
+    Raises :class:`~slimmer.errors.SlimmerError` subclasses on bad input (exit codes 2–4); a
+    verification failure returns a report with ``status="failed"`` and ``exit_code=5``.
+    """
+    config = config or CompressConfig()
     say = progress or _no_progress
-    report = Report(config=config.to_dict())
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
+    _preflight(config)
+    loaded = from_module(copy.deepcopy(model), example_inputs, config)
+    report, pruned_model = _flow(loaded, config, say, time.perf_counter())
+    committed = report.status == "ok"
+    plan = plan_path(config.output_path)
+    return CompressResult(
+        model=pruned_model,
+        report=report,
+        onnx_path=config.output_path if committed else None,
+        report_path=config.report_path,
+        plan_path=plan if committed and plan.exists() and report.onnx.get("plan") else None,
+    )
 
-    def lap(stage: str) -> None:
-        nonlocal t0
-        now = time.perf_counter()
-        timings[stage] = round(now - t0, 3)
-        t0 = now
 
+def run(config: CompressConfig, progress: Progress | None = None) -> Report:
+    """The flow on a checkpoint file (``config.model``): what ``slimmer compress`` runs."""
+    say = progress or _no_progress
+    start = time.perf_counter()
+    _preflight(config)
+    say("load", f"loading {config.model}")
+    loaded = load(config)
+    return _flow(loaded, config, say, start)[0]
+
+
+def _preflight(config: CompressConfig) -> None:
     onnx_export.preflight()
     init_from_env()  # joins the torchrun process group when there is one
-    final = config.output_path
-    for path in (final, config.report_path, plan_path(final)):
+    for path in (config.output_path, config.report_path, plan_path(config.output_path)):
         onnx_export.check_writable(path, config.force)
 
-    say("load", f"loading {config.model}")
-    loaded, shape = load(config)
-    report.input = {
-        "path": str(loaded.path),
-        "sha256": loaded.sha256,
-        "format": loaded.format,
-        "arch": loaded.arch.name if loaded.arch else None,
-        "input_shape": list(shape),
-    }
-    report.warnings += loaded.notes
-    torch.manual_seed(config.seed)
-    model = loaded.model
-    data = None
-    if config.data is not None:
-        mean = config.mean or (loaded.arch.mean if loaded.arch and loaded.arch.mean else (0.0,))
-        std = config.std or (loaded.arch.std if loaded.arch and loaded.arch.std else (1.0,))
-        say("data", f"reading {config.data}")
-        data = load_data(config.data, shape, mean, std, seed=config.seed, val_fraction=config.val_fraction)
-    lap("load")
 
-    original = copy.deepcopy(model).eval()
-    example = example_input(shape, 2 if config.dynamic_batch else shape[0], config.seed)
-    check_forward(model, example)
-    report.params = {"before": count_params(model), "nonzero_before": count_nonzero(model)}
-    report.macs = {"before": count_macs(model, example)}
-    eval_x, eval_y = _eval_set(data, config.eval_samples)
-    if eval_y is not None:
-        report.accuracy["before"] = accuracy(original, eval_x, eval_y)
-    lap("measure")
+class _Clock:
+    """Seconds spent in each stage, for the report's ``timings_s``."""
 
-    target = (
-        f"MACs target {config.macs_target:g}"
-        if config.macs_target is not None
-        else f"measured speedup {config.speedup:g}x"
-        if config.speedup is not None
-        else f"sparsity {config.target_sparsity:g}"
+    def __init__(self, start: float) -> None:
+        self.last = start
+        self.timings: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = round(self.timings.get(stage, 0.0) + now - self.last, 3)
+        self.last = now
+
+
+@dataclass
+class _Accuracy:
+    """Accuracy at each point of the flow (None where there is no labelled data)."""
+
+    values: dict[str, float | None] = field(
+        default_factory=lambda: {"before": None, "after_prune": None, "after_finetune": None}
     )
+
+
+def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -> tuple[Report, nn.Module]:
+    clock = _Clock(start)
+    torch.manual_seed(config.seed)
+    inputs = loaded.inputs
+    model = loaded.model
+    plan = RunPlan.resolve(config, dynamic_length=inputs.has_dynamic_length, batch=inputs.batch)
+    if config.data is not None:
+        say("data", f"reading {config.data}")
+    data = read_data(config, loaded)
+    clock.lap("load")
+
+    example = inputs.args(2 if config.dynamic_batch else inputs.batch, config.seed)
+    out = check_forward(model, inputs, example)
+    original = copy.deepcopy(model).eval()
+    measured = measure(model, example, out, data, config)
+    evaluate = _evaluator(measured, config)
+    acc = {"before": measured.accuracy, "after_prune": None, "after_finetune": None}
+    clock.lap("measure")
+
     regularized = None
-    if config.regularizer is not None:
+    if plan.regularize:
         from slimmer.regularize import regularize
 
         regularized = regularize(model, original, config, example, data, say)
-        if eval_y is not None:
-            report.accuracy["after_regularize"] = accuracy(model, eval_x, eval_y)
-        lap("regularize")
+        if evaluate:
+            acc["after_regularize"] = evaluate(model)
+        clock.lap("regularize")
     prune_config = regularized.prune_config if regularized else config
-    say("prune", f"pruning: {','.join(config.methods)}, {prune_config.criterion}, {target}")
+    say("prune", f"pruning: {','.join(config.methods)}, {prune_config.criterion}, {_target(config)}")
     if regularized is not None and regularized.chosen is not None:
         from slimmer.regularize import apply_chosen
 
@@ -149,93 +176,100 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
         pruned = prune(model, prune_config, example, data)
     if regularized is not None:
         pruned.details["regularizer"] = regularized.details
-    report.warnings += pruned.warnings
+    requested = {"requested": pruned.sparsity_requested, "achieved_one_shot": pruned.sparsity_achieved}
+    surgery = None
+    if plan.scheduled:  # the schedule prunes during fine-tuning, starting from the dense weights
+        if evaluate:
+            acc["after_prune"] = evaluate(model)  # what the one-shot prune would have given
+        model.load_state_dict(original.state_dict())
+    elif pruned.plan is not None:
+        surgery = _shrink(model, pruned, example, say)
+    after_shrink(model, config, example, pruned)
+    if evaluate and not plan.scheduled:  # N:M masks and folding included
+        acc["after_prune"] = evaluate(model)
+    clock.lap("prune")
+
+    finetune = recover(model, original, config, example, data, pruned, say, evaluate)
+    if finetune and "accuracy_after_reconstruct" in finetune:
+        acc["after_reconstruct"] = finetune.pop("accuracy_after_reconstruct")
+    if pruned.model is not None:  # layer folding collapsed a region: the model is now a traced GraphModule
+        model = pruned.model
+    if pruned.plan is not None and plan.scheduled:  # the schedule's last channel masks, removed once
+        surgery = _shrink(model, pruned, example, say)
+    if finetune and finetune.get("steps_done"):
+        if evaluate:
+            acc["after_finetune"] = evaluate(model)
+        clock.lap("finetune")
+
+    report = Report(config=config.to_dict())
+    report.input = {**loaded.source, "inputs": inputs.to_dict(), "outputs": measured.outputs}
+    if inputs.single_float and len(inputs.slots) == 1:
+        report.input["input_shape"] = list(inputs.first.shape)
+    report.warnings += list(loaded.notes)
+    _fill_pruning(report, pruned, config, requested)
+    report.surgery = surgery
+    report.finetune = finetune
+    report.accuracy = acc
+    report.params = {
+        "before": measured.params,
+        "nonzero_before": measured.nonzero,
+        "after": count_params(model),
+        "nonzero_after": count_nonzero(model),
+    }
+    report.macs = {"before": measured.macs, "after": count_macs(model, example)}
+    if config.macs_target is not None:
+        report.macs["target"] = config.macs_target
+    report.run_plan = plan.to_dict()
+
+    info = current_dist()
+    if info.world_size > 1 and not info.is_main:  # rank 0 alone exports, verifies and writes
+        barrier()
+        report.status, report.exit_code, report.rank = "ok", 0, info.rank
+        return report, model
+    try:
+        _finish(config, report, model, original, loaded, example, plan, measured, pruned, say, clock)
+    finally:
+        if info.world_size > 1:
+            barrier()
+    return report, model
+
+
+def _evaluator(measured: Measured, config: CompressConfig) -> Callable[[nn.Module], float] | None:
+    if measured.eval_y is None:
+        return None
+    x, y = measured.eval_x, measured.eval_y
+    return lambda m: accuracy(m, x, y, output_name=config.output_name)
+
+
+def _target(config: CompressConfig) -> str:
+    if config.macs_target is not None:
+        return f"MACs target {config.macs_target:g}"
+    if config.speedup is not None:
+        return f"measured speedup {config.speedup:g}x"
+    return f"sparsity {config.target_sparsity:g}"
+
+
+def _shrink(model: nn.Module, pruned: PruneResult, example: tuple, say: Progress) -> dict:
+    """Physically remove the planned channels; what the surgery did, for the report."""
+    say("shrink", "removing pruned channels")
+    surgery = shrink_model(model, pruned, example)
+    return {
+        "max_abs_diff": surgery.max_abs_diff,
+        "output_scale": surgery.output_scale,
+        "rolled_back": surgery.rolled_back,
+        "channels_removed": surgery.plan.channels_pruned,
+    }
+
+
+def _fill_pruning(report: Report, pruned: PruneResult, config: CompressConfig, one_shot: dict) -> None:
     report.sparsity = {
         "requested": pruned.sparsity_requested,
         "achieved": pruned.sparsity_achieved,
         "per_layer": pruned.per_layer,
         "tolerance": config.sparsity_tolerance,
     }
-    if scheduled(config):  # the schedule prunes during fine-tuning, starting from the dense weights
-        if eval_y is not None:  # what the one-shot prune would have given
-            report.accuracy["after_prune"] = accuracy(model, eval_x, eval_y)
-        model.load_state_dict(original.state_dict())
-    if pruned.plan is not None and not scheduled(config):
-        _shrink(model, pruned, example, report, say)
-    after_shrink(model, config, example, pruned)
-    if eval_y is not None and not scheduled(config):  # N:M masks and folding included
-        report.accuracy["after_prune"] = accuracy(model, eval_x, eval_y)
-    if pruned.nm is not None or pruned.fold is not None:
-        report.sparsity.update(
-            requested=pruned.sparsity_requested, achieved=pruned.sparsity_achieved, per_layer=pruned.per_layer
-        )
-        report.warnings += [w for w in pruned.warnings if w not in report.warnings]
-    lap("prune")
-    evaluate = (lambda m: accuracy(m, eval_x, eval_y)) if eval_y is not None else None
-    report.finetune = recover(model, original, config, example, data, pruned, say, evaluate)
-    if report.finetune and "accuracy_after_reconstruct" in report.finetune:
-        report.accuracy["after_reconstruct"] = report.finetune.pop("accuracy_after_reconstruct")
-    if pruned.model is not None:  # layer folding collapsed a region: the model is now a traced GraphModule
-        model = pruned.model
-    if pruned.plan is not None and scheduled(config):  # the schedule's last channel masks, removed once
-        _shrink(model, pruned, example, report, say)
-    info = current_dist()
-    if info.world_size > 1 and not info.is_main:  # rank 0 alone exports, verifies and writes
-        barrier()
-        report.status, report.exit_code, report.rank = "ok", 0, info.rank
-        return report
-    try:
-        return _finish(config, report, _Run(model, original, example, shape, eval_x, eval_y, pruned, say, lap, timings))
-    finally:
-        if info.world_size > 1:
-            barrier()
-
-
-def _shrink(model: nn.Module, pruned: PruneResult, example: torch.Tensor, report: Report, say: Progress) -> None:
-    """Physically remove the planned channels and record the surgery in the report."""
-    say("shrink", "removing pruned channels")
-    surgery = shrink_model(model, pruned, example)
-    report.surgery = {
-        "max_abs_diff": surgery.max_abs_diff,
-        "output_scale": surgery.output_scale,
-        "rolled_back": surgery.rolled_back,
-        "channels_removed": surgery.plan.channels_pruned,
-    }
     report.warnings += [w for w in pruned.warnings if w not in report.warnings]
-
-
-@dataclass
-class _Run:
-    """What the second half of ``compress`` works on."""
-
-    model: nn.Module
-    original: nn.Module
-    example: torch.Tensor
-    shape: tuple[int, ...]
-    eval_x: torch.Tensor | None
-    eval_y: torch.Tensor | None
-    pruned: PruneResult
-    say: Progress
-    lap: Callable[[str], None]
-    timings: dict[str, float]
-
-
-def _finish(config: CompressConfig, report: Report, run: _Run) -> Report:
-    """Measure, export, verify and write (rank 0 only under torchrun)."""
-    final = config.output_path
-    model, original, example, shape = run.model, run.original, run.example, run.shape
-    eval_x, eval_y, pruned, say, lap, timings = run.eval_x, run.eval_y, run.pruned, run.say, run.lap, run.timings
-    if report.finetune and report.finetune.get("steps_done"):
-        if eval_y is not None:
-            report.accuracy["after_finetune"] = accuracy(model, eval_x, eval_y)
-        report.sparsity.update(achieved=pruned.sparsity_achieved, per_layer=pruned.per_layer)
-        report.warnings += [w for w in pruned.warnings if w not in report.warnings]
-        lap("finetune")
     report.pruning = pruned.details
-    report.params.update(after=count_params(model), nonzero_after=count_nonzero(model))
-    report.macs["after"] = count_macs(model, example)
-    if config.macs_target is not None:
-        report.macs["target"] = config.macs_target
     if "unstructured" in config.methods:
         report.warnings.append(
             "unstructured zeros do not reduce dense MACs or onnxruntime CPU latency; the file compresses better"
@@ -243,125 +277,62 @@ def _finish(config: CompressConfig, report: Report, run: _Run) -> Report:
     if config.finetune_steps == 0:
         report.warnings.append("no fine-tuning was run (pass --data and --finetune-steps to recover accuracy)")
 
-    say("export", f"exporting ONNX (opset {config.opset or 'default'})")
-    exported = onnx_export.export_onnx(
-        model, example, final, opset=config.opset, dynamic_batch=config.dynamic_batch, exporter=config.exporter
-    )
-    report.warnings += exported.warnings
-    if pruned.nm is not None:
-        from slimmer.structures.nm import nm_metadata
 
-        onnx_export.add_metadata(exported.temp_path, nm_metadata(pruned.nm.n, pruned.nm.m, pruned.nm.layers))
+def _finish(
+    config: CompressConfig,
+    report: Report,
+    model: nn.Module,
+    original: nn.Module,
+    loaded: Loaded,
+    example: tuple,
+    plan: RunPlan,
+    measured: Measured,
+    pruned: PruneResult,
+    say: Progress,
+    clock: _Clock,
+) -> None:
+    """Export, verify, then commit (or delete) the file and write the report (rank 0 only)."""
+    final = config.output_path
+    say("export", f"exporting ONNX (opset {config.opset or 'default'}) and verifying with onnxruntime")
+    verified = export_and_verify(model, original, loaded.inputs, example, plan, measured, config)
     committed = False
     try:
-        lap("export")
-        say("verify", "verifying with onnxruntime")
-        batches = VERIFY_BATCHES if config.dynamic_batch else (shape[0],)
-        inputs = [example_input(shape, b, config.seed + i + 1) for i, b in enumerate(batches)]
-        verification = verify_onnx(exported.temp_path, model, inputs, atol=config.atol, rtol=config.rtol)
-        compare_x = eval_x[:256] if eval_x is not None else torch.cat(inputs)
-        verification.cosine, verification.top1_agreement = agreement(original, model, compare_x)
-        report.warnings += verification.warnings
-        _fill_verification(report, verification)
-        failures = _failures(verification, pruned, config, report.macs)
         if pruned.nm is not None:
-            failures += _nm_failures(exported.temp_path, pruned, report)
-        lap("verify")
-        if failures:
-            report.status, report.exit_code, report.error = "failed", 5, "; ".join(failures)
+            from slimmer.structures.nm import nm_metadata
+
+            onnx_export.add_metadata(verified.temp_path, nm_metadata(pruned.nm.n, pruned.nm.m, pruned.nm.layers))
+        report.warnings += list(verified.warnings)
+        report.verification = verified.as_dict()
+        fails = acceptance.failures(verified.verification, pruned, config, report.macs)
+        if pruned.nm is not None:
+            nm_fails, figures = acceptance.nm_failures(verified.temp_path, pruned)
+            report.pruning.setdefault("nm", {}).update(figures)
+            fails += nm_fails
+        clock.lap("export_verify")
+        if fails:
+            report.status, report.exit_code, report.error = "failed", 5, "; ".join(fails)
             if config.keep_failed:
                 kept = onnx_export.failed_name(final)
-                onnx_export.commit(exported.temp_path, kept)
-                report.onnx = _onnx_info(kept, exported.opset)
+                onnx_export.commit(verified.temp_path, kept)
+                report.onnx = onnx_info(kept, verified.opset)
                 report.warnings.append(f"the failed artifact was kept as {kept} (--keep-failed)")
             else:
-                exported.temp_path.unlink(missing_ok=True)
-                report.onnx = {"path": None, "sha256": None, "opset": exported.opset, "size_bytes": exported.size_bytes}
+                report.onnx = {"path": None, "sha256": None, "opset": verified.opset, "size_bytes": verified.size_bytes}
         else:
-            onnx_export.commit(exported.temp_path, final)
+            onnx_export.commit(verified.temp_path, final)
             committed = True
-            report.onnx = _onnx_info(final, exported.opset)
+            report.onnx = onnx_info(final, verified.opset)
             report.status, report.exit_code = "ok", 0
             if pruned.plan is not None:
                 onnx_export.write_atomic(plan_path(final), pruned.plan.to_json().encode())
                 report.onnx["plan"] = str(plan_path(final))
     finally:
         if not committed:
-            exported.temp_path.unlink(missing_ok=True)
-    report.timings_s = timings
+            verified.temp_path.unlink(missing_ok=True)
+    report.timings_s = clock.timings
     onnx_export.write_atomic(config.report_path, report.to_json().encode())
-    return report
-
-
-def _eval_set(data: DataSplits | None, limit: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    if data is None:
-        return None, None
-    x = data.eval.x[:limit]
-    y = data.eval.y[:limit] if data.eval.y is not None else None
-    return x, y
-
-
-def _fill_verification(report: Report, v: Verification) -> None:
-    report.verification = {
-        "passed": v.passed,
-        "max_abs_diff": v.max_abs_diff,
-        "max_rel_diff": v.max_rel_diff,
-        "cosine": v.cosine,
-        "top1_agreement": v.top1_agreement,
-        "atol": v.atol,
-        "rtol": v.rtol,
-        "provider": v.provider,
-        "outputs": [c.__dict__ for c in v.checks],
-    }
-
-
-def _nm_failures(path: Path, pruned: PruneResult, report: Report) -> list[str]:
-    """Read the exported initializers back and check the N:M pattern in each of them."""
-    from slimmer.structures.nm import check_onnx_nm, compressed_size
-
-    skipped = {f"{layer}.weight" for layer in pruned.nm.skipped}
-    checked = {k: v for k, v in check_onnx_nm(path, pruned.nm.n, pruned.nm.m).items() if k not in skipped}
-    bad = sorted(name for name, ok in checked.items() if not ok)
-    report.pruning.setdefault("nm", {}).update(
-        onnx_initializers_checked=len(checked),
-        onnx_initializers_with_pattern=len(checked) - len(bad),
-        compressed_size_bytes=compressed_size(path),
-    )
-    return [f"N:M pattern broken in the exported initializers: {', '.join(bad[:5])}"] if bad else []
 
 
 def plan_path(output: Path) -> Path:
     """Where the PruningPlan of a channel-pruned export is saved: beside the ONNX file."""
     return output.with_name(output.name + ".plan.json")
-
-
-def _failures(v: Verification, pruned: PruneResult, config: CompressConfig, macs: dict) -> list[str]:
-    failures = []
-    if config.macs_target is not None and macs.get("before"):
-        kept = macs["after"] / macs["before"]
-        if kept > config.macs_target + config.sparsity_tolerance:
-            failures.append(
-                f"MACs target not reached: requested {config.macs_target:.4f} of the original, kept {kept:.4f} "
-                f"(tolerance {config.sparsity_tolerance:g}; see warnings for what blocked further pruning)"
-            )
-    wanted = pruned.details.get("speedup")
-    if wanted and not wanted["reached"]:
-        failures.append(
-            f"speedup not reached: requested {wanted['requested']:g}x, best measured {wanted['measured']:.2f}x "
-            "(onnxruntime CPU, 1 thread, batch 1)"
-        )
-    if not v.passed:
-        failures.append("verification failed: " + v.failure_summary())
-    if pruned.sparsity_achieved is not None and pruned.sparsity_requested is not None:
-        short = pruned.sparsity_requested - pruned.sparsity_achieved
-        if short > config.sparsity_tolerance:
-            failures.append(
-                f"sparsity not reached: requested {pruned.sparsity_requested:.4f}, achieved "
-                f"{pruned.sparsity_achieved:.4f} (tolerance {config.sparsity_tolerance:g})"
-            )
-    return failures
-
-
-def _onnx_info(path: Path, opset: int) -> dict:
-    data = path.read_bytes()
-    return {"path": str(path), "sha256": hashlib.sha256(data).hexdigest(), "opset": opset, "size_bytes": len(data)}

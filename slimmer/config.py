@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from slimmer.errors import ConfigError
+from slimmer.registry import did_you_mean
 
-METHODS = ("unstructured", "channel", "nm", "fold")
 SCOPES = ("global", "layer")
-SCHEDULES = ("oneshot", "iterative", "gradual", "cyclical")
 REGULARIZER_METHODS = {
     "slimming": ("channel",),
     "greg": ("unstructured", "channel"),
@@ -19,6 +18,9 @@ REGULARIZER_METHODS = {
     "halo": ("unstructured",),
 }
 """Which pruning each ``--regularizer`` prepares (see :mod:`slimmer.regularize`)."""
+
+
+_PATH_FIELDS = ("model", "example_inputs", "output", "report")
 
 
 def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
@@ -60,9 +62,13 @@ def _check_fraction(name: str, value: float, *, low_open: bool, high_open: bool)
 class CompressConfig:
     """Every option of ``slimmer compress``; built by the CLI (or directly by library users)."""
 
-    model: Path
+    model: Path | None = None  # None: an in-memory model given to slimmer.api.compress
     arch: str | None = None
     input_shape: tuple[int, ...] | None = None
+    inputs: tuple[str, ...] = ()  # --input NAME:DTYPE[SHAPE][:RANGE], repeatable (slimmer.inputs)
+    example_inputs: Path | None = None  # --example-inputs FILE (.npz / .safetensors of named arrays)
+    dynamic_axes: tuple[str, ...] = ()  # --dynamic-axis NAME:DIM, repeatable
+    output_name: str | None = None  # the output leaf read as logits (default: the first floating leaf)
     methods: tuple[str, ...] = ("unstructured",)
     sparsity: float | None = None
     nm: str = "2:4"
@@ -106,6 +112,7 @@ class CompressConfig:
     trust_remote_code: bool = field(default=False, repr=False)
     eval_samples: int = 2000
     val_fraction: float = 0.1
+    recon_samples: int = 512  # training inputs of least-squares reconstruction (train/reconstruct.py)
 
     def __post_init__(self) -> None:
         if self.sparsity is not None:
@@ -126,13 +133,23 @@ class CompressConfig:
             raise ConfigError("--latency-aware ranks channels across layers: use --scope global")
         if self.macs_target is not None and "channel" not in self.methods:
             raise ConfigError("--macs-target applies to --method channel", hint="add --method channel")
+        from slimmer import choices
+
+        methods = choices.methods()
         if not self.methods:
-            raise ConfigError("--method: give at least one of " + ", ".join(METHODS))
+            raise ConfigError("--method: give at least one of " + ", ".join(methods))
         for m in self.methods:
-            if m not in METHODS:
-                raise ConfigError(f"--method {m!r} is not one of {', '.join(METHODS)}")
-        if self.exporter not in ("dynamo", "legacy"):
-            raise ConfigError(f"--exporter {self.exporter!r} is not one of dynamo, legacy")
+            if m not in methods:
+                raise ConfigError(f"--method {m!r} is not one of {', '.join(methods)}.{did_you_mean(m, methods)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"--method {','.join(self.methods)}: a method is named twice")
+        if self.exporter not in choices.exporters():
+            raise ConfigError(f"--exporter {self.exporter!r} is not one of {', '.join(choices.exporters())}")
+        if self.criterion not in choices.criteria():
+            known = choices.criteria()
+            raise ConfigError(
+                f"--criterion {self.criterion!r} is not one of {', '.join(known)}.{did_you_mean(self.criterion, known)}"
+            )
         if "nm" in self.methods:
             from slimmer.structures.nm import parse_nm
 
@@ -145,12 +162,13 @@ class CompressConfig:
                 )
         if self.scope not in SCOPES:
             raise ConfigError(f"--scope {self.scope!r} is not one of {', '.join(SCOPES)}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"--schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if self.schedule not in choices.schedules():
+            raise ConfigError(f"--schedule {self.schedule!r} is not one of {', '.join(choices.schedules())}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr must be a finite number > 0, got {self.lr!r}")  # as FinetuneConfig
         for name, value in (
             ("--atol", self.atol),
             ("--rtol", self.rtol),
-            ("--lr", self.lr),
             ("--kd-layers", self.kd_layers),
         ):
             if not math.isfinite(value) or value < 0:
@@ -170,6 +188,9 @@ class CompressConfig:
                 raise ConfigError(f"--expect-sha256 {self.expect_sha256!r}: expected 64 hexadecimal digits")
         if self.seed < 0:
             raise ConfigError(f"--seed must be ≥ 0, got {self.seed}")
+        if self.recon_samples < 1:
+            raise ConfigError(f"--recon-samples must be ≥ 1, got {self.recon_samples}")
+        self._check_inputs()
         if self.eval_samples < 1:
             raise ConfigError(f"--eval-samples must be ≥ 1, got {self.eval_samples}")
         if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction <= 1):
@@ -181,8 +202,8 @@ class CompressConfig:
                 raise ConfigError(f"{name} must hold finite numbers")
         if self.std is not None and any(v == 0 for v in self.std):
             raise ConfigError("--std must not contain 0")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ConfigError(f"--optimizer {self.optimizer!r} is not one of sgd, adamw")
+        if self.optimizer not in choices.optimizers():
+            raise ConfigError(f"--optimizer {self.optimizer!r} is not one of {', '.join(choices.optimizers())}")
         if self.schedule != "oneshot":
             if self.finetune_steps == 0:
                 raise ConfigError(f"--schedule {self.schedule} spreads pruning over fine-tuning: pass --finetune-steps")
@@ -206,6 +227,27 @@ class CompressConfig:
             self._check_regularizer()
         elif self.reg_steps is not None:
             raise ConfigError("--reg-steps applies to --regularizer", hint="add --regularizer slimming, greg or halo")
+
+    def _check_inputs(self) -> None:
+        from slimmer.inputs import parse_dynamic_axis, parse_input_spec
+
+        specs = [parse_input_spec(t) for t in self.inputs]
+        for t in self.dynamic_axes:
+            parse_dynamic_axis(t)
+        if self.input_shape is not None and (specs or self.example_inputs is not None):
+            raise ConfigError(
+                "--input-shape gives one float input; --input and --example-inputs name the inputs themselves",
+                hint="drop --input-shape (or give the float input as --input NAME:float32[SHAPE])",
+            )
+        if specs and self.example_inputs is not None:
+            raise ConfigError("give the inputs either with --input or with --example-inputs, not both")
+        if self.data is not None and len(specs) > 1:
+            raise ConfigError(
+                f"--data feeds one tensor per sample; this run names {len(specs)} inputs ("
+                + ", ".join(s.name for s in specs)
+                + ")",
+                hint="fine-tuning and accuracy on --data need a model with one input",
+            )
 
     def _check_kd_layers(self) -> None:
         if self.finetune_steps == 0:
@@ -240,8 +282,6 @@ class CompressConfig:
     def _check_regularizer(self) -> None:
         name = self.regularizer
         if name not in REGULARIZER_METHODS:
-            from slimmer.registry import did_you_mean
-
             known = list(REGULARIZER_METHODS)
             raise ConfigError(f"--regularizer {name!r} is not one of {', '.join(known)}.{did_you_mean(name, known)}")
         if self.reg_steps is not None and self.reg_steps < 1:
@@ -283,8 +323,12 @@ class CompressConfig:
 
     @property
     def output_path(self) -> Path:
+        """``-o``, else ``<model stem>.slim.onnx`` beside the checkpoint (``model.slim.onnx`` in the
+        working directory for an in-memory model)."""
         if self.output is not None:
             return Path(self.output)
+        if self.model is None:
+            return Path("model.slim.onnx")
         return Path(self.model).with_name(Path(self.model).stem + ".slim.onnx")
 
     @property
@@ -305,3 +349,33 @@ class CompressConfig:
         d["output"] = str(self.output_path)
         d["report"] = str(self.report_path)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **overrides: Any) -> CompressConfig:
+        """The config a report's ``config`` section records (``--replay``), with ``overrides`` applied.
+
+        ``trust_remote_code`` is never taken from the file: only an override (the command line) sets it.
+        Raises :class:`ConfigError` for a key this version does not know or a value of the wrong kind.
+        """
+        if not isinstance(d, dict):
+            raise ConfigError("the report's config is not an object")
+        names = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ConfigError(
+                "the recorded config has options this version of slimmer does not know: " + ", ".join(unknown)
+            )
+        values: dict[str, Any] = {}
+        for key, value in d.items():
+            if key == "trust_remote_code":
+                continue
+            if key in _PATH_FIELDS and value is not None:
+                value = Path(value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            values[key] = value
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"the recorded config does not fit this version of slimmer: {exc}") from None

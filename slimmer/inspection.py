@@ -7,23 +7,35 @@ from pathlib import Path
 
 import torch
 
-from slimmer.api import VERIFY_BATCHES, check_forward, example_input, load
 from slimmer.config import CompressConfig
 from slimmer.export.verify import Verification, verify_onnx
+from slimmer.runplan import VERIFY_BATCHES
+from slimmer.stages import check_forward, load
 from slimmer.stats import count_macs, count_params
 from slimmer.structures.unstructured import prunable_weights
 
 
 def inspect_model(
-    path: Path, *, arch: str | None = None, input_shape: str | None = None, trust_remote_code: bool = False
+    path: Path,
+    *,
+    arch: str | None = None,
+    input_shape: str | None = None,
+    trust_remote_code: bool = False,
+    inputs: tuple[str, ...] = (),
+    example_inputs: Path | None = None,
 ) -> dict:
     """Parameters, MACs and prunable layers of a checkpoint, as a plain dict."""
     from slimmer.config import parse_shape
 
     config = CompressConfig(
-        model=Path(path), arch=arch, input_shape=parse_shape(input_shape), trust_remote_code=trust_remote_code
+        model=Path(path),
+        arch=arch,
+        input_shape=parse_shape(input_shape),
+        trust_remote_code=trust_remote_code,
+        inputs=tuple(inputs),
+        example_inputs=example_inputs,
     )
-    loaded, shape = load(config)
+    loaded = load(config)
     model = loaded.model
     layers = [
         {
@@ -36,17 +48,13 @@ def inspect_model(
     ]
     from slimmer.graph.groups import build_groups
 
-    example = example_input(shape, 2, 0)
-    check_forward(model, example)
-    groups = build_groups(model, (example,))
+    example = loaded.inputs.args(2, 0)
+    check_forward(model, loaded.inputs, example)
+    groups = build_groups(model, example)
     return {
-        "input": {
-            "path": str(loaded.path),
-            "sha256": loaded.sha256,
-            "format": loaded.format,
-            "arch": loaded.arch.name if loaded.arch else None,
-        },
-        "input_shape": list(shape),
+        "input": loaded.source,
+        "input_shape": list(loaded.inputs.first.shape) if len(loaded.inputs.slots) == 1 else None,
+        "inputs": loaded.inputs.to_dict(),
         "params": count_params(model),
         "macs": count_macs(model, example),
         "layers": layers,
@@ -86,7 +94,7 @@ def verify_exported(
         seed=seed,
         trust_remote_code=trust_remote_code,
     )
-    loaded, shape = load(config)
-    inputs = [example_input(shape, b, seed + i + 1) for i, b in enumerate(VERIFY_BATCHES)]
+    loaded = load(config)
+    inputs = [loaded.inputs.args(b, seed + i + 1) for i, b in enumerate(VERIFY_BATCHES)]
     v = verify_onnx(onnx_path, loaded.model, inputs, atol=atol, rtol=rtol)
     return v

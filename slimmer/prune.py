@@ -7,6 +7,7 @@ the masked one. Methods run in the order given (``channel,nm`` prunes channels f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from slimmer.criteria import CRITERIA, ScoreContext, get_criterion
 from slimmer.criteria.channel import channel_scores_from
 from slimmer.errors import ConfigError
 from slimmer.graph.groups import GroupSet, build_groups
-from slimmer.registry import did_you_mean
+from slimmer.inputs import as_args, batch_of
+from slimmer.registry import Registry, did_you_mean
 from slimmer.structures.channel import plan_channels
 from slimmer.structures.channel_masks import ChannelMasks
 from slimmer.structures.nm import NMResult, nm_masks, parse_nm
@@ -37,7 +39,6 @@ DEFAULT_ROUND_TO = 16
 # On a narrow model the same rounding costs accuracy instead: resnet20-fmnist at half the MACs is
 # 1.9x faster with round_to 16 but 1.3x with round_to 4, which recovers better after fine-tuning
 # (docs/BENCHMARKS.md, "Round-to on a narrow model"); --round-to chooses.
-AFTER_SHRINK = ("nm", "fold")
 NM_CPU_NOTE = (
     "N:M zeros give no speed on CPU onnxruntime (sparse initializers are densified at load); a runtime with "
     "sparse tensor cores (Ampere or later, e.g. TensorRT) can run the pattern up to 2x faster"
@@ -62,30 +63,43 @@ class PruneResult:
     dense: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # --regrow: masked weights, before
 
 
-def prune(model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits | None) -> PruneResult:
-    """Apply every configured method to ``model`` in place (channels are masked, not yet removed)."""
+def prune(model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None) -> PruneResult:
+    """Apply every configured method to ``model`` in place (channels are masked, not yet removed).
+
+    ``example`` is the tuple of positional arguments the model is captured and measured on
+    (:meth:`slimmer.inputs.ExampleInputs.args`); a single tensor is accepted too."""
+    example = as_args(example)
     result = PruneResult()
     for method in config.methods:
-        if method == "unstructured":
-            _unstructured(model, config, example, data, result)
-        elif method == "channel":
-            _channel(model, config, example, data, result)
-        elif method in AFTER_SHRINK:
-            continue  # applied to the physically pruned model, see after_shrink()
-        else:
-            raise ConfigError(
-                f"--method {method} is not available in this version of slimmer",
-                hint="use --method unstructured, channel, nm or fold",
-            )
+        handler = METHODS.get(method)
+        if not handler.after_shrink:  # nm and fold act on the physically pruned model: after_shrink()
+            handler.apply(model, config, example, data, result)
     return result
+
+
+@dataclass(frozen=True)
+class MethodHandler:
+    """One ``--method``: how it prunes, and whether it acts before or after channel surgery.
+
+    ``apply(model, config, example, data, result)`` changes ``model`` in place and records what it
+    did in ``result``. Handlers with ``after_shrink`` run on the physically pruned model, in
+    ``order``."""
+
+    name: str
+    description: str
+    apply: Callable[..., None]
+    after_shrink: bool = False
+    order: int = 0
+
+
+METHODS: Registry[MethodHandler] = Registry("method")
+"""The pruning methods by name: the CLI's ``--method`` choices and help come from here."""
 
 
 SCORE_BATCH, SCORE_BATCHES = 128, 10
 
 
-def score_context(
-    model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits | None
-) -> ScoreContext:
+def score_context(model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None) -> ScoreContext:
     """What a criterion may use: a few seeded training batches (when there is data) and the targets."""
     batches = None
     if data is not None and len(data.train):
@@ -95,12 +109,20 @@ def score_context(
             (data.train.x[idx], data.train.y[idx] if data.train.y is not None else None)
             for idx in order.split(SCORE_BATCH)
         ]
-    extra = {"sparsity": config.target_sparsity, "input_shape": (1, *example.shape[1:]), "scope": config.scope}
+    args = as_args(example)
+    single = len(args) == 1 and isinstance(args[0], torch.Tensor) and args[0].is_floating_point()
+    extra = {
+        "sparsity": config.target_sparsity,
+        "input_shape": (1, *args[0].shape[1:]) if single else None,
+        "scope": config.scope,
+        "output_name": config.output_name,
+        "example_inputs": batch_of(args, 1),
+    }
     return ScoreContext(model=model, seed=config.seed, batches=batches, extra=extra)
 
 
 def unstructured_masks_for(
-    model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits | None, sparsity: float
+    model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None, sparsity: float
 ) -> MaskSet:
     """Score the model's Conv/Linear weights with the configured criterion and mask to ``sparsity``
     (used once for one-shot pruning, and at every update of a pruning schedule)."""
@@ -115,7 +137,7 @@ def unstructured_masks_for(
 
 
 def _unstructured(
-    model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits | None, result: PruneResult
+    model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None, result: PruneResult
 ) -> None:
     masks = unstructured_masks_for(model, config, example, data, config.target_sparsity)
     apply_masks(model, masks, config, result)
@@ -150,7 +172,7 @@ def record_masks(masks: MaskSet, config: CompressConfig, result: PruneResult | N
 def channel_plan(
     model: nn.Module,
     config: CompressConfig,
-    example: torch.Tensor,
+    example: tuple,
     data: DataSplits | None,
     *,
     sparsity: float | None,
@@ -180,7 +202,8 @@ def channel_plan(
         def channel_scores(group):
             return channel_scores_from(weight_scores, group)
 
-    groups = build_groups(model, (example,)) if groups is None else groups
+    example = as_args(example)
+    groups = build_groups(model, example) if groups is None else groups
     if not groups.prunable:
         reasons = sorted({g.blocked_by for g in groups.blocked if g.blocked_by})
         raise ConfigError(
@@ -200,7 +223,7 @@ def channel_plan(
         max_ratio=DEFAULT_MAX_RATIO,
         scope=config.scope,
         criterion=kind,
-        example_inputs=(example,),
+        example_inputs=example,
         seed=config.seed,
         channel_scores=channel_scores,
         latency_aware=config.latency_aware,
@@ -219,7 +242,7 @@ def schedule_final(config: CompressConfig) -> float:
 def channel_masks_for(
     model: nn.Module,
     config: CompressConfig,
-    example: torch.Tensor,
+    example: tuple,
     data: DataSplits | None,
     fraction: float,
     groups: GroupSet | None = None,
@@ -242,7 +265,7 @@ def channel_masks_for(
 
 
 def _channel(
-    model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits | None, result: PruneResult
+    model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None, result: PruneResult
 ) -> None:
     plan, groups, kind, speedup = channel_plan(
         model,
@@ -290,13 +313,15 @@ def _plan_for_speedup(model, groups, config, example, round_to, kind, channel_sc
 
     from slimmer.structures.speedup import onnx_speedup, plan_for_speedup
 
-    one = example[:1]
+    if len(example) != 1 or not example[0].is_floating_point():
+        raise ConfigError("--speedup times onnxruntime on one float input; this model takes other inputs")
+    one = example[0][:1]
     with tempfile.TemporaryDirectory(prefix="slimmer-speedup-") as tmp:
         return plan_for_speedup(
             groups,
             model,
             config.speedup,
-            (example,),
+            example,
             onnx_speedup(model, one, workdir=Path(tmp)),
             round_to=round_to,
             max_ratio=DEFAULT_MAX_RATIO,
@@ -315,61 +340,83 @@ def _channel_fractions(plan: PruningPlan) -> dict[str, float]:
     return out
 
 
-def shrink_model(model: nn.Module, result: PruneResult, example: torch.Tensor) -> SurgeryResult | None:
+def shrink_model(model: nn.Module, result: PruneResult, example: tuple) -> SurgeryResult | None:
     """Physically remove the planned channels; ``result.plan`` becomes what was really applied."""
     if result.plan is None:
         return None
-    surgery = shrink(model, result.plan, (example,))
+    surgery = shrink(model, result.plan, as_args(example))
     for gid, why in surgery.rolled_back.items():
         result.warnings.append(f"group {gid} was rolled back (kept whole): {why}")
     result.plan = surgery.plan
     return surgery
 
 
-def after_shrink(model: nn.Module, config: CompressConfig, example: torch.Tensor, result: PruneResult) -> None:
-    """Methods applied to the physically pruned model: N:M masks, then folding."""
-    if "nm" in config.methods:
-        n, m = parse_nm(config.nm)
-        nm = nm_masks(model, n, m)
-        if not nm.layers:
-            raise ConfigError(
-                f"--nm {n}:{m}: no layer can take the pattern ("
-                + "; ".join(f"{k}: {v}" for k, v in list(nm.skipped.items())[:3])
-                + ")",
-                hint="choose an M that divides the layers' input channels, e.g. --nm 2:4",
-            )
-        nm.dense = weights_before_masking(model, nm.masks)
-        nm.masks.apply(model)
-        result.nm = nm
-        result.warnings += [f"N:M skipped {layer}: {why}" for layer, why in nm.skipped.items()]
-        result.warnings.append(NM_CPU_NOTE)
-        if result.masks is None and result.plan is None:
-            result.sparsity_requested = 1 - n / m
-            result.sparsity_achieved = nm.masks.sparsity
-            result.per_layer = nm.masks.per_layer_sparsity()
-        result.details["nm"] = {"pattern": f"{n}:{m}", "layers": nm.layers, "skipped": nm.skipped}
-    if "fold" in config.methods:
-        from slimmer.folding import fold_batchnorm, functional_activations, merge_model
-        from slimmer.folding.phase import active as fold_phase_active
+def after_shrink(model: nn.Module, config: CompressConfig, example: tuple, result: PruneResult) -> None:
+    """Methods applied to the physically pruned model, in their handlers' order (N:M masks, then folding)."""
+    handlers = sorted((METHODS.get(m) for m in config.methods), key=lambda h: h.order)
+    for handler in handlers:
+        if handler.after_shrink:
+            handler.apply(model, config, example, None, result)
 
-        if fold_phase_active(config.methods, config.data is not None, config.finetune_steps):
-            if config.schedule != "oneshot":
-                raise ConfigError(
-                    f"--method fold with fine-tuning cannot follow --schedule {config.schedule}",
-                    hint="use --schedule oneshot with --method fold",
-                )
-            return  # layer folding runs inside the recovery stage (slimmer.folding.phase)
-        folded = fold_batchnorm(model, example)
-        merged = merge_model(model, example)
-        not_foldable = functional_activations(model, example)
-        result.fold = {
-            "batchnorm_folded": [f"{a} <- {b}" for a, b in folded.folded],
-            "batchnorm_skipped": folded.skipped,
-            "merge": merged.as_dict(),
-            "activations_not_foldable": not_foldable,
-        }
-        result.details["fold"] = result.fold
-        if not_foldable:
-            result.warnings.append(
-                f"{len(not_foldable)} activations are called as functions in forward() and cannot be linearized"
+
+def _nm(model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None, result: PruneResult) -> None:
+    n, m = parse_nm(config.nm)
+    nm = nm_masks(model, n, m)
+    if not nm.layers:
+        raise ConfigError(
+            f"--nm {n}:{m}: no layer can take the pattern ("
+            + "; ".join(f"{k}: {v}" for k, v in list(nm.skipped.items())[:3])
+            + ")",
+            hint="choose an M that divides the layers' input channels, e.g. --nm 2:4",
+        )
+    nm.dense = weights_before_masking(model, nm.masks)
+    nm.masks.apply(model)
+    result.nm = nm
+    result.warnings += [f"N:M skipped {layer}: {why}" for layer, why in nm.skipped.items()]
+    result.warnings.append(NM_CPU_NOTE)
+    if result.masks is None and result.plan is None:
+        result.sparsity_requested = 1 - n / m
+        result.sparsity_achieved = nm.masks.sparsity
+        result.per_layer = nm.masks.per_layer_sparsity()
+    result.details["nm"] = {"pattern": f"{n}:{m}", "layers": nm.layers, "skipped": nm.skipped}
+
+
+def _fold(
+    model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None, result: PruneResult
+) -> None:
+    from slimmer.folding import fold_batchnorm, functional_activations, merge_model
+    from slimmer.runplan import RunPlan
+
+    if RunPlan.resolve(config).fold_phase:
+        if config.schedule != "oneshot":
+            raise ConfigError(
+                f"--method fold with fine-tuning cannot follow --schedule {config.schedule}",
+                hint="use --schedule oneshot with --method fold",
             )
+        return  # layer folding runs inside the recovery stage (slimmer.folding.phase)
+    folded = fold_batchnorm(model, example)
+    merged = merge_model(model, example)
+    not_foldable = functional_activations(model, example)
+    result.fold = {
+        "batchnorm_folded": [f"{a} <- {b}" for a, b in folded.folded],
+        "batchnorm_skipped": folded.skipped,
+        "merge": merged.as_dict(),
+        "activations_not_foldable": not_foldable,
+    }
+    result.details["fold"] = result.fold
+    if not_foldable:
+        result.warnings.append(
+            f"{len(not_foldable)} activations are called as functions in forward() and cannot be linearized"
+        )
+
+
+METHODS.register(
+    "unstructured",
+    MethodHandler("unstructured", "individual weights zeroed (global or per-layer ranking)", _unstructured),
+)
+METHODS.register("channel", MethodHandler("channel", "whole channels removed: a smaller, faster dense model", _channel))
+METHODS.register("nm", MethodHandler("nm", "N of every M weights kept along the input dimension (--nm)", _nm, True, 1))
+METHODS.register(
+    "fold",
+    MethodHandler("fold", "BatchNorm folding; with --data and fine-tuning, layer folding", _fold, True, 2),
+)

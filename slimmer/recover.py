@@ -16,7 +16,9 @@ from torch import nn
 
 from slimmer.config import CompressConfig
 from slimmer.folding import phase as fold_phase
+from slimmer.inputs import as_args
 from slimmer.prune import PruneResult, channel_masks_for, schedule_final, unstructured_masks_for
+from slimmer.runplan import RunPlan
 from slimmer.schedules import ScheduledMaskHook, build_schedule
 from slimmer.structures.channel_masks import ChannelMasks
 from slimmer.structures.nm import nm_mask
@@ -26,7 +28,6 @@ from slimmer.train.distributed import init_from_env, resolve_device, wrap_ddp
 from slimmer.train.feature_kd import FeatureDistillHook, matched_layers
 from slimmer.train.finetune import FinetuneConfig, finetune, recalibrate_bn
 from slimmer.train.hooks import MaskHook, TrainHook
-from slimmer.train.reconstruct import SAMPLES as RECON_SAMPLES
 from slimmer.train.reconstruct import ReconstructResult, reconstruct
 from slimmer.train.srste import SRSTEHook
 
@@ -34,11 +35,12 @@ Say = Callable[[str, str], None]
 
 
 def scheduled(config: CompressConfig) -> bool:
-    return config.schedule != "oneshot" and config.finetune_steps > 0
+    """The run plan's decision (:class:`slimmer.runplan.RunPlan`): a schedule prunes during fine-tuning."""
+    return RunPlan.resolve(config).scheduled
 
 
 def _hooks(
-    model: nn.Module, config: CompressConfig, example: torch.Tensor, data: DataSplits, pruned: PruneResult
+    model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits, pruned: PruneResult
 ) -> list[TrainHook]:
     hooks: list[TrainHook] = []
     if scheduled(config):
@@ -86,7 +88,7 @@ def restore_dense(model: nn.Module, dense: dict[str, torch.Tensor]) -> None:
             params[name].copy_(weight)
 
 
-def finetune_config(config: CompressConfig, example: torch.Tensor, n_train: int, steps: int) -> FinetuneConfig:
+def finetune_config(config: CompressConfig, example: tuple, n_train: int, steps: int) -> FinetuneConfig:
     """The loop settings of ``compress`` for ``steps`` optimizer steps (fine-tuning or regularizing).
 
     Pad-crop-flip augmentation only with ``--augment``, and distillation weighted ``--kd-weight`` (0.5)
@@ -95,6 +97,8 @@ def finetune_config(config: CompressConfig, example: torch.Tensor, n_train: int,
     468 steps (docs/BENCHMARKS.md, Accuracy: the "no augmentation" and "KD 0.5" rows)."""
     info = init_from_env()
     on_gpu = resolve_device(config.device, info.local_rank).type == "cuda"
+    first = as_args(example)[0]
+    image = isinstance(first, torch.Tensor) and first.is_floating_point() and first.ndim == 4
     return FinetuneConfig(
         amp=on_gpu and config.amp,
         steps=steps,
@@ -105,7 +109,8 @@ def finetune_config(config: CompressConfig, example: torch.Tensor, n_train: int,
         seed=config.seed,
         kd_alpha=config.kd_weight if config.kd else 0.0,
         progress_every_s=config.progress_every_s,
-        augment=pad_crop_flip(pad=max(1, example.shape[-1] // 8)) if config.augment and example.ndim == 4 else None,
+        augment=pad_crop_flip(pad=max(1, first.shape[-1] // 8)) if config.augment and image else None,
+        output_name=config.output_name,
     )
 
 
@@ -137,12 +142,8 @@ def reconstructs(config: CompressConfig, pruned: PruneResult) -> bool:
     against 91.41–91.46% (4 seeds) without it (and 91.66% against 91.73 / 91.59% for channels). ``--reconstruct``
     asks for it before fine-tuning anyway.
     """
-    wanted = config.reconstruct if config.reconstruct is not None else config.finetune_steps == 0
-    if not wanted or scheduled(config) or pruned.nm is not None:
-        return False
-    if fold_phase.active(config.methods, True, config.finetune_steps):
-        return False
-    return pruned.masks is not None or pruned.plan is not None
+    plan = RunPlan.resolve(config)
+    return plan.reconstruct and pruned.nm is None and (pruned.masks is not None or pruned.plan is not None)
 
 
 def kept_outputs(original: nn.Module, pruned: PruneResult) -> dict[str, torch.Tensor]:
@@ -164,7 +165,7 @@ def _reconstruct(
     model: nn.Module, original: nn.Module, config: CompressConfig, data: DataSplits, pruned: PruneResult, say: Say
 ) -> ReconstructResult:
     generator = torch.Generator().manual_seed(config.seed)
-    pick = torch.randperm(len(data.train), generator=generator)[:RECON_SAMPLES]
+    pick = torch.randperm(len(data.train), generator=generator)[: config.recon_samples]
     masks = pruned.masks.masks if pruned.masks is not None else None
     return reconstruct(
         model,
@@ -192,7 +193,7 @@ def recover(
     model: nn.Module,
     teacher: nn.Module,
     config: CompressConfig,
-    example: torch.Tensor,
+    example: tuple,
     data: DataSplits | None,
     pruned: PruneResult,
     say: Say,
@@ -205,7 +206,8 @@ def recover(
     if reconstructs(config, pruned):
         say(
             "reconstruct",
-            f"re-solving the pruned layers by least squares on {min(RECON_SAMPLES, len(data.train))} training inputs",
+            f"re-solving the pruned layers by least squares on {min(config.recon_samples, len(data.train))} "
+            "training inputs",
         )
         done["reconstruction"] = _reconstruct(model, teacher, config, data, pruned, say).to_dict()
         if evaluate is not None:
@@ -236,7 +238,7 @@ def recover(
         how += ", the mask may move (--regrow)"
     say("finetune", f"fine-tuning {config.finetune_steps} steps ({how})")
     info = init_from_env()
-    if fold_phase.active(config.methods, True, config.finetune_steps):  # linearize, fold, merge (Ben Dror et al.)
+    if RunPlan.resolve(config).fold_phase:  # linearize, fold, merge (Ben Dror et al.)
         result = fold_phase.finetune_with_folding(
             model, teacher_or_none, data.train, cfg, hooks, example, pruned, say, progress if info.is_main else None
         )

@@ -68,7 +68,7 @@ def regularize(
     model: nn.Module,
     teacher: nn.Module,
     config: CompressConfig,
-    example: torch.Tensor,
+    example: tuple,
     data: DataSplits,
     say: Say,
 ) -> Regularized:
@@ -101,7 +101,7 @@ def _setup(
     name: str,
     model: nn.Module,
     config: CompressConfig,
-    example: torch.Tensor,
+    example: tuple,
     data: DataSplits,
     steps: int,
     result: Regularized,

@@ -48,6 +48,7 @@ class Report:
     rank: int = 0
     error: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    run_plan: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {"schema_version": SCHEMA_VERSION, "slimmer_version": __version__}

@@ -8,6 +8,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from slimmer.graph.macs import count_macs as count_graph_macs
 from slimmer.graph.macs import to_meta
+from slimmer.inputs import as_args, batch_of
+from slimmer.outputs import logits_of
 
 
 def count_params(model: nn.Module) -> int:
@@ -18,7 +20,7 @@ def count_nonzero(model: nn.Module) -> int:
     return sum(int(torch.count_nonzero(p)) for p in model.parameters())
 
 
-def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+def count_macs(model: nn.Module, example: torch.Tensor | tuple) -> int:
     """Multiply-accumulates of one forward pass at batch 1 (MACs = FLOPs / 2, dense).
 
     Counted on a ``meta``-device copy: on real CPU tensors in eval mode without grad,
@@ -26,25 +28,30 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     flop counter never sees (a ViT-B/16 counted 11.3 G instead of 17.6 G). A model that cannot run
     on ``meta`` is counted on real tensors with autograd on, which also disables the fast path.
     """
-    x = example[:1]
+    args = batch_of(as_args(example), 1)
     try:
-        meta_model, meta_inputs = to_meta(model, (x,))
+        meta_model, meta_inputs = to_meta(model, args)
         return count_graph_macs(meta_model, meta_inputs)
     except Exception:  # noqa: BLE001 - e.g. .item() in forward: count on real tensors instead
         counter = FlopCounterMode(display=False)
+        grad_args = tuple(
+            a.detach().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+            for a in args
+        )
         with torch.enable_grad(), counter:
-            model(x.requires_grad_(True) if x.is_floating_point() else x)
+            model(*grad_args)
         return int(counter.get_total_flops() // 2)
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)``, evaluated in batches in eval mode."""
+def accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500, output_name: str | None = None
+) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)``, evaluated in batches in eval mode, read from the
+    logits leaf of the output (:func:`slimmer.outputs.logits_of`)."""
     model.eval()
     correct = 0
     for i in range(0, len(x), batch_size):
-        out = model(x[i : i + batch_size])
-        if isinstance(out, (tuple, list)):
-            out = out[0]
+        out = logits_of(model(x[i : i + batch_size]), output_name)
         correct += int((out.argmax(1) == y[i : i + batch_size]).sum())
     return correct / max(1, len(x))

@@ -15,14 +15,10 @@ from typer.testing import CliRunner
 from slimmer.cli import app
 from slimmer.zoo import ARCHITECTURES
 
-
-@pytest.fixture(autouse=True)
-def _quick_reconstruction(request, monkeypatch):
-    """Every ``compress`` with ``--data`` reconstructs pruned layers by least squares first; in-process
-    tests use 64 calibration images instead of 512 to stay quick (same code path). Tests marked
-    ``full_reconstruction`` keep the default."""
-    if "full_reconstruction" not in request.keywords:
-        monkeypatch.setattr("slimmer.recover.RECON_SAMPLES", 64)
+QUICK_RECON = ("--recon-samples", "64")
+"""``compress`` with ``--data`` and no fine-tuning reconstructs pruned layers by least squares; in-process
+tests use 64 calibration images instead of 512 to stay quick (same code path, a config field). Tests
+marked ``full_reconstruction`` keep the default."""
 
 
 @pytest.fixture(scope="session")
@@ -59,11 +55,34 @@ class Run:
 
 
 @pytest.fixture
-def cli():
+def cli(request):
     runner = CliRunner()
+    quick = "full_reconstruction" not in request.keywords
 
     def invoke(*args: str) -> Run:
-        return Run(runner.invoke(app, [str(a) for a in args]))
+        argv = [str(a) for a in args]
+        if quick and argv[:1] == ["compress"] and "--recon-samples" not in argv and "--replay" not in argv:
+            argv += QUICK_RECON
+        return Run(runner.invoke(app, argv))
+
+    return invoke
+
+
+@pytest.fixture
+def compress_json(cli, tmp_path):
+    """``compress_json(model, *flags)``: run ``slimmer compress MODEL --json -o <tmp>/out.onnx FLAGS``
+    and return ``(Run, report dict or None)``; the output lands in this test's tmp_path unless
+    ``-o`` is among the flags."""
+
+    def invoke(model, *flags: str):
+        argv = ["compress", str(model), "--json", *map(str, flags)]
+        if "-o" not in argv and "--output" not in argv:
+            argv += ["-o", str(tmp_path / "out.onnx")]
+        run = cli(*argv)
+        try:
+            return run, run.json()
+        except ValueError:
+            return run, None
 
     return invoke
 

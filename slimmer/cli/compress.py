@@ -1,13 +1,28 @@
-"""``slimmer compress MODEL``: load → prune → fine-tune → export → verify → report."""
+"""``slimmer compress MODEL``: load → prune → recover → shrink → export → verify → report.
+
+Options are declared once, grouped into help panels; the choices of every registry-backed option
+(``--method``, ``--criterion``, ``--schedule``, ``--regularizer``, ``--exporter``, ``--optimizer``)
+are read from the registries (:mod:`slimmer.choices`), so help and validation cannot drift.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from slimmer import choices
 from slimmer.cli.render import emit_report, run_guarded, stage_printer
 from slimmer.config import CompressConfig, parse_floats, parse_shape
+from slimmer.errors import ConfigError, InputError
+
+INPUT, PRUNING, RECOVERY, EXPORT, OUTPUT = "Input", "Pruning", "Recovery", "Export and verification", "Output"
+
+
+def _one_of(option: str) -> str:
+    return "one of: " + ", ".join(choices.REGISTRY_OPTIONS[option]())
 
 
 def build_config(**opts) -> CompressConfig:
@@ -16,95 +31,247 @@ def build_config(**opts) -> CompressConfig:
     opts["methods"] = tuple(m.strip() for m in str(opts.pop("method")).split(",") if m.strip())
     opts["mean"] = parse_floats(opts.get("mean"), "--mean")
     opts["std"] = parse_floats(opts.get("std"), "--std")
+    for key in ("inputs", "dynamic_axes"):
+        if key in opts:
+            opts[key] = tuple(opts[key] or ())
     return CompressConfig(**opts)
 
 
-def run_compress(json_output: bool, debug: bool, **opts) -> None:
-    def go():
-        from slimmer.api import compress
+def replay_config(report_path: Path, overrides: dict[str, Any]) -> CompressConfig:
+    """The config recorded in a report's ``config`` section, with the options given on the command
+    line applied on top. Raises :class:`InputError` for an unreadable report."""
+    try:
+        recorded = json.loads(Path(report_path).read_text(encoding="utf-8"))["config"]
+    except FileNotFoundError:
+        raise InputError(f"--replay {report_path}: no such file") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"--replay {report_path}: not a slimmer report with a config ({exc})") from None
+    if "output" in overrides and "report" not in overrides:
+        overrides["report"] = None  # beside the new output, not the recorded run's
+    if "method" in overrides:
+        overrides["methods"] = tuple(m.strip() for m in str(overrides.pop("method")).split(",") if m.strip())
+    for key, parse in (("input_shape", parse_shape),):
+        if key in overrides:
+            overrides[key] = parse(overrides[key])
+    for key in ("mean", "std"):
+        if key in overrides:
+            overrides[key] = parse_floats(overrides[key], f"--{key}")
+    for key in ("inputs", "dynamic_axes"):
+        if key in overrides:
+            overrides[key] = tuple(overrides[key] or ())
+    return CompressConfig.from_dict(recorded, **overrides)
 
-        config = build_config(**opts)
-        return compress(config, progress=stage_printer(json_output))
+
+def run_compress(json_output: bool, debug: bool, replay: Path | None = None, given: dict | None = None, **opts) -> None:
+    def go():
+        from slimmer.api import run
+
+        if replay is not None:
+            config = replay_config(replay, dict(given or {}))
+        else:
+            if opts.get("model") is None:
+                raise ConfigError("missing the MODEL argument (a checkpoint path)", hint="or pass --replay REPORT.json")
+            config = build_config(**opts)
+        return run(config, progress=stage_printer(json_output))
 
     report = run_guarded(go, debug=debug, json_mode=json_output)
     emit_report(report, json_output)
     raise typer.Exit(report.exit_code)
 
 
+def _given(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The options typed on the command line (``--replay`` overrides the recorded config with these)."""
+    from typer._click.core import ParameterSource
+
+    skip = {"replay", "json_output", "debug"}
+    renamed = {"progress_every": "progress_every_s", "input_spec": "inputs", "dynamic_axis": "dynamic_axes"}
+    out = {}
+    for name, value in values.items():
+        if name in skip:
+            continue
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            out[renamed.get(name, name)] = value
+    if "trust_remote_code" not in out:
+        out["trust_remote_code"] = False  # never from a file: only the command line sets it
+    return out
+
+
 def compress_command(
-    model: Path = typer.Argument(..., help="checkpoint: .pt/.pth/.bin state_dict or .safetensors"),
+    ctx: typer.Context,
+    model: Path | None = typer.Argument(
+        None,
+        help="checkpoint: .pt/.pth/.bin state_dict (or a dict wrapping one) or .safetensors (optional with --replay)",
+        show_default=False,
+    ),
     arch: str | None = typer.Option(
-        None, "--arch", help="architecture: built-in name, torchvision:NAME, timm:NAME or pkg.module:callable"
+        None,
+        "--arch",
+        help="architecture: built-in name, torchvision:NAME, timm:NAME or pkg.module:callable",
+        rich_help_panel=INPUT,
     ),
     input_shape: str | None = typer.Option(
-        None, "--input-shape", help="e.g. 1,3,224,224 (default: the architecture's)"
+        None,
+        "--input-shape",
+        help="one float input, batch first, e.g. 1,3,224,224 (default: the architecture's)",
+        rich_help_panel=INPUT,
     ),
-    method: str = typer.Option("unstructured", "--method", help="unstructured or channel; comma-separated to combine"),
+    input_spec: list[str] | None = typer.Option(
+        None,
+        "--input",
+        help="one named input of forward(), repeatable: NAME:DTYPE[SHAPE][:LOW..HIGH|:CONSTANT], e.g. "
+        "input_ids:int64[1,128]:0..30521 and attention_mask:int64[1,128]:1",
+        rich_help_panel=INPUT,
+        show_default=False,
+    ),
+    example_inputs: Path | None = typer.Option(
+        None,
+        "--example-inputs",
+        help=".npz or .safetensors of named arrays: the real inputs of forward(), batch first",
+        rich_help_panel=INPUT,
+    ),
+    dynamic_axis: list[str] | None = typer.Option(
+        None,
+        "--dynamic-axis",
+        help="NAME:DIM, repeatable: another dynamic axis of the ONNX graph (e.g. input_ids:1, a sequence "
+        "length); verified at its size and at half of it",
+        rich_help_panel=INPUT,
+        show_default=False,
+    ),
+    output_name: str | None = typer.Option(
+        None,
+        "--output-name",
+        help="the output leaf used as logits for distillation and accuracy (default: the first floating one)",
+        rich_help_panel=INPUT,
+    ),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="fine-tuning / calibration / evaluation data: a .npz (x, y), a folder of IDX files, a folder of "
+        "class subfolders of images, or fashion-mnist",
+        rich_help_panel=INPUT,
+    ),
+    mean: str | None = typer.Option(
+        None, "--mean", help="input normalization mean (one value or per channel)", rich_help_panel=INPUT
+    ),
+    std: str | None = typer.Option(
+        None, "--std", help="input normalization std (one value or per channel)", rich_help_panel=INPUT
+    ),
+    eval_samples: int = typer.Option(
+        2000, "--eval-samples", help="held-out samples used for accuracy", rich_help_panel=INPUT
+    ),
+    val_fraction: float = typer.Option(
+        0.1, "--val-fraction", help="fraction of a .npz held out for evaluation", rich_help_panel=INPUT
+    ),
+    expect_sha256: str | None = typer.Option(
+        None, "--expect-sha256", help="refuse a checkpoint whose sha256 differs", rich_help_panel=INPUT
+    ),
+    trust_remote_code: bool = typer.Option(
+        False,
+        "--trust-remote-code",
+        help="allow formats that run code when loaded (pickled modules, TorchScript, .pt2)",
+        rich_help_panel=INPUT,
+    ),
+    method: str = typer.Option(
+        "unstructured",
+        "--method",
+        help=f"{_one_of('--method')}; comma-separated to combine (e.g. channel,nm)",
+        rich_help_panel=PRUNING,
+    ),
     sparsity: float | None = typer.Option(
-        None, "--sparsity", help="fraction of weights (or channels) to remove, in [0, 1); default 0.5"
+        None,
+        "--sparsity",
+        help="fraction of weights (or channels) to remove, in [0, 1); default 0.5",
+        rich_help_panel=PRUNING,
     ),
-    nm: str = typer.Option("2:4", "--nm", help="N:M pattern for --method nm"),
     macs_target: float | None = typer.Option(
-        None, "--macs-target", help="channel: keep this fraction of the MACs, in (0, 1]"
+        None, "--macs-target", help="channel: keep this fraction of the MACs, in (0, 1]", rich_help_panel=PRUNING
+    ),
+    nm: str = typer.Option("2:4", "--nm", help="N:M pattern for --method nm", rich_help_panel=PRUNING),
+    criterion: str = typer.Option(
+        "magnitude",
+        "--criterion",
+        help=f"importance criterion, {_one_of('--criterion')} (snip, grasp, taylor need --data; l1, l2, "
+        "bn-scale rank channels)",
+        rich_help_panel=PRUNING,
+    ),
+    scope: str = typer.Option("global", "--scope", help=_one_of("--scope"), rich_help_panel=PRUNING),
+    schedule: str = typer.Option(
+        "oneshot",
+        "--schedule",
+        help=f"{_one_of('--schedule')} (all but oneshot spread pruning over fine-tuning)",
+        rich_help_panel=PRUNING,
     ),
     round_to: int | None = typer.Option(
         None,
         "--round-to",
         help="channel: kept channel counts are multiples of this (default 16, measured fastest in onnxruntime)",
+        rich_help_panel=PRUNING,
     ),
     speedup: float | None = typer.Option(
         None,
         "--speedup",
         help="channel: prune until onnxruntime (CPU, 1 thread, batch 1) measures this speedup, e.g. 2.0 "
         "(latency-aware ranking; exit 5 when it cannot be reached)",
+        rich_help_panel=PRUNING,
     ),
     latency_aware: bool = typer.Option(
         False,
         "--latency-aware",
         help="channel: prune first the channels that cost more time than their MACs suggest (depthwise convs, "
         "wide activations at high resolution); same MACs target",
+        rich_help_panel=PRUNING,
     ),
     sparsity_tolerance: float = typer.Option(
-        0.01, "--sparsity-tolerance", help="exit 5 when achieved sparsity falls short by more"
+        0.01,
+        "--sparsity-tolerance",
+        help="exit 5 when achieved sparsity falls short by more",
+        rich_help_panel=PRUNING,
     ),
-    criterion: str = typer.Option(
-        "magnitude", "--criterion", help="importance criterion: magnitude, lamp, random; channel: also l2, bn-scale"
-    ),
-    scope: str = typer.Option("global", "--scope", help="global or layer"),
-    schedule: str = typer.Option(
-        "oneshot", "--schedule", help="oneshot, iterative, gradual or cyclical (spread over fine-tuning)"
-    ),
-    finetune_steps: int = typer.Option(0, "--finetune-steps", help="optimizer steps of fine-tuning (needs --data)"),
     regularizer: str | None = typer.Option(
         None,
         "--regularizer",
-        help="train with a penalty before the final pruning: slimming (channel), greg (unstructured or channel), "
-        "greg2 or halo (unstructured); needs --data",
+        help=f"train with a penalty before the final pruning, {_one_of('--regularizer')}; needs --data",
+        rich_help_panel=PRUNING,
     ),
     reg_steps: int | None = typer.Option(
-        None, "--reg-steps", help="optimizer steps of the --regularizer phase (default: as many as --finetune-steps)"
+        None,
+        "--reg-steps",
+        help="optimizer steps of the --regularizer phase (default: as many as --finetune-steps)",
+        rich_help_panel=PRUNING,
     ),
-    batch_size: int = typer.Option(128, "--batch-size", help="fine-tuning batch size"),
-    lr: float = typer.Option(0.01, "--lr", help="fine-tuning peak learning rate (cosine with warm-up)"),
-    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (Nesterov momentum) or adamw"),
-    kd: bool = typer.Option(True, "--kd/--no-kd", help="distill from the original model while fine-tuning"),
+    finetune_steps: int = typer.Option(
+        0, "--finetune-steps", help="optimizer steps of fine-tuning (needs --data)", rich_help_panel=RECOVERY
+    ),
+    batch_size: int = typer.Option(128, "--batch-size", help="fine-tuning batch size", rich_help_panel=RECOVERY),
+    lr: float = typer.Option(
+        0.01, "--lr", help="fine-tuning peak learning rate (cosine with warm-up), > 0", rich_help_panel=RECOVERY
+    ),
+    optimizer: str = typer.Option(
+        "sgd", "--optimizer", help=f"{_one_of('--optimizer')} (sgd: Nesterov momentum)", rich_help_panel=RECOVERY
+    ),
+    kd: bool = typer.Option(
+        True, "--kd/--no-kd", help="distill from the original model while fine-tuning", rich_help_panel=RECOVERY
+    ),
     kd_weight: float = typer.Option(
         0.5,
         "--kd-weight",
         help="with labels, distillation's share of the loss, in (0, 1]; the rest is cross-entropy "
         "(without labels: distillation only)",
+        rich_help_panel=RECOVERY,
     ),
     kd_layers: float = typer.Option(
         0.0,
         "--kd-layers",
         help="weight of layer-wise distillation: every Conv/Linear output also learns the original's "
         "(normalized squared error); 0 = logits only",
+        rich_help_panel=RECOVERY,
     ),
     regrow: bool = typer.Option(
         False,
         "--regrow/--no-regrow",
         help="unstructured: fine-tune from the weights before masking and re-choose each layer's largest "
         "weights every step (pruned by mistake can come back; counts per layer stay)",
+        rich_help_panel=RECOVERY,
     ),
     reconstruct: bool | None = typer.Option(
         None,
@@ -112,55 +279,98 @@ def compress_command(
         help="re-solve each pruned layer by least squares to match the original's outputs (needs --data); "
         "default: only when no fine-tuning follows",
         show_default=False,
+        rich_help_panel=RECOVERY,
+    ),
+    recon_samples: int = typer.Option(
+        512, "--recon-samples", help="training inputs used by --reconstruct", rich_help_panel=RECOVERY
     ),
     augment: bool = typer.Option(
         False,
         "--augment/--no-augment",
         help="pad-crop-flip augmentation while fine-tuning (off by default: a brief fine-tune recovers more "
         "accuracy on the images as they are)",
+        rich_help_panel=RECOVERY,
     ),
-    progress_every: float = typer.Option(10.0, "--progress-every", help="seconds between fine-tuning progress lines"),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help="mixed precision when fine-tuning on CUDA (ignored on CPU)"),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N"),
-    data: str | None = typer.Option(None, "--data", help=".npz (x, y), a folder of IDX files, or fashion-mnist"),
-    mean: str | None = typer.Option(None, "--mean", help="input normalization mean (one value or per channel)"),
-    std: str | None = typer.Option(None, "--std", help="input normalization std (one value or per channel)"),
-    eval_samples: int = typer.Option(2000, "--eval-samples", help="held-out samples used for accuracy"),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="fraction of a .npz held out for evaluation"),
-    expect_sha256: str | None = typer.Option(None, "--expect-sha256", help="refuse a checkpoint whose sha256 differs"),
-    keep_failed: bool = typer.Option(
-        False, "--keep-failed", help="keep an artifact that failed verification, marked as failed"
+    progress_every: float = typer.Option(
+        10.0, "--progress-every", help="seconds between fine-tuning progress lines", rich_help_panel=RECOVERY
     ),
-    output: Path | None = typer.Option(
-        None, "-o", "--output", help="ONNX file (default: <model stem>.slim.onnx beside the model)"
+    amp: bool = typer.Option(
+        True,
+        "--amp/--no-amp",
+        help="mixed precision when fine-tuning on CUDA (ignored on CPU)",
+        rich_help_panel=RECOVERY,
     ),
-    report: Path | None = typer.Option(None, "--report", help="JSON report (default: <output>.report.json)"),
-    opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)"),
+    device: str = typer.Option(
+        "auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N", rich_help_panel=RECOVERY
+    ),
+    opset: int | None = typer.Option(
+        None, "--opset", help="ONNX opset (default: the exporter's)", rich_help_panel=EXPORT
+    ),
     dynamic_batch: bool = typer.Option(
-        True, "--dynamic-batch/--static-batch", help="dynamic batch axis in the ONNX graph"
+        True, "--dynamic-batch/--static-batch", help="dynamic batch axis in the ONNX graph", rich_help_panel=EXPORT
     ),
     exporter: str = typer.Option(
-        "dynamo", "--exporter", help="dynamo (torch.export-based, default) or legacy (TorchScript tracing)"
+        "dynamo",
+        "--exporter",
+        help=f"{_one_of('--exporter')} (dynamo: torch.export-based, the default; legacy: TorchScript tracing)",
+        rich_help_panel=EXPORT,
     ),
-    atol: float = typer.Option(1e-4, "--atol", help="verification absolute tolerance"),
-    rtol: float = typer.Option(1e-3, "--rtol", help="verification relative tolerance"),
-    seed: int = typer.Option(0, "--seed", help="seed for every random choice"),
-    force: bool = typer.Option(False, "--force", help="allow replacing existing outputs"),
-    json_output: bool = typer.Option(False, "--json", help="print exactly one JSON object (the report) on stdout"),
-    trust_remote_code: bool = typer.Option(
+    atol: float = typer.Option(1e-4, "--atol", help="verification absolute tolerance", rich_help_panel=EXPORT),
+    rtol: float = typer.Option(1e-3, "--rtol", help="verification relative tolerance", rich_help_panel=EXPORT),
+    keep_failed: bool = typer.Option(
         False,
-        "--trust-remote-code",
-        help="allow formats that run code when loaded (pickled modules, TorchScript, .pt2)",
+        "--keep-failed",
+        help="keep an artifact that failed verification, marked as failed",
+        rich_help_panel=EXPORT,
     ),
-    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+    output: Path | None = typer.Option(
+        None,
+        "-o",
+        "--output",
+        help="ONNX file (default: <model stem>.slim.onnx beside the model)",
+        rich_help_panel=OUTPUT,
+    ),
+    report: Path | None = typer.Option(
+        None, "--report", help="JSON report (default: <output>.report.json)", rich_help_panel=OUTPUT
+    ),
+    replay: Path | None = typer.Option(
+        None,
+        "--replay",
+        help="run again with the config a report recorded (options given here override it; "
+        "--trust-remote-code is never read from the report)",
+        rich_help_panel=OUTPUT,
+    ),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="seed for every random choice: the same seed, inputs and thread count on the same machine give "
+        "byte-identical files",
+        rich_help_panel=OUTPUT,
+    ),
+    force: bool = typer.Option(False, "--force", help="allow replacing existing outputs", rich_help_panel=OUTPUT),
+    json_output: bool = typer.Option(
+        False, "--json", help="print exactly one JSON object (the report) on stdout", rich_help_panel=OUTPUT
+    ),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks", rich_help_panel=OUTPUT),
 ) -> None:
     """Prune MODEL, export it to ONNX, verify the export with onnxruntime, and write a report."""
+    values = dict(locals())
+    values.pop("ctx")
+    given = _given(ctx, values) if replay is not None else None
+    if replay is not None and model is not None:
+        given["model"] = model
     run_compress(
         json_output,
         debug,
+        replay=replay,
+        given=given,
         model=model,
         arch=arch,
         input_shape=input_shape,
+        inputs=input_spec,
+        example_inputs=example_inputs,
+        dynamic_axes=dynamic_axis,
+        output_name=output_name,
         method=method,
         sparsity=sparsity,
         nm=nm,
@@ -181,6 +391,7 @@ def compress_command(
         kd_layers=kd_layers,
         regrow=regrow,
         reconstruct=reconstruct,
+        recon_samples=recon_samples,
         amp=amp,
         progress_every_s=progress_every,
         augment=augment,

@@ -15,6 +15,7 @@ from torch import nn
 
 from slimmer.criteria.base import ScoreContext
 from slimmer.errors import ConfigError
+from slimmer.outputs import logits_of
 
 DEFAULT_MAX_BATCHES = 10
 """Batches a data criterion reads from ``ctx.batches`` unless ``ctx.extra["max_batches"]`` says otherwise."""
@@ -75,7 +76,7 @@ def labelled_batches(ctx: ScoreContext, name: str, model: nn.Module) -> Iterator
         x = x.to(device)
         if y is None:
             with torch.no_grad():
-                y = model(x).argmax(1)
+                y = logits_of(model(x), ctx.extra.get("output_name")).argmax(1)
         yield x, y.to(device).long()
         count += 1
     if count == 0:
@@ -91,7 +92,7 @@ def weight_grads_per_batch(
     model = ctx.model
     with eval_with_grads(model, params):  # type: ignore[arg-type]
         for x, y in labelled_batches(ctx, name, model):
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(logits_of(model(x), ctx.extra.get("output_name")), y)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             yield {
                 n: (torch.zeros_like(p) if g is None else g).detach()

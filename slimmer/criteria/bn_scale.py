@@ -25,17 +25,21 @@ from slimmer.errors import ConfigError
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
-def _example_input(ctx: ScoreContext) -> torch.Tensor:
+def _example_input(ctx: ScoreContext) -> torch.Tensor | tuple:
     shape = ctx.extra.get("input_shape")
     if shape is not None:
         return torch.zeros(tuple(shape), device=model_device(ctx.model))
+    if ctx.extra.get("example_inputs") is not None:
+        return tuple(ctx.extra["example_inputs"])
     if ctx.batches is not None:
         for x, _ in ctx.batches:
             return x[:1].to(model_device(ctx.model))
     raise ConfigError("--criterion bn-scale needs the model input shape to find each layer's BatchNorm")
 
 
-def following_batchnorms(model: nn.Module, layer_names: list[str], example: torch.Tensor) -> dict[str, str]:
+def following_batchnorms(
+    model: nn.Module, layer_names: list[str], example: torch.Tensor | tuple
+) -> dict[str, str]:
     """``{layer: batchnorm}`` for each layer whose output is fed directly to a BatchNorm."""
     modules = dict(model.named_modules())
     produced: dict[int, tuple[str, torch.Tensor]] = {}
@@ -67,7 +71,7 @@ def following_batchnorms(model: nn.Module, layer_names: list[str], example: torc
     try:
         model.eval()
         with torch.no_grad():
-            model(example)
+            model(*((example,) if isinstance(example, torch.Tensor) else example))
     finally:
         for h in handles:
             h.remove()

@@ -32,6 +32,7 @@ from torch import nn
 from slimmer.criteria._scoring import model_device, parameters_by_name
 from slimmer.criteria.base import ScoreContext, register_criterion
 from slimmer.errors import ConfigError, InputError
+from slimmer.outputs import logits_of
 
 DEFAULT_ROUNDS = 100
 
@@ -70,7 +71,7 @@ def synflow_saliency(model: nn.Module, names: list[str], input_shape: tuple[int,
         p.requires_grad_(False)
     for p in params.values():
         p.requires_grad_(True)
-    grads = torch.autograd.grad(net(ones).sum(), list(params.values()), allow_unused=True)
+    grads = torch.autograd.grad(logits_of(net(ones)).sum(), list(params.values()), allow_unused=True)
     return {
         n: (p.detach() * (torch.zeros_like(p) if g is None else g)).abs()
         for (n, p), g in zip(params.items(), grads, strict=True)
@@ -107,7 +108,10 @@ def score_synflow(weights: dict[str, torch.Tensor], ctx: ScoreContext) -> dict[s
     if not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"--criterion synflow needs the target sparsity in [0, 1), got {sparsity!r}")
     if input_shape is None or len(input_shape) < 2:
-        raise ConfigError(f"--criterion synflow needs the input shape (batch first), got {input_shape!r}")
+        raise ConfigError(
+            "--criterion synflow feeds an all-ones float input: it needs a model with one float input "
+            f"of a known shape (batch first), got {input_shape!r}"
+        )
     if not isinstance(rounds, int) or rounds < 1:
         raise ConfigError(f"synflow_rounds must be an integer >= 1, got {rounds!r}")
     if scope not in ("global", "layer"):
@@ -130,7 +134,7 @@ def score_synflow(weights: dict[str, torch.Tensor], ctx: ScoreContext) -> dict[s
         with torch.no_grad():
             for p, w, m in zip(params, original, keep, strict=True):
                 p.copy_(w * m)
-        out = net(ones)
+        out = logits_of(net(ones))
         total = out.sum()
         if not torch.isfinite(total):
             raise InputError(

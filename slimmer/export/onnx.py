@@ -15,12 +15,15 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
 from torch import nn
 
 from slimmer.errors import ConfigError, ExportError, InputError, OutputError
+from slimmer.inputs import ExampleInputs, as_args, batch_size_of
+from slimmer.outputs import output_names
 
 MAX_PROTO_BYTES = 2**31 - 1
 EXPORTERS = ("dynamo", "legacy")
@@ -128,14 +131,20 @@ def _summarize(exc: BaseException) -> str:
 
 def export_onnx(
     model: nn.Module,
-    example: torch.Tensor,
+    example: torch.Tensor | tuple[Any, ...],
     final_path: Path,
     *,
     opset: int | None = None,
     dynamic_batch: bool = True,
     exporter: str = "dynamo",
+    inputs: ExampleInputs | None = None,
 ) -> ExportResult:
     """Export ``model`` on ``example`` to a temporary file beside ``final_path`` and check it.
+
+    ``example`` is one input tensor or a tuple of positional arguments; ``inputs`` (when given)
+    names the graph's inputs and declares its dynamic axes (batch, and e.g. a sequence length), and
+    the outputs are named after the model's output leaves (``logits``, ``0``, ...). Without it the
+    single input is named ``input`` and only the batch is dynamic.
 
     ``exporter`` is ``dynamo`` (torch.export-based, the default) or ``legacy`` (TorchScript
     tracing: faster, but it records only the branch the example input takes; a tracer warning
@@ -149,9 +158,33 @@ def export_onnx(
     tmp = temp_path_for(final_path)
     log = io.StringIO()
     model = model.eval()
-    if dynamic_batch and example.shape[0] < 2:
-        example = example.expand(2, *example.shape[1:]).contiguous()
-    dynamic_shapes = ({0: torch.export.Dim.DYNAMIC},) if dynamic_batch else None
+    args = as_args(example)
+    if dynamic_batch and batch_size_of(args) < 2:  # torch.export specializes a size-1 dimension
+        args = tuple(_two_rows(a) for a in args)
+    if inputs is not None:
+        dynamic_shapes = inputs.dynamic_shapes() if (dynamic_batch or inputs.has_dynamic_length) else None
+        if dynamic_shapes is not None and not dynamic_batch:
+            dynamic_shapes = tuple(
+                {d: v for d, v in ds.items() if d != 0} or None if isinstance(ds, dict) else ds for ds in dynamic_shapes
+            )
+        input_names = inputs.names
+    else:
+        dynamic_shapes = tuple({0: torch.export.Dim.DYNAMIC} for _ in args) if dynamic_batch else None
+        input_names = ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
+    with torch.no_grad():
+        out = model(*args)
+    names = output_names(out)
+    if len(names) == 1 and names[0] == "output":
+        names = None  # one tensor: the exporter's own name, as before
+    legacy_axes = None
+    if dynamic_batch or (inputs is not None and inputs.has_dynamic_length):
+        legacy_axes = {}
+        specs = inputs.specs if inputs is not None else [None] * len(input_names)
+        for name, spec in zip(input_names, specs, strict=True):
+            dims = ([0] if dynamic_batch else []) + (list(spec.dynamic) if spec is not None else [])
+            legacy_axes[name] = {d: "batch" if d == 0 else f"{name}_dim{d}" for d in dims}
+        for out_name in names or ["output"]:
+            legacy_axes[out_name] = {0: "batch"} if dynamic_batch else {}
     other = "legacy" if exporter == "dynamo" else "dynamo"
     warned: list[str] = []
     try:
@@ -160,25 +193,26 @@ def export_onnx(
                 if exporter == "dynamo":
                     torch.onnx.export(
                         model,
-                        (example,),
+                        args,
                         str(tmp),
                         dynamo=True,
                         external_data=False,
                         opset_version=opset,
                         dynamic_shapes=dynamic_shapes,
-                        input_names=["input"],
+                        input_names=input_names,
+                        output_names=names,
                         verbose=False,
                     )
                 else:
                     torch.onnx.export(
                         model,
-                        (example,),
+                        args,
                         str(tmp),
                         dynamo=False,
                         opset_version=opset or LEGACY_OPSET,
-                        input_names=["input"],
-                        output_names=["output"],
-                        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None,
+                        input_names=input_names,
+                        output_names=names or ["output"],
+                        dynamic_axes=legacy_axes,
                     )
         except (KeyboardInterrupt, MemoryError):
             raise
@@ -228,6 +262,12 @@ def export_onnx(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _two_rows(a: Any) -> Any:
+    if isinstance(a, torch.Tensor) and a.ndim >= 1 and a.shape[0] < 2:
+        return a.expand(2, *a.shape[1:]).contiguous()
+    return a
 
 
 PRIVATE_NODE_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from slimmer.errors import InputError
+from slimmer.inputs import as_args, batch_size_of
+from slimmer.outputs import logits_of, named_leaves
 
 PROVIDER = "CPUExecutionProvider"
 
@@ -36,6 +38,7 @@ class OutputCheck:
     finite: bool
     passed: bool
     reason: str = ""
+    input_shapes: str = ""
 
 
 @dataclass
@@ -113,22 +116,58 @@ def open_session(path: Path):
         raise InputError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
 
 
-def _as_list(out) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [v for v in out.values() if isinstance(v, torch.Tensor)]
-    if isinstance(out, (list, tuple)):
-        flat: list[torch.Tensor] = []
-        for o in out:
-            flat.extend(_as_list(o))
-        return flat
-    return []
+def torch_outputs(model: nn.Module, x) -> list[np.ndarray]:
+    """Every tensor leaf of ``model``'s output on ``x`` (a tensor or positional arguments), as float arrays."""
+    return [a for _, a in named_torch_outputs(model, x)]
 
 
-def torch_outputs(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
+def named_torch_outputs(model: nn.Module, x) -> list[tuple[str, np.ndarray]]:
+    """``(leaf name, float array)`` for every tensor leaf of the output, in pytree (ONNX) order."""
     with torch.no_grad():
-        return [t.detach().float().cpu().numpy() for t in _as_list(model(x))]
+        out = model(*as_args(x))
+    return [(name, t.detach().float().cpu().numpy()) for name, t in named_leaves(out)]
+
+
+def _feed(session, x) -> dict[str, np.ndarray]:
+    """onnxruntime's input dict for positional arguments ``x``: by position over the graph's inputs
+    (``None`` arguments are not graph inputs), each array in the dtype the graph declares."""
+    args = [a for a in as_args(x) if a is not None]
+    declared = session.get_inputs()
+    if len(declared) != len(args):
+        raise InputError(
+            f"the ONNX graph takes {len(declared)} inputs ({', '.join(i.name for i in declared)}), "
+            f"{len(args)} were given",
+            hint="give every graph input (--input NAME:DTYPE[SHAPE] or --example-inputs)",
+        )
+    feed = {}
+    for spec, a in zip(declared, args, strict=True):
+        if len(spec.shape) != a.ndim:
+            raise InputError(
+                f"invalid rank for input {spec.name!r}: got {a.ndim} ({tuple(a.shape)}), the graph expects "
+                f"{len(spec.shape)} ({spec.shape})",
+                hint="pass --input-shape with the model's full input shape, batch first",
+            )
+        arr = a.detach().cpu().numpy()
+        want = _ORT_DTYPES.get(spec.type)
+        feed[spec.name] = arr.astype(want) if want is not None and arr.dtype != want else arr
+    return feed
+
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _shapes(x) -> str:
+    shapes = [tuple(a.shape) for a in as_args(x) if isinstance(a, torch.Tensor)]
+    return str(shapes[0]) if len(shapes) == 1 else ", ".join(map(str, shapes))
 
 
 def compare(name: str, batch: int, got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> OutputCheck:
@@ -156,42 +195,42 @@ def compare(name: str, batch: int, got: np.ndarray, want: np.ndarray, atol: floa
 def verify_onnx(
     onnx_path: Path,
     model: nn.Module,
-    inputs: list[torch.Tensor],
+    inputs: list,
     *,
     atol: float,
     rtol: float,
 ) -> Verification:
-    """Run ``onnx_path`` in onnxruntime on each input batch and compare with ``model``."""
+    """Run ``onnx_path`` in onnxruntime on each input batch and compare every output leaf with ``model``.
+
+    ``inputs`` holds one entry per batch: a tensor (a one-input model) or a tuple of positional
+    arguments. Outputs are matched in order (the pytree order the exporter keeps) and named by the
+    torch output's leaf names (``logits``, ``0``, ...). Raises :class:`InputError` when onnxruntime
+    or the torch model cannot run an input.
+    """
     session = open_session(onnx_path)
-    input_name = session.get_inputs()[0].name
     output_names = [o.name for o in session.get_outputs()]
     checks: list[OutputCheck] = []
     warnings: list[str] = []
-    declared = session.get_inputs()[0].shape
     for x in inputs:
-        if len(declared) != x.ndim:
-            raise InputError(
-                f"invalid rank for input {input_name!r}: got {x.ndim} ({tuple(x.shape)}), the graph expects "
-                f"{len(declared)} ({declared})",
-                hint="pass --input-shape with the model's full input shape, batch first",
-            )
+        feed = _feed(session, x)
+        batch = batch_size_of(x)
         try:
-            got = session.run(None, {input_name: x.detach().cpu().numpy().astype(np.float32)})
+            got = session.run(None, feed)
         except Exception as exc:  # noqa: BLE001 - ORT's message is the useful part
             raise InputError(
-                f"onnxruntime failed on a batch of shape {tuple(x.shape)}: {str(exc).splitlines()[0]}"
+                f"onnxruntime failed on a batch of shape {_shapes(x)}: {str(exc).splitlines()[0]}"
             ) from None
         try:
-            want = torch_outputs(model, x)
+            want = named_torch_outputs(model, x)
         except Exception as exc:  # noqa: BLE001
             raise InputError(
-                f"the torch model fails on a batch of shape {tuple(x.shape)}: {str(exc).splitlines()[0]}"
+                f"the torch model fails on a batch of shape {_shapes(x)}: {str(exc).splitlines()[0]}"
             ) from None
         if len(got) != len(want):
             checks.append(
                 OutputCheck(
                     "*",
-                    x.shape[0],
+                    batch,
                     float("inf"),
                     float("inf"),
                     True,
@@ -200,8 +239,11 @@ def verify_onnx(
                 )
             )
             continue
-        for name, g, w in zip(output_names, got, want, strict=True):
-            checks.append(compare(name, int(x.shape[0]), g, w, atol, rtol))
+        for onnx_name, g, (leaf, w) in zip(output_names, got, want, strict=True):
+            name = leaf if leaf != "output" or len(want) > 1 else onnx_name
+            check = compare(name, batch, g, w, atol, rtol)
+            check.input_shapes = _shapes(x)
+            checks.append(check)
             if w.ndim >= 1 and w.shape[0] > 1 and np.ptp(w.reshape(w.shape[0], -1), axis=0).max(initial=0) == 0:
                 warnings.append(f"output {name!r} is the same for every input: the comparison proves little")
     finite_abs = [c.max_abs_diff for c in checks]
@@ -217,10 +259,12 @@ def verify_onnx(
     )
 
 
-def agreement(original: nn.Module, pruned: nn.Module, x: torch.Tensor) -> tuple[float, float | None]:
-    """Cosine similarity of the first outputs, and top-1 agreement when they are (N, classes) scores."""
-    a = torch.from_numpy(torch_outputs(original, x)[0]).double()
-    b = torch.from_numpy(torch_outputs(pruned, x)[0]).double()
+def agreement(original: nn.Module, pruned: nn.Module, x, output_name: str | None = None) -> tuple[float, float | None]:
+    """Cosine similarity of the logits leaves (:func:`slimmer.outputs.logits_of`) on ``x`` (a tensor
+    or positional arguments), and top-1 agreement when they are (N, classes) scores."""
+    with torch.no_grad():
+        a = logits_of(original(*as_args(x)), output_name).detach().double().cpu()
+        b = logits_of(pruned(*as_args(x)), output_name).detach().double().cpu()
     cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
     top1 = None
     if a.ndim == 2 and a.shape[1] > 1:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimmer.errors import ConfigError, InputError, VerificationError
+from slimmer.outputs import logits_of
 from slimmer.train import distributed
 from slimmer.train.data import Augment, Dataset, iterate_batches
 from slimmer.train.distributed import cuda_index, resolve_device
@@ -67,6 +68,7 @@ class FinetuneConfig:
     seed: int = 0
     progress_every_s: float = 10.0
     augment: Augment | None = field(default=None, compare=False, repr=False)
+    output_name: str | None = None  # the output leaf trained as logits (slimmer.outputs.logits_of)
 
     def __post_init__(self) -> None:
         def finite(v: object) -> bool:
@@ -275,11 +277,11 @@ def _loop(
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True) if y is not None else None
         with torch.autocast(device.type, dtype=torch.float16, enabled=cfg.amp):
-            out = student(x)
+            out = logits_of(student(x), cfg.output_name)
             t_out = None
             if teacher is not None:
                 with torch.no_grad():
-                    t_out = teacher(x)
+                    t_out = logits_of(teacher(x), cfg.output_name)
         if step == 0:
             _check_logits(out, y)
         loss = distillation_loss(out, t_out, y, cfg.kd_temperature, alpha)

@@ -1,0 +1,58 @@
+"""Acceptance policy: what makes a verified export fail the run (exit 5) besides differing outputs.
+
+The orchestrator (:mod:`slimmer.api`) asks :func:`failures` once, after verification; every rule
+that turns a finished run into a failed one lives here: the MACs target, the measured speedup, the
+sparsity asked for, and the N:M pattern read back from the exported initializers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slimmer.config import CompressConfig
+from slimmer.export.verify import Verification
+from slimmer.prune import PruneResult
+
+
+def failures(v: Verification, pruned: PruneResult, config: CompressConfig, macs: dict) -> list[str]:
+    """Why the run fails (empty when it passes): verification, MACs target, speedup, sparsity."""
+    out = []
+    if config.macs_target is not None and macs.get("before"):
+        kept = macs["after"] / macs["before"]
+        if kept > config.macs_target + config.sparsity_tolerance:
+            out.append(
+                f"MACs target not reached: requested {config.macs_target:.4f} of the original, kept {kept:.4f} "
+                f"(tolerance {config.sparsity_tolerance:g}; see warnings for what blocked further pruning)"
+            )
+    wanted = pruned.details.get("speedup")
+    if wanted and not wanted["reached"]:
+        out.append(
+            f"speedup not reached: requested {wanted['requested']:g}x, best measured {wanted['measured']:.2f}x "
+            "(onnxruntime CPU, 1 thread, batch 1)"
+        )
+    if not v.passed:
+        out.append("verification failed: " + v.failure_summary())
+    if pruned.sparsity_achieved is not None and pruned.sparsity_requested is not None:
+        short = pruned.sparsity_requested - pruned.sparsity_achieved
+        if short > config.sparsity_tolerance:
+            out.append(
+                f"sparsity not reached: requested {pruned.sparsity_requested:.4f}, achieved "
+                f"{pruned.sparsity_achieved:.4f} (tolerance {config.sparsity_tolerance:g})"
+            )
+    return out
+
+
+def nm_failures(path: Path, pruned: PruneResult) -> tuple[list[str], dict]:
+    """Read the exported initializers back and check the N:M pattern in each of them; returns the
+    failures and the figures for the report's ``pruning.nm``."""
+    from slimmer.structures.nm import check_onnx_nm, compressed_size
+
+    skipped = {f"{layer}.weight" for layer in pruned.nm.skipped}
+    checked = {k: v for k, v in check_onnx_nm(path, pruned.nm.n, pruned.nm.m).items() if k not in skipped}
+    bad = sorted(name for name, ok in checked.items() if not ok)
+    figures = {
+        "onnx_initializers_checked": len(checked),
+        "onnx_initializers_with_pattern": len(checked) - len(bad),
+        "compressed_size_bytes": compressed_size(path),
+    }
+    return ([f"N:M pattern broken in the exported initializers: {', '.join(bad[:5])}"] if bad else []), figures

@@ -1,0 +1,54 @@
+"""The Python API on in-memory models: ``slimmer.api.compress(module, example_inputs, config)``."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import user_models
+
+from slimmer import api
+from slimmer.config import CompressConfig
+from slimmer.errors import ConfigError
+
+
+@pytest.mark.parametrize("method", ["unstructured", "channel"])
+def test_compress_an_in_memory_module_returns_the_pruned_module_equal_to_its_onnx(tmp_path, method):
+    torch.manual_seed(0)
+    model = user_models.TwoInput().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(1, 3, 16, 16), torch.randn(1, 3, 16, 16)
+    config = CompressConfig(methods=(method,), output=tmp_path / "siamese.onnx")
+    result = api.compress(model, (x, y), config)
+
+    assert result.report.status == "ok" and result.report.exit_code == 0
+    assert result.onnx_path == tmp_path / "siamese.onnx" and result.onnx_path.is_file()
+    assert result.report_path.is_file()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the module given is left as is"
+    if method == "channel":
+        assert result.plan_path is not None and result.plan_path.is_file()
+        assert sum(p.numel() for p in result.model.parameters()) < sum(p.numel() for p in model.parameters())
+    session = ort.InferenceSession(str(result.onnx_path))
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.randn(4, 3, 16, 16, generator=gen), torch.randn(4, 3, 16, 16, generator=gen)
+    (got,) = session.run(None, {"x": a.numpy(), "y": b.numpy()})
+    with torch.no_grad():
+        want = result.model(a, b).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_compress_takes_named_inputs_and_structured_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = user_models.DictOut().eval()
+    config = CompressConfig(methods=("channel",), output=tmp_path / "d.onnx")
+    result = api.compress(model, {"x": torch.randn(1, 1, 28, 28)}, config)
+    assert result.report.status == "ok"
+    assert set(result.report.input["outputs"]) == {"embedding", "logits"}
+    out = result.model(torch.randn(2, 1, 28, 28))
+    assert set(out) == {"embedding", "logits"}
+
+
+def test_compress_refuses_what_is_not_a_module(tmp_path):
+    with pytest.raises(ConfigError, match="nn.Module"):
+        api.compress("model.pt", torch.randn(1, 3), CompressConfig(output=tmp_path / "x.onnx"))

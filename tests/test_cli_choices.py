@@ -1,0 +1,88 @@
+"""The CLI's registry-backed options offer exactly the registries' names, and --replay replays a run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+
+from slimmer import choices
+from slimmer.cli import app
+from slimmer.prune import METHODS
+
+
+def _compress_params():
+    command = typer.main.get_command(app).commands["compress"]
+    return {opt: p for p in command.params for opt in getattr(p, "opts", [])}
+
+
+@pytest.mark.parametrize("option", sorted(choices.REGISTRY_OPTIONS))
+def test_help_of_every_registry_backed_option_lists_exactly_the_registry(option):
+    help_text = _compress_params()[option].help
+    listed = help_text.split("one of: ", 1)[1]
+    names = choices.REGISTRY_OPTIONS[option]()
+    assert listed.startswith(", ".join(names)), help_text
+    assert names, option
+
+
+def test_method_choices_are_the_method_handlers_and_criteria_the_criterion_registry():
+    from slimmer.criteria import CRITERIA
+
+    assert choices.methods() == METHODS.names() == ["channel", "fold", "nm", "unstructured"]
+    assert set(CRITERIA.names()) <= set(choices.criteria())
+
+
+def test_compress_help_lists_all_four_methods_and_every_criterion(cli):
+    run = cli("compress", "--help")
+    assert run.code == 0
+    text = " ".join(run.stdout.split())
+    for name in ["unstructured", "channel", "nm", "fold", *choices.criteria()]:
+        assert name in text, name
+    for panel in ("Input", "Pruning", "Recovery", "Export and verification", "Output"):
+        assert panel in run.stdout
+
+
+def test_replay_reproduces_the_onnx_file_byte_for_byte(cli, r20, tmp_path):
+    first = tmp_path / "a.onnx"
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", "channel", "--sparsity", "0.5", "-o", first)
+    assert run.code == 0, run.stderr
+    second = tmp_path / "b.onnx"
+    run = cli("compress", "--replay", first.with_name("a.onnx.report.json"), "-o", second, "--json")
+    assert run.code == 0, run.stderr
+    report = run.json()
+    assert report["config"]["methods"] == ["channel"] and report["config"]["output"] == str(second)
+    assert second.read_bytes() == first.read_bytes()
+    assert (tmp_path / "b.onnx.report.json").is_file()
+
+
+def test_replay_never_takes_trust_remote_code_from_the_file(cli, r20, tmp_path):
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "-o", tmp_path / "a.onnx")
+    assert run.code == 0
+    report_path = tmp_path / "a.onnx.report.json"
+    recorded = json.loads(report_path.read_text())
+    recorded["config"]["trust_remote_code"] = True
+    recorded["config"]["model"] = str(tmp_path / "module.pt")
+    import torch
+
+    from slimmer.zoo import ARCHITECTURES
+
+    torch.save(ARCHITECTURES.get("resnet20-fmnist").build(), tmp_path / "module.pt")  # a pickled module
+    report_path.write_text(json.dumps(recorded))
+    run = cli("compress", "--replay", report_path, "-o", tmp_path / "b.onnx", "--json")
+    assert run.code == 3
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def test_replay_of_a_file_that_is_not_a_report_exits_3(cli, tmp_path):
+    bad = tmp_path / "r.json"
+    bad.write_text("[1, 2]")
+    run = cli("compress", "--replay", bad, "--json")
+    assert run.code == 3
+    assert "--replay" in run.json()["error"]
+
+
+def test_compress_without_model_or_replay_exits_2(cli):
+    run = cli("compress", "--json")
+    assert run.code == 2
+    assert "MODEL" in run.json()["error"]

@@ -1,0 +1,100 @@
+"""Models as users bring them (several inputs, token ids, structured outputs), importable as
+``--arch user_models:NAME`` (tests/ is on sys.path). Small enough that a compress run takes seconds."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import torch
+from torch import nn
+
+
+def _branch(c_in: int = 3, width: int = 32) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+
+
+class TwoInput(nn.Module):
+    """A Siamese-style net: ``forward(x, y)``, one branch each, joined before the classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = _branch()
+        self.b = _branch()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.cat([self.a(x), self.b(y)], dim=1))
+
+
+class TokenEncoder(nn.Module):
+    """Token ids and an attention mask in, per-token hidden states out (a sentence-encoder shape)."""
+
+    def __init__(self, vocab: int = 1000, dim: int = 32, hidden: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.up = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.down = nn.Linear(hidden, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.embed(input_ids)
+        if attention_mask is not None:
+            h = h * attention_mask.unsqueeze(-1).to(h.dtype)
+        return self.norm(h + self.down(self.act(self.up(h))))
+
+
+class _ConvNet(nn.Module):
+    def __init__(self, c_in: int = 1) -> None:
+        super().__init__()
+        self.features = _branch(c_in, 32)
+        self.head = nn.Linear(32, 10)
+
+
+class DictOut(_ConvNet):
+    """Returns ``{"logits": ..., "embedding": ...}``."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.features(x)
+        return {"embedding": f, "logits": self.head(f)}
+
+
+@dataclasses.dataclass
+class Prediction:
+    logits: torch.Tensor
+    embedding: torch.Tensor
+    note: torch.Tensor | None = None
+
+
+class DataclassOut(_ConvNet):
+    """Returns a plain dataclass (not registered with the pytree by the user)."""
+
+    def forward(self, x: torch.Tensor) -> Prediction:
+        f = self.features(x)
+        return Prediction(logits=self.head(f), embedding=f)
+
+
+class ModelOutputLike(collections.OrderedDict):
+    """The shape of Hugging Face's ``ModelOutput``: an ``OrderedDict`` subclass with attribute access."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class OrderedDictOut(_ConvNet):
+    def forward(self, x: torch.Tensor) -> ModelOutputLike:
+        f = self.features(x)
+        return ModelOutputLike(logits=self.head(f), pooler_output=f)
