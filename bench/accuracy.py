@@ -40,7 +40,7 @@ import _common  # noqa: E402
 
 from slimmer.bundled import DEMO_WEIGHTS, bundled_file  # noqa: E402
 from slimmer.config import CompressConfig  # noqa: E402
-from slimmer.prune import after_shrink, prune, shrink_model  # noqa: E402
+from slimmer.prune import after_shrink, prune, schedule_hooks, schedule_outcome, shrink_model  # noqa: E402
 from slimmer.recover import recover  # noqa: E402
 from slimmer.regularize import apply_chosen, regularize  # noqa: E402
 from slimmer.stats import accuracy, count_macs  # noqa: E402
@@ -122,7 +122,12 @@ def slimmer_row(data, test, steps, seed, fixed_nm_mask: bool = False, **opts) ->
     if fixed_nm_mask and pruned.nm is not None:
         pruned.masks, pruned.nm = pruned.nm.masks, None  # MaskHook instead of SR-STE
     if steps:
-        recovered = recover(model, original, cfg, x, data, pruned, lambda *a: None, lambda m: accuracy(m, *test))
+        strategy = schedule_hooks(cfg, (x,), data, pruned)
+        recovered = recover(
+            model, original, cfg, (x,), data, pruned, lambda *a: None, lambda m: accuracy(m, *test), strategy
+        )
+        if recovered is not None and strategy:
+            recovered.update(schedule_outcome(strategy, pruned, cfg))
         if recovered and "regrow" in recovered:
             extra["mask_changed"] = recovered["regrow"]["mask_changed"]
         if recovered and "accuracy_after_reconstruct" in recovered:

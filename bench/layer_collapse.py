@@ -28,6 +28,9 @@ COMMAND = "python bench/layer_collapse.py"
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
     arch = ARCHITECTURES.get("resnet20-fmnist")

@@ -1,3 +1,33 @@
-"""slimmer: prune a PyTorch checkpoint, export a smaller ONNX graph, and verify it."""
+"""slimmer: prune a PyTorch model, export a smaller ONNX graph, and verify it.
+
+The Python API (imported on first use, so ``import slimmer`` stays light)::
+
+    import slimmer
+    result = slimmer.compress(model, example_inputs, slimmer.CompressConfig(methods=("channel",)))
+    result.model, result.report, result.onnx_path
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "compress": ("slimmer.api", "compress"),
+    "run": ("slimmer.api", "run"),
+    "CompressResult": ("slimmer.api", "CompressResult"),
+    "CompressConfig": ("slimmer.config", "CompressConfig"),
+    "ExampleInputs": ("slimmer.inputs", "ExampleInputs"),
+    "InputSpec": ("slimmer.inputs", "InputSpec"),
+}
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'slimmer' has no attribute {name!r}")

@@ -26,7 +26,7 @@ from torch import nn
 from slimmer import acceptance
 from slimmer.config import CompressConfig
 from slimmer.export import onnx as onnx_export
-from slimmer.prune import PruneResult, after_shrink, prune, shrink_model
+from slimmer.prune import PruneResult, after_shrink, prune, schedule_hooks, schedule_outcome, shrink_model
 from slimmer.recover import recover
 from slimmer.report import Report
 from slimmer.runplan import VERIFY_BATCHES, RunPlan
@@ -189,7 +189,10 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
         acc["after_prune"] = evaluate(model)
     clock.lap("prune")
 
-    finetune = recover(model, original, config, example, data, pruned, say, evaluate)
+    strategy = schedule_hooks(config, example, data, pruned)  # a schedule prunes inside the training loop
+    finetune = recover(model, original, config, example, data, pruned, say, evaluate, strategy)
+    if finetune is not None and strategy:
+        finetune.update(schedule_outcome(strategy, pruned, config))
     if finetune and "accuracy_after_reconstruct" in finetune:
         acc["after_reconstruct"] = finetune.pop("accuracy_after_reconstruct")
     if pruned.model is not None:  # layer folding collapsed a region: the model is now a traced GraphModule

@@ -113,6 +113,8 @@ class CompressConfig:
     eval_samples: int = 2000
     val_fraction: float = 0.1
     recon_samples: int = 512  # training inputs of least-squares reconstruction (train/reconstruct.py)
+    fold_latency_gate: str = "measure"  # layer folding keeps only merges onnxruntime measures not slower ("off": all)
+    fold_alpha_start: float = 0.05  # layer folding: the linearized activations' starting α (folding/phase.py)
 
     def __post_init__(self) -> None:
         if self.sparsity is not None:
@@ -188,6 +190,9 @@ class CompressConfig:
                 raise ConfigError(f"--expect-sha256 {self.expect_sha256!r}: expected 64 hexadecimal digits")
         if self.seed < 0:
             raise ConfigError(f"--seed must be ≥ 0, got {self.seed}")
+        if self.fold_latency_gate not in ("measure", "off"):
+            raise ConfigError(f"--fold-latency-gate {self.fold_latency_gate!r} is not one of measure, off")
+        _check_fraction("--fold-alpha-start", self.fold_alpha_start, low_open=True, high_open=False)
         if self.recon_samples < 1:
             raise ConfigError(f"--recon-samples must be ≥ 1, got {self.recon_samples}")
         self._check_inputs()

@@ -22,6 +22,7 @@ from slimmer.errors import ConfigError
 from slimmer.graph.groups import GroupSet, build_groups
 from slimmer.inputs import as_args, batch_of
 from slimmer.registry import Registry, did_you_mean
+from slimmer.schedules import ScheduledMaskHook, build_schedule
 from slimmer.structures.channel import plan_channels
 from slimmer.structures.channel_masks import ChannelMasks
 from slimmer.structures.nm import NMResult, nm_masks, parse_nm
@@ -229,6 +230,52 @@ def channel_plan(
         latency_aware=config.latency_aware,
     )
     return plan, groups, kind, None
+
+
+def schedule_hooks(
+    config: CompressConfig, example: tuple, data: DataSplits | None, pruned: PruneResult
+) -> tuple[ScheduledMaskHook, ...]:
+    """The pruning strategy handed to the training loop: with a schedule (iterative, gradual,
+    cyclical), a hook that re-prunes to the schedule's sparsity every ``steps // 50`` steps (channel
+    masks for channel pruning: the channels go once, after fine-tuning). Empty without a schedule."""
+    from slimmer.runplan import RunPlan
+
+    if not RunPlan.resolve(config).scheduled:
+        return ()
+    if "channel" in config.methods:
+
+        def recompute(m: nn.Module, fraction: float):
+            return channel_masks_for(m, config, example, data, fraction, groups=pruned.groups)
+
+    else:
+
+        def recompute(m: nn.Module, fraction: float):
+            return unstructured_masks_for(m, config, example, data, fraction)
+
+    interval = max(1, config.finetune_steps // 50)
+    return (ScheduledMaskHook(build_schedule(config.schedule, schedule_final(config), interval=interval), recompute),)
+
+
+def schedule_outcome(hooks: tuple[ScheduledMaskHook, ...], pruned: PruneResult, config: CompressConfig) -> dict:
+    """After fine-tuning: the schedule's last masks become the pruning result (a channel plan is then
+    removed once by :func:`shrink_model`). Returns the figures for the report's ``finetune``."""
+    done: dict = {}
+    for hook in hooks:
+        if isinstance(hook.masks, ChannelMasks):
+            pruned.plan = hook.masks.plan
+            if pruned.plan is not None:
+                pruned.details["channels_pruned"] = pruned.plan.channels_pruned
+            pruned.per_layer = hook.masks.per_layer_sparsity()
+            if config.macs_target is None:
+                pruned.sparsity_achieved = hook.masks.sparsity
+            pruned.warnings += [w for w in hook.warnings if w not in pruned.warnings]
+        elif hook.masks is not None:
+            pruned.masks = hook.masks
+            pruned.sparsity_achieved = hook.masks.sparsity
+            pruned.per_layer = hook.masks.per_layer_sparsity()
+            pruned.warnings += hook.warnings
+        done["schedule_updates"] = len(hook.updates)
+    return done
 
 
 def schedule_final(config: CompressConfig) -> float:

@@ -16,19 +16,17 @@ from torch import nn
 
 from slimmer.config import CompressConfig
 from slimmer.folding import phase as fold_phase
-from slimmer.inputs import as_args
-from slimmer.prune import PruneResult, channel_masks_for, schedule_final, unstructured_masks_for
+from slimmer.prune import PruneResult
 from slimmer.runplan import RunPlan
-from slimmer.schedules import ScheduledMaskHook, build_schedule
-from slimmer.structures.channel_masks import ChannelMasks
 from slimmer.structures.nm import nm_mask
 from slimmer.structures.unstructured import MaskSet, largest_mask
-from slimmer.train.data import DataSplits, pad_crop_flip
-from slimmer.train.distributed import init_from_env, resolve_device, wrap_ddp
+from slimmer.train.data import DataSplits
+from slimmer.train.distributed import init_from_env, wrap_ddp
 from slimmer.train.feature_kd import FeatureDistillHook, matched_layers
-from slimmer.train.finetune import FinetuneConfig, finetune, recalibrate_bn
+from slimmer.train.finetune import finetune, recalibrate_bn
 from slimmer.train.hooks import MaskHook, TrainHook
 from slimmer.train.reconstruct import ReconstructResult, reconstruct
+from slimmer.train.setup import distillation_teacher, finetune_config, step_printer
 from slimmer.train.srste import SRSTEHook
 
 Say = Callable[[str, str], None]
@@ -39,29 +37,15 @@ def scheduled(config: CompressConfig) -> bool:
     return RunPlan.resolve(config).scheduled
 
 
-def _hooks(
-    model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits, pruned: PruneResult
-) -> list[TrainHook]:
-    hooks: list[TrainHook] = []
-    if scheduled(config):
-        if "channel" in config.methods:  # channel masks; the channels go once, after fine-tuning
-
-            def recompute(m: nn.Module, fraction: float):
-                return channel_masks_for(m, config, example, data, fraction, groups=pruned.groups)
-        else:
-
-            def recompute(m: nn.Module, fraction: float):
-                return unstructured_masks_for(m, config, example, data, fraction)
-
-        interval = max(1, config.finetune_steps // 50)
-        hooks.append(
-            ScheduledMaskHook(build_schedule(config.schedule, schedule_final(config), interval=interval), recompute)
-        )
-    elif regrows(config, pruned):  # the one-shot weights come back; each layer keeps its count of weights
+def _hooks(model: nn.Module, config: CompressConfig, pruned: PruneResult, strategy: list[TrainHook]) -> list[TrainHook]:
+    """The hooks the loop runs: the pruning strategy's (a schedule), else the one-shot masks held (or
+    regrown), SR-STE for N:M."""
+    hooks: list[TrainHook] = list(strategy)  # a pruning schedule moves the masks itself
+    if not strategy and regrows(config, pruned):  # the one-shot weights come back; each layer keeps its count
         restore_dense(model, pruned.dense)
         counts = {name: int(mask.sum()) for name, mask in pruned.masks.masks.items()}
         hooks.append(SRSTEHook(counts, {name: partial(largest_mask, keep=k) for name, k in counts.items()}))
-    elif pruned.masks is not None:
+    elif not strategy and pruned.masks is not None:
         hooks.append(MaskHook(pruned.masks))
     if pruned.nm is not None:
         restore_dense(model, pruned.nm.dense)
@@ -86,50 +70,6 @@ def restore_dense(model: nn.Module, dense: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, weight in dense.items():
             params[name].copy_(weight)
-
-
-def finetune_config(config: CompressConfig, example: tuple, n_train: int, steps: int) -> FinetuneConfig:
-    """The loop settings of ``compress`` for ``steps`` optimizer steps (fine-tuning or regularizing).
-
-    Pad-crop-flip augmentation only with ``--augment``, and distillation weighted ``--kd-weight`` (0.5)
-    against cross-entropy: a brief fine-tune from a trained model recovers more on the images as they
-    are, and more when the labels weigh as much as the original's outputs. Measured on resnet20-fmnist,
-    468 steps (docs/BENCHMARKS.md, Accuracy: the "no augmentation" and "KD 0.5" rows)."""
-    info = init_from_env()
-    on_gpu = resolve_device(config.device, info.local_rank).type == "cuda"
-    first = as_args(example)[0]
-    image = isinstance(first, torch.Tensor) and first.is_floating_point() and first.ndim == 4
-    return FinetuneConfig(
-        amp=on_gpu and config.amp,
-        steps=steps,
-        batch_size=min(config.batch_size, n_train),
-        lr=config.lr,
-        optimizer=config.optimizer,
-        device=config.device,
-        seed=config.seed,
-        kd_alpha=config.kd_weight if config.kd else 0.0,
-        progress_every_s=config.progress_every_s,
-        augment=pad_crop_flip(pad=max(1, first.shape[-1] // 8)) if config.augment and image else None,
-        output_name=config.output_name,
-    )
-
-
-def step_printer(say: Say, stage: str, label: str) -> Callable[[dict], None]:
-    """A loop progress callback that reports one line per update through ``say``."""
-
-    def progress(p: dict) -> None:
-        say(
-            stage,
-            f"{label} step {p['step']}/{p['total']}  loss {p['loss']:.4f}  lr {p['lr']:.2e}  "
-            f"{p['samples_per_s']:.0f} samples/s",
-        )
-
-    return progress
-
-
-def distillation_teacher(teacher: nn.Module, config: CompressConfig, data: DataSplits) -> nn.Module | None:
-    """The original model with ``--kd``, and always when the data has no labels (the only signal)."""
-    return teacher if config.kd or data.train.y is None else None
 
 
 def reconstructs(config: CompressConfig, pruned: PruneResult) -> bool:
@@ -198,8 +138,13 @@ def recover(
     pruned: PruneResult,
     say: Say,
     evaluate: Callable[[nn.Module], float] | None = None,
+    strategy: tuple[TrainHook, ...] = (),
 ) -> dict | None:
-    """Re-estimate BN statistics after surgery and fine-tune; return what was done (or None)."""
+    """Re-estimate BN statistics after surgery and fine-tune; return what was done (or None).
+
+    ``strategy`` holds the pruning stage's hooks for the loop (a schedule's
+    :class:`~slimmer.schedules.ScheduledMaskHook`, from :func:`slimmer.prune.schedule_hooks`):
+    recovery runs them and never calls back into pruning."""
     if data is None or not len(data.train):
         return None
     done: dict = {}
@@ -218,7 +163,7 @@ def recover(
         done["bn_recalibrated"] = True
     if config.finetune_steps == 0:
         return done
-    hooks = _hooks(model, config, example, data, pruned)
+    hooks = _hooks(model, config, pruned, list(strategy))
     cfg = finetune_config(config, example, len(data.train), config.finetune_steps)
     teacher_or_none = distillation_teacher(teacher, config, data)
     layered = layer_distillation(model, teacher_or_none, config, pruned)
@@ -240,7 +185,17 @@ def recover(
     info = init_from_env()
     if RunPlan.resolve(config).fold_phase:  # linearize, fold, merge (Ben Dror et al.)
         result = fold_phase.finetune_with_folding(
-            model, teacher_or_none, data.train, cfg, hooks, example, pruned, say, progress if info.is_main else None
+            model,
+            teacher_or_none,
+            data.train,
+            cfg,
+            hooks,
+            example,
+            pruned,
+            say,
+            progress if info.is_main else None,
+            gate=config.fold_latency_gate,
+            alpha_start=config.fold_alpha_start,
         )
     else:
         student = wrap_ddp(model, info) if info.world_size > 1 else model
@@ -252,19 +207,4 @@ def recover(
             moved = sum(int((final[n] != m).sum()) for n, m in pruned.masks.masks.items())
             done["regrow"] = {"mask_changed": moved / max(1, pruned.masks.total)}
             pruned.masks = MaskSet(final, warnings=pruned.masks.warnings)
-        if isinstance(hook, ScheduledMaskHook) and isinstance(hook.masks, ChannelMasks):
-            pruned.plan = hook.masks.plan  # removed by the caller (shrink_model), once
-            if pruned.plan is not None:
-                pruned.details["channels_pruned"] = pruned.plan.channels_pruned
-            pruned.per_layer = hook.masks.per_layer_sparsity()
-            if config.macs_target is None:
-                pruned.sparsity_achieved = hook.masks.sparsity
-            pruned.warnings += [w for w in hook.warnings if w not in pruned.warnings]
-            done["schedule_updates"] = len(hook.updates)
-        elif isinstance(hook, ScheduledMaskHook) and hook.masks is not None:
-            pruned.masks = hook.masks
-            pruned.sparsity_achieved = hook.masks.sparsity
-            pruned.per_layer = hook.masks.per_layer_sparsity()
-            pruned.warnings += hook.warnings
-            done["schedule_updates"] = len(hook.updates)
     return done

@@ -74,7 +74,7 @@ def regularize(
 ) -> Regularized:
     """Train ``model`` in place with ``config.regularizer``; the returned ``prune_config`` is what
     the final pruning uses, or ``chosen`` when set (apply it with :func:`apply_chosen`)."""
-    from slimmer.recover import distillation_teacher, finetune_config, step_printer
+    from slimmer.train.setup import distillation_teacher, finetune_config, step_printer
 
     name, steps = config.regularizer, config.regularize_steps
     if name is None:

@@ -37,7 +37,9 @@ def test_bench_pairs_two_graphs(cli, two_graphs):
     assert run.code == 0, run.stderr
     res = run.json()
     assert res["a"]["runs"] == res["b"]["runs"] == 10
-    assert res["a"]["p50_ms"] > 0 and 0.2 < res["speedup"] < 5
+    assert res["a"]["p50_ms"] > 0 and res["b"]["p50_ms"] > 0
+    # the ratio of two timings of equivalent graphs: positive and finite (its value is the machine's, not ours)
+    assert 0 < res["speedup"] < float("inf")
     assert "speedup of B over A" in run.stderr
 
 

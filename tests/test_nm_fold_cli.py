@@ -95,11 +95,11 @@ def _fold_run(cli, r20, npz, *extra, steps: int = 4):
     )
 
 
-def test_fold_with_finetuning_linearizes_folds_and_verifies(cli, r20, fmnist_like_npz, monkeypatch):
+def test_fold_with_finetuning_linearizes_folds_and_verifies(cli, r20, fmnist_like_npz):
     from slimmer.folding import phase
 
-    monkeypatch.setattr(phase, "LATENCY_GATE", "off")  # every relu1 wrapped, whatever the machine
-    run = _fold_run(cli, r20, fmnist_like_npz, "--method", "fold")
+    # --fold-latency-gate off: every relu1 wrapped, whatever the machine
+    run = _fold_run(cli, r20, fmnist_like_npz, "--method", "fold", "--fold-latency-gate", "off")
     assert run.code == 0, run.stderr
     report = run.json()
     fold = report["pruning"]["fold"]
@@ -117,12 +117,9 @@ def test_fold_with_finetuning_linearizes_folds_and_verifies(cli, r20, fmnist_lik
     assert report["verification"]["passed"]
 
 
-def test_alpha_forced_to_one_merges_and_removes_conv_nodes(cli, r20, fmnist_like_npz, monkeypatch):
-    from slimmer.folding import phase
-
-    monkeypatch.setattr(phase, "LATENCY_GATE", "off")
-    monkeypatch.setattr(phase, "ALPHA_START", 1.0)
-    run = _fold_run(cli, r20, fmnist_like_npz, "--method", "fold", "--lr", "1e-6", steps=2)
+def test_alpha_forced_to_one_merges_and_removes_conv_nodes(cli, r20, fmnist_like_npz):
+    gate = ("--fold-latency-gate", "off", "--fold-alpha-start", "1.0")
+    run = _fold_run(cli, r20, fmnist_like_npz, "--method", "fold", "--lr", "1e-6", *gate, steps=2)
     assert run.code == 0, run.stderr
     report = run.json()
     fold = report["pruning"]["fold"]
@@ -140,25 +137,12 @@ def test_alpha_forced_to_one_merges_and_removes_conv_nodes(cli, r20, fmnist_like
     assert report["verification"]["passed"]
 
 
-def test_channel_then_fold_in_one_run(cli, r20, fmnist_like_npz, monkeypatch):
-    from slimmer.folding import phase
-
-    monkeypatch.setattr(phase, "LATENCY_GATE", "off")
-    monkeypatch.setattr(phase, "ALPHA_START", 1.0)
+def test_channel_then_fold_in_one_run(cli, r20, fmnist_like_npz):
+    gate = ("--fold-latency-gate", "off", "--fold-alpha-start", "1.0")
     run = _fold_run(
-        cli,
-        r20,
-        fmnist_like_npz,
-        "--method",
-        "channel,fold",
-        "--sparsity",
-        "0.25",
-        "--round-to",
-        "4",
-        "--lr",
-        "1e-6",
-        steps=2,
-    )
+        cli, r20, fmnist_like_npz, "--method", "channel,fold", "--sparsity", "0.25", "--round-to", "4", "--lr", "1e-6",
+        *gate, steps=2,
+    )  # fmt: skip
     assert run.code == 0, run.stderr
     report = run.json()
     assert report["surgery"]["channels_removed"] > 0

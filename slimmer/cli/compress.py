@@ -281,6 +281,18 @@ def compress_command(
         show_default=False,
         rich_help_panel=RECOVERY,
     ),
+    fold_latency_gate: str = typer.Option(
+        "measure",
+        "--fold-latency-gate",
+        help="layer folding: measure (keep only the merges onnxruntime does not measure slower) or off (keep all)",
+        rich_help_panel=RECOVERY,
+    ),
+    fold_alpha_start: float = typer.Option(
+        0.05,
+        "--fold-alpha-start",
+        help="layer folding: the linearized activations' starting α, in (0, 1] (1 = already linear)",
+        rich_help_panel=RECOVERY,
+    ),
     recon_samples: int = typer.Option(
         512, "--recon-samples", help="training inputs used by --reconstruct", rich_help_panel=RECOVERY
     ),
@@ -392,6 +404,8 @@ def compress_command(
         regrow=regrow,
         reconstruct=reconstruct,
         recon_samples=recon_samples,
+        fold_latency_gate=fold_latency_gate,
+        fold_alpha_start=fold_alpha_start,
         amp=amp,
         progress_every_s=progress_every,
         augment=augment,

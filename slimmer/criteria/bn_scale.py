@@ -37,9 +37,7 @@ def _example_input(ctx: ScoreContext) -> torch.Tensor | tuple:
     raise ConfigError("--criterion bn-scale needs the model input shape to find each layer's BatchNorm")
 
 
-def following_batchnorms(
-    model: nn.Module, layer_names: list[str], example: torch.Tensor | tuple
-) -> dict[str, str]:
+def following_batchnorms(model: nn.Module, layer_names: list[str], example: torch.Tensor | tuple) -> dict[str, str]:
     """``{layer: batchnorm}`` for each layer whose output is fed directly to a BatchNorm."""
     modules = dict(model.named_modules())
     produced: dict[int, tuple[str, torch.Tensor]] = {}

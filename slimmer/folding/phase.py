@@ -284,8 +284,14 @@ def finetune_with_folding(
     pruned: Any,
     say: Any,
     progress: Any = None,
+    *,
+    gate: str = LATENCY_GATE,
+    alpha_start: float = ALPHA_START,
 ) -> Any:
     """The recovery stage with layer folding: linearize → fine-tune α → fold → fine-tune the rest.
+
+    ``gate`` (``"measure"`` or ``"off"``) and ``alpha_start`` are ``compress``'s
+    ``--fold-latency-gate`` and ``--fold-alpha-start``.
 
     ``cfg`` is the loop's :class:`~slimmer.train.finetune.FinetuneConfig` for the whole budget,
     ``hooks`` the pruning hooks (kept for both parts; their layers are protected from merging).
@@ -299,11 +305,11 @@ def finetune_with_folding(
     from slimmer.train.finetune import finetune
 
     info = init_from_env()
-    state = linearize(model, example, gate=LATENCY_GATE, protected=protected_layers(pruned))
+    state = linearize(model, example, alpha=alpha_start, gate=gate, protected=protected_layers(pruned))
     alpha_steps, rest = split_steps(cfg.steps, bool(state.wrapped))
     say(
         "fold",
-        f"layer folding: {len(state.wrapped)} activations linearized (alpha from {ALPHA_START}), "
+        f"layer folding: {len(state.wrapped)} activations linearized (alpha from {alpha_start}), "
         f"{len(state.not_wrapped)} left as they are",
     )
     results = []

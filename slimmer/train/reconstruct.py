@@ -160,7 +160,7 @@ def _positions(layer: nn.Module, out_shape: torch.Size, images: int, seed: int) 
     return torch.randperm(grid, generator=torch.Generator().manual_seed(seed))[:per_image].sort().values
 
 
-def _refusal(layer: nn.Module, keep: torch.Tensor) -> str | None:
+def _refusal(layer: nn.Module, keep: torch.Tensor, max_flops: float) -> str | None:
     if isinstance(layer, nn.Conv2d) and (layer.groups != 1 or layer.padding_mode != "zeros"):
         return "grouped or non-zero-padded convolution"
     n = keep.shape[1]
@@ -168,8 +168,8 @@ def _refusal(layer: nn.Module, keep: torch.Tensor) -> str | None:
         flops = n**3 / 3 + n**2 * keep.shape[0]
     else:  # one solve per row, on its own kept set
         flops = float((keep.sum(1).double() ** 3).sum()) / 3
-    if flops > MAX_SOLVE_FLOPS:
-        return f"the exact solve would take ~{flops:.1e} flops (limit {MAX_SOLVE_FLOPS:.0e})"
+    if flops > max_flops:
+        return f"the exact solve would take ~{flops:.1e} flops (limit {max_flops:.0e})"
     return None
 
 
@@ -195,6 +195,7 @@ def reconstruct(
     keep_masks: dict[str, torch.Tensor] | None = None,
     kept_outputs: dict[str, torch.Tensor] | None = None,
     progress: Callable[[str], None] | None = None,
+    max_solve_flops: float = MAX_SOLVE_FLOPS,
 ) -> ReconstructResult:
     """Re-solve every Conv2d/Linear of ``model`` (in place, forward order) to match ``original``.
 
@@ -237,7 +238,7 @@ def reconstruct(
             keep = (mask.reshape(rows.shape) if mask is not None else torch.ones_like(rows, dtype=torch.bool)).cpu()
             if layer.bias is not None:
                 keep = torch.cat([keep, torch.ones(keep.shape[0], 1, dtype=torch.bool)], 1)
-            reason = _refusal(layer, keep)
+            reason = _refusal(layer, keep, max_solve_flops)
             if reason:
                 result.skipped[path] = reason
                 continue

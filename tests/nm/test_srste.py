@@ -106,7 +106,6 @@ def test_srste_fine_tuning_starts_from_the_weights_before_masking(resnet20_state
     from slimmer.config import CompressConfig
     from slimmer.prune import PruneResult, after_shrink
     from slimmer.recover import _hooks
-    from slimmer.train.data import Dataset, DataSplits
     from slimmer.zoo import ARCHITECTURES
 
     net = ARCHITECTURES.get("resnet20-fmnist").build()
@@ -118,7 +117,6 @@ def test_srste_fine_tuning_starts_from_the_weights_before_masking(resnet20_state
     after_shrink(net, cfg, x, pruned)
     layer = "layer2.0.conv2.weight"
     assert layer in pruned.nm.layers and check_nm(net.state_dict()[layer].numpy(), 2, 4)
-    data = DataSplits(train=Dataset(torch.randn(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), "t"), eval=None)
-    hooks = _hooks(net, cfg, x, data, pruned)
+    hooks = _hooks(net, cfg, pruned, [])
     assert any(isinstance(h, SRSTEHook) for h in hooks)
     torch.testing.assert_close(net.state_dict()[layer], dense[layer])  # dense again: SR-STE masks per forward
