@@ -155,7 +155,6 @@ def export_onnx(
     if exporter not in EXPORTERS:
         raise ConfigError(f"--exporter {exporter!r} is not one of {', '.join(EXPORTERS)}")
     final_path = Path(final_path)
-    tmp = temp_path_for(final_path)
     log = io.StringIO()
     model = model.eval()
     args = as_args(example)
@@ -187,6 +186,7 @@ def export_onnx(
             legacy_axes[out_name] = {0: "batch"} if dynamic_batch else {}
     other = "legacy" if exporter == "dynamo" else "dynamo"
     warned: list[str] = []
+    tmp = temp_path_for(final_path)  # created last: every path out of here from now on removes it
     try:
         try:
             with _quiet_exporter(log, warned), torch.no_grad():
