@@ -185,3 +185,14 @@ def test_bad_input_specs_exit_2(cli, r20, spec):
     run = cli("compress", r20, "--arch", "resnet20-fmnist", "--input", spec, "--json")
     assert run.code == 2
     assert "--input" in run.json()["error"]
+
+
+def test_inspect_takes_named_inputs(cli, tmp_path):
+    ckpt = _save(tmp_path, user_models.TokenEncoder(), "encoder")
+    run = cli(
+        "inspect", ckpt, "--arch", "user_models:TokenEncoder", "--input", "input_ids:int64[1,16]:0..999", "--json"
+    )
+    assert run.code == 0, run.stderr
+    info = run.json()
+    assert [i["name"] for i in info["inputs"]] == ["input_ids"] and info["macs"] > 0
+    assert any(g["prunable"] for g in info["groups"])  # the feed-forward width

@@ -15,7 +15,13 @@ from slimmer.cli.render import err_console, run_guarded
 def inspect_command(
     model: Path = typer.Argument(..., help="checkpoint to inspect"),
     arch: str | None = typer.Option(None, "--arch", help="architecture for a state_dict"),
-    input_shape: str | None = typer.Option(None, "--input-shape", help="e.g. 1,3,224,224"),
+    input_shape: str | None = typer.Option(None, "--input-shape", help="one float input, e.g. 1,3,224,224"),
+    input_spec: list[str] | None = typer.Option(
+        None, "--input", help="NAME:DTYPE[SHAPE][:LOW..HIGH|:CONSTANT], repeatable (as for compress)"
+    ),
+    example_inputs: Path | None = typer.Option(
+        None, "--example-inputs", help=".npz or .safetensors of named arrays: the inputs of forward()"
+    ),
     json_output: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code", help="allow formats that run code when loaded"
@@ -27,7 +33,14 @@ def inspect_command(
     def go() -> dict:
         from slimmer.inspection import inspect_model
 
-        return inspect_model(model, arch=arch, input_shape=input_shape, trust_remote_code=trust_remote_code)
+        return inspect_model(
+            model,
+            arch=arch,
+            input_shape=input_shape,
+            trust_remote_code=trust_remote_code,
+            inputs=tuple(input_spec or ()),
+            example_inputs=example_inputs,
+        )
 
     info = run_guarded(go, debug=debug, json_mode=json_output)
     if json_output:
@@ -53,4 +66,5 @@ def inspect_command(
     err_console.print(groups)
     blocked = sum(not g["prunable"] for g in info["groups"])
     err_console.print(f"{len(info['groups']) - blocked} prunable channel groups, {blocked} blocked")
-    err_console.print(f"parameters {info['params']:,}   MACs {info['macs']:,}   input {info['input_shape']}")
+    given = info["input_shape"] or ", ".join(i["name"] for i in info["inputs"])
+    err_console.print(f"parameters {info['params']:,}   MACs {info['macs']:,}   input {given}")
