@@ -38,6 +38,7 @@ from slimmer.stages import (
     from_module,
     load,
     measure,
+    measure_latency,
     onnx_info,
     read_data,
 )
@@ -312,6 +313,13 @@ def _finish(
             report.pruning.setdefault("nm", {}).update(figures)
             fails += nm_fails
         clock.lap("export_verify")
+        if not fails and config.measure_latency:
+            if loaded.inputs.single_float:
+                say("latency", f"timing the original against the pruned file ({config.latency_pairs} paired runs)")
+                report.latency_ms = measure_latency(original, loaded.inputs, example, verified.temp_path, config)
+                clock.lap("latency")
+            else:
+                report.warnings.append("latency not measured: slimmer times graphs with one float input")
         if fails:
             report.status, report.exit_code, report.error = "failed", 5, "; ".join(fails)
             if config.keep_failed:

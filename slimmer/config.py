@@ -113,6 +113,8 @@ class CompressConfig:
     eval_samples: int = 2000
     val_fraction: float = 0.1
     recon_samples: int = 512  # training inputs of least-squares reconstruction (train/reconstruct.py)
+    measure_latency: bool = False  # paired onnxruntime latency of the original's export against the pruned file
+    latency_pairs: int = 30
     fold_latency_gate: str = "measure"  # layer folding keeps only merges onnxruntime measures not slower ("off": all)
     fold_alpha_start: float = 0.05  # layer folding: the linearized activations' starting α (folding/phase.py)
 
@@ -193,6 +195,8 @@ class CompressConfig:
         if self.fold_latency_gate not in ("measure", "off"):
             raise ConfigError(f"--fold-latency-gate {self.fold_latency_gate!r} is not one of measure, off")
         _check_fraction("--fold-alpha-start", self.fold_alpha_start, low_open=True, high_open=False)
+        if not isinstance(self.latency_pairs, int) or self.latency_pairs < 1:
+            raise ConfigError(f"--latency-pairs must be an integer ≥ 1, got {self.latency_pairs!r}")
         if self.recon_samples < 1:
             raise ConfigError(f"--recon-samples must be ≥ 1, got {self.recon_samples}")
         self._check_inputs()

@@ -81,8 +81,12 @@ class Report:
                 _pct(acc.get("before")),
                 _pct(_last(acc.get("after_finetune"), acc.get("after_reconstruct"), acc.get("after_prune"))),
             )
-        if self.latency_ms.get("before") is not None:
-            table.add_row("latency (ms)", f"{self.latency_ms['before']:.3f}", f"{self.latency_ms['after']:.3f}")
+        lat = self.latency_ms
+        if lat.get("before") is not None:
+            speedup = f" ({lat['speedup']:.2f}x faster)" if lat.get("speedup") else ""
+            table.add_row("onnxruntime latency (ms, paired)", f"{lat['before']:.3f}", f"{lat['after']:.3f}{speedup}")
+        if lat.get("size_bytes_before") is not None:
+            table.add_row("ONNX file size (B)", _n(lat["size_bytes_before"]), _n(lat.get("size_bytes_after")))
         v = self.verification
         if v.get("max_abs_diff") is not None:
             verdict = "passed" if v.get("passed") else "FAILED"

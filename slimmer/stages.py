@@ -288,6 +288,43 @@ def _scales(plan: RunPlan) -> list[float]:
     return [s for s in plan.verify_length_scales for _ in plan.verify_batches]
 
 
+LATENCY_WARMUP = 5
+
+
+def measure_latency(
+    original: nn.Module, inputs: ExampleInputs, example: tuple[Any, ...], pruned_onnx: Path, config: CompressConfig
+) -> dict[str, Any]:
+    """Paired, interleaved onnxruntime latency of the original model's export against the pruned
+    file (CPU, 1 thread, batch 1; :func:`slimmer.export.bench.paired_latency`): medians in ms, the
+    median per-pair speedup (> 1: the pruned file is faster) and both file sizes in bytes.
+
+    The original is exported to a temporary folder that is removed afterwards."""
+    import tempfile
+
+    from slimmer.export.bench import paired_latency
+
+    with tempfile.TemporaryDirectory(prefix="slimmer-latency-") as tmp:
+        dense = Path(tmp) / "original.onnx"
+        exported = onnx_export.export_onnx(
+            original, example, dense, dynamic_batch=config.dynamic_batch, exporter=config.exporter, inputs=inputs
+        )
+        onnx_export.commit(exported.temp_path, dense)
+        timed = paired_latency(
+            dense, pruned_onnx, warmup=LATENCY_WARMUP, pairs=config.latency_pairs, threads=1, batch=1, seed=config.seed
+        )
+        size_before = dense.stat().st_size
+    return {
+        "before": timed.a.p50_ms,
+        "after": timed.b.p50_ms if timed.b is not None else None,
+        "speedup": timed.speedup,
+        "pairs": config.latency_pairs,
+        "threads": 1,
+        "batch": 1,
+        "size_bytes_before": size_before,
+        "size_bytes_after": Path(pruned_onnx).stat().st_size,
+    }
+
+
 def onnx_info(path: Path, opset: int) -> dict[str, Any]:
     data = Path(path).read_bytes()
     return {"path": str(path), "sha256": hashlib.sha256(data).hexdigest(), "opset": opset, "size_bytes": len(data)}

@@ -327,6 +327,16 @@ def compress_command(
         help=f"{_one_of('--exporter')} (dynamo: torch.export-based, the default; legacy: TorchScript tracing)",
         rich_help_panel=EXPORT,
     ),
+    measure_latency: bool = typer.Option(
+        False,
+        "--measure-latency",
+        help="time the original's export against the pruned file in onnxruntime (paired, interleaved; CPU, "
+        "1 thread, batch 1) and report both, with the file sizes",
+        rich_help_panel=EXPORT,
+    ),
+    latency_pairs: int = typer.Option(
+        30, "--latency-pairs", help="paired runs of --measure-latency", rich_help_panel=EXPORT
+    ),
     atol: float = typer.Option(1e-4, "--atol", help="verification absolute tolerance", rich_help_panel=EXPORT),
     rtol: float = typer.Option(1e-3, "--rtol", help="verification relative tolerance", rich_help_panel=EXPORT),
     keep_failed: bool = typer.Option(
@@ -424,6 +434,8 @@ def compress_command(
         opset=opset,
         dynamic_batch=dynamic_batch,
         exporter=exporter,
+        measure_latency=measure_latency,
+        latency_pairs=latency_pairs,
         atol=atol,
         rtol=rtol,
         seed=seed,
