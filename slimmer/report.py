@@ -48,6 +48,7 @@ class Report:
     rank: int = 0
     error: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    quantization: dict[str, Any] | None = None  # with --quantize / `slimmer quantize`: QuantizeResult.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         d = {"schema_version": SCHEMA_VERSION, "slimmer_version": __version__}
@@ -99,6 +100,11 @@ class Report:
                 "",
                 f"{self.onnx['path']} ({_n(self.onnx.get('size_bytes'))} B, opset {self.onnx.get('opset')})",
             )
+        if self.quantization:
+            from slimmer.export.quantize import summary_rows
+
+            for row in summary_rows(self.quantization):
+                table.add_row(*row)
         return table
 
 
