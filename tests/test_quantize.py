@@ -261,3 +261,25 @@ def test_sympy_for_symbolic_shape_inference_is_declared():
     assert any(d.startswith("sympy") for d in deps)
     assert "sympy" in (root / "Dockerfile").read_text()
     importlib.import_module("onnxruntime.tools.symbolic_shape_infer")
+
+
+def test_compact_names_keeps_the_computation(graphs, tmp_path):
+    import onnxruntime as ort
+
+    from slimmer.export import int8
+
+    proto = onnx.load(str(graphs["conv"]))
+    proto.graph.metadata_props.add(key="pkg.torch.export.ExportedProgram.graph_signature", value="p_bn1_weight " * 50)
+    proto.graph.metadata_props.add(key="owner", value="kept")
+    proto.graph.node[0].metadata_props.add(key="namespace", value="conv1: torch.nn.Conv2d")
+    src, dst = tmp_path / "named.onnx", tmp_path / "short.onnx"
+    onnx.save(proto, str(src))
+    int8.compact_names(src, dst)
+    short = onnx.load(str(dst))
+    assert [(p.key, p.value) for p in short.graph.metadata_props] == [("owner", "kept")]
+    assert all(not n.metadata_props and len(n.name) <= 3 for n in short.graph.node)
+    assert [i.name for i in short.graph.input] == ["x"] and [o.name for o in short.graph.output] == ["y"]
+    assert dst.stat().st_size < src.stat().st_size
+    x = graphs["x"][:8]
+    want = ort.InferenceSession(str(src)).run(None, {"x": x})[0]
+    assert np.array_equal(ort.InferenceSession(str(dst)).run(None, {"x": x})[0], want)
