@@ -200,8 +200,8 @@ def test_integer_inputs_pass_through(tmp_path):
 
 
 def test_config_validates_itself(cli, graphs, tmp_path):
-    for bad in ({"calibration_method": "kl"}, {"method": "int4"}, {"calibration_samples": 0},
-                {"min_agreement": 1.5}, {"max_quantization_drop": -1}, {"activation_type": "int4"}):
+    for bad in ({"calibration_method": "kl"}, {"method": "int4"}, {"calibration_samples": 0}, {"min_agreement": 1.5},
+                {"min_cosine": 2.0}, {"max_quantization_drop": -1}, {"activation_type": "int4"}):
         with pytest.raises(ConfigError):
             QuantizeConfig(**bad)
     graph = _copy(graphs["conv"], tmp_path)
@@ -214,25 +214,33 @@ def test_config_validates_itself(cli, graphs, tmp_path):
 
 
 def test_depthwise_convs_keep_per_channel_scales(tmp_path):
-    """A MobileNetV2-style depthwise conv after BN folding: its channels' weights span decades; one scale per
-    tensor rounds the small ones to zero. Per channel (the default) stays close to float."""
+    """Two MobileNetV2 inverted-residual blocks whose BatchNorm scales and variances spread over decades, as
+    training leaves them: after folding, a depthwise kernel's channels span ~3 decades, and one weight scale
+    per tensor rounds the small ones away. Per channel (the default) stays close to float."""
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 16, 1), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16),
-                        nn.ReLU6(), nn.Conv2d(16, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6(), InvertedResidual(16, 16, 1, 6),
+                        InvertedResidual(16, 24, 2, 6), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+    gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        net[2].weight.copy_(torch.logspace(-3, 0, 16))
-    graph = _export(net, (torch.randn(2, 3, 8, 8),), tmp_path / "dw.onnx", ["x"])
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.exp(torch.empty(m.num_features).uniform_(-4, 1, generator=gen)))
+                m.running_var.copy_(torch.exp(torch.empty(m.num_features).uniform_(-6, 0, generator=gen)))
+                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=gen))
+    graph = _export(net, (torch.randn(2, 3, 16, 16),), tmp_path / "dw.onnx", ["x"])
     rng = np.random.default_rng(0)
-    cal = [{"x": rng.standard_normal((32, 3, 8, 8)).astype(np.float32)}]
-    held = [{"x": rng.standard_normal((32, 3, 8, 8)).astype(np.float32)}]
-    cos = {}
-    for per_channel in (True, False):
-        res = slimmer.quantize(graph, cal, QuantizeConfig(per_channel=per_channel, min_agreement=0),
-                               tmp_path / f"dw.{per_channel}.onnx", held_out=held, timer=_paired(2.0))
-        assert res.depthwise_convs == 1
-        cos[per_channel] = res.cosine
-        assert any("depthwise" in w for w in res.warnings) is (not per_channel)
-    assert cos[True] > 0.999 and cos[False] < cos[True]
+    cal = [{"x": rng.standard_normal((32, 3, 16, 16)).astype(np.float32)}]
+    held = [{"x": rng.standard_normal((64, 3, 16, 16)).astype(np.float32)}]
+    res = slimmer.quantize(graph, cal, QuantizeConfig(), tmp_path / "dw.pc.onnx", held_out=held, timer=_paired(2.0))
+    assert res.depthwise_convs == 2 and res.cosine > 0.999 and not any("depthwise" in w for w in res.warnings)
+    with pytest.raises(QuantizationFailed) as info:
+        slimmer.quantize(graph, cal, QuantizeConfig(per_channel=False), tmp_path / "dw.pt.onnx", held_out=held)
+    tensor = info.value.result
+    assert tensor.cosine < 0.99 and "--min-cosine 0.99" in info.value.message
+    assert any("2 depthwise convolutions" in w for w in tensor.warnings)
+    assert not (tmp_path / "dw.pt.onnx").exists()
 
 
 def test_quantize_after_compress_takes_arrays(graphs, tmp_path):

@@ -35,6 +35,9 @@ def quantize_command(
     min_agreement: float = typer.Option(
         0.9, "--min-agreement", help="exit 5 when int8 and float agree on fewer top-1 classes (fraction)"
     ),
+    min_cosine: float = typer.Option(
+        0.99, "--min-cosine", help="exit 5 when the cosine of int8 and float outputs is lower"
+    ),
     quantize_anyway: bool = typer.Option(
         False, "--quantize-anyway", help="keep the int8 file even when it is not faster than the float file"
     ),
@@ -60,6 +63,7 @@ def quantize_command(
             per_channel=per_channel,
             max_quantization_drop=max_quantization_drop,
             min_agreement=min_agreement,
+            min_cosine=min_cosine,
             quantize_anyway=quantize_anyway,
             eval_samples=eval_samples,
             latency_pairs=pairs,

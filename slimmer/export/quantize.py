@@ -15,7 +15,9 @@ Choices made by measurement on this project's CPU (AMD EPYC, AVX2 without VNNI; 
   depthwise kernel's small channels round to zero and a MobileNetV2 block's output collapses.
 
 Gates: the int8 accuracy may fall at most ``max_quantization_drop`` points below the float accuracy and
-the top-1 agreement must reach ``min_agreement``; otherwise :class:`QuantizationFailed` (exit 5) is
+the top-1 agreement must reach ``min_agreement`` and the cosine of the outputs ``min_cosine`` (the one
+gate for outputs that are not class scores, and the meaningful one for random-weight networks, whose
+near-equal logits make top-1 agreement a coin toss); otherwise :class:`QuantizationFailed` (exit 5) is
 raised and nothing exists under the int8 name (the file is written to a temporary name beside it and
 renamed only after both gates passed). When the int8 file is not faster than the float file the result
 says so and, unless ``quantize_anyway``, the float file stays the artifact and no int8 file is written.
@@ -58,6 +60,7 @@ class QuantizeConfig:
     reduce_range: bool = True
     max_quantization_drop: float = 1.0
     min_agreement: float = 0.9
+    min_cosine: float = 0.99
     quantize_anyway: bool = False
     eval_samples: int = 512
     batch_size: int = 32
@@ -88,6 +91,8 @@ class QuantizeConfig:
             )
         if not 0 <= self.min_agreement <= 1:
             raise ConfigError(f"--min-agreement is a fraction in [0, 1]; got {self.min_agreement!r}")
+        if not -1 <= self.min_cosine <= 1:
+            raise ConfigError(f"--min-cosine is in [-1, 1]; got {self.min_cosine!r}")
 
 
 @dataclass(frozen=True)
@@ -339,6 +344,8 @@ def _gate_failures(config: QuantizeConfig, cosine, agree, acc_f, acc_q, finite) 
     failures = []
     if agree is not None and agree < config.min_agreement:
         failures.append(f"top-1 agreement with the float file {agree:.2%} < --min-agreement {config.min_agreement:.2%}")
+    if cosine < config.min_cosine:
+        failures.append(f"cosine of the int8 and float outputs {cosine:.4f} < --min-cosine {config.min_cosine:g}")
     if acc_f is not None and acc_q is not None:
         drop = (acc_f - acc_q) * 100
         if drop > config.max_quantization_drop:
