@@ -118,6 +118,93 @@ def row(label: str, rep: dict) -> dict:
     }
 
 
+PROBES = (
+    ("uint8 activations, 7-bit weights (default)", {}),
+    ("uint8 activations, 8-bit weights", {"reduce_range": False}),
+    ("int8 activations (symmetric), 8-bit weights", {"activation_type": "int8", "reduce_range": False}),
+    ("uint8 activations, 7-bit weights, per-tensor", {"per_channel": False}),
+)
+
+
+def probe_settings(float_onnx: Path, pairs: int) -> list[dict]:
+    """The settings behind the defaults, on one pruned file: activation type, weight range, per channel.
+    Calibration: 256 training images; evaluation: the first 2,000 test images; gates off."""
+    from slimmer.export.quantize import QuantizeConfig, quantize_after_compress
+    from slimmer.train.data import load_data
+    from slimmer.zoo import ARCHITECTURES
+
+    arch = ARCHITECTURES.get("resnet20-fmnist")
+    data = load_data("fashion-mnist", arch.input_shape, arch.mean, arch.std)
+    x_cal = data.train.x[:256].numpy()
+    x_eval, y_eval = data.eval.x[:2000].numpy(), data.eval.y[:2000].numpy()
+    rows = []
+    for label, change in PROBES:
+        config = QuantizeConfig(**{"calibration_samples": 256, "eval_samples": 2000, "max_quantization_drop": 100,
+                                   "min_agreement": 0, "min_cosine": -1, "quantize_anyway": True,
+                                   "latency_pairs": pairs, **change})
+        res = quantize_after_compress(float_onnx, x_cal, y_eval, config, eval_inputs=x_eval,
+                                      output_path=float_onnx.with_name("probe.int8.onnx"), force=True)
+        rows.append({"setting": label, "accuracy_float": res.accuracy_float, "accuracy_int8": res.accuracy_int8,
+                     "agreement": res.agreement, "cosine": res.cosine, "speedup": res.speedup,
+                     "size_int8": res.size_bytes_int8})
+    float_onnx.with_name("probe.int8.onnx").unlink(missing_ok=True)
+    return rows
+
+
+def probe_depthwise(work: Path) -> list[dict]:
+    """Two MobileNetV2 inverted-residual blocks (random weights, BatchNorm scales e^U(-4,1) and variances
+    e^U(-6,0), as trained networks spread them), exported and quantized per channel and per tensor;
+    cosine and top-1 agreement against float on 256 random inputs (calibration: 64 others)."""
+    import numpy as np
+    import torch
+    from torch import nn
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    from slimmer.export.onnx import commit, export_onnx
+    from slimmer.export.quantize import QuantizeConfig, quantize
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6(), InvertedResidual(16, 16, 1, 6),
+                        InvertedResidual(16, 24, 2, 6), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.exp(torch.empty(m.num_features).uniform_(-4, 1, generator=gen)))
+                m.running_var.copy_(torch.exp(torch.empty(m.num_features).uniform_(-6, 0, generator=gen)))
+                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=gen))
+    path = work / "mbv2_blocks.onnx"
+    exported = export_onnx(net.eval(), torch.zeros(1, 3, 32, 32), path)
+    commit(exported.temp_path, path)
+    rng = np.random.default_rng(0)
+    cal = [{"input": rng.standard_normal((16, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    held = [{"input": rng.standard_normal((64, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    rows = []
+    for per_channel in (True, False):
+        config = QuantizeConfig(per_channel=per_channel, min_agreement=0, min_cosine=-1, quantize_anyway=True,
+                                latency_pairs=5)
+        res = quantize(path, cal, config, work / "mbv2_blocks.int8.onnx", held_out=held, force=True)
+        rows.append({"per_channel": per_channel, "depthwise": res.depthwise_convs, "cosine": res.cosine,
+                     "agreement": res.agreement})
+    return rows
+
+
+def probe_table(rows: list[dict]) -> str:
+    lines = ["| setting | accuracy float → int8 | top-1 agreement | cosine | int8 B | int8 speedup (paired) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if "depthwise" in r:
+            d = r["depthwise"]
+            kind = "per-channel" if d["per_channel"] else "per-tensor"
+            lines.append(f"| MobileNetV2 blocks ({d['depthwise']} depthwise convs, random inputs), {kind} weights | - "
+                         f"| {d['agreement']:.2%} | {d['cosine']:.5f} | - | - |")
+            continue
+        acc = f"{r['accuracy_float']:.2%} → {r['accuracy_int8']:.2%}"
+        lines.append(f"| {r['setting']} | {acc} | {r['agreement']:.2%} | {r['cosine']:.5f} | {r['size_int8']:,} "
+                     f"| {r['speedup']:.2f}× |")
+    return "\n".join(lines)
+
+
 def _f(v, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
@@ -140,14 +227,17 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(rows: list[dict], command: str) -> None:
+def write_docs(rows: list[dict], probes: list[dict], command: str) -> None:
     import onnxruntime
     import torch
 
     body = (
         f"{BEGIN}\n`{command}` (torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
         f"OMP_NUM_THREADS=1, 1 intra-op thread, batch 1; {time.strftime('%Y-%m-%d', time.gmtime())})\n\n"
-        f"{table(rows)}\n{END}"
+        f"{table(rows)}\n"
+        + (f"\nSettings on the pruned resnet20-fmnist file (2,000 test images; gates off):\n\n{probe_table(probes)}\n"
+           if probes else "")
+        + END
     )
     text = C.DOCS.read_text()
     if BEGIN in text:
@@ -165,6 +255,7 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(("resnet20-fmnist", *TORCHVISION)))
     ap.add_argument("--fresh", action="store_true", help="rebuild the pruned float files")
     ap.add_argument("--out", type=Path, default=C.REPO / "bench" / "quantize.jsonl")
+    ap.add_argument("--probe", action="store_true", help="also compare activation type, weight range, per channel")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -189,8 +280,19 @@ def main() -> None:
         for r in rows:
             fh.write(json.dumps({**r, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
     print(table(rows))
+    probes = []
+    if args.probe:
+        probes = probe_settings(compress_fmnist(args.work, args.finetune_steps, False, log), args.pairs)
+        with open(args.out, "a") as fh:
+            for r in probes:
+                fh.write(json.dumps({"probe": r, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+        print(probe_table(probes))
+        for r in probe_depthwise(args.work):
+            probes.append({"depthwise": r})
+            with open(args.out, "a") as fh:
+                fh.write(json.dumps({"probe_depthwise": r}) + "\n")
     if args.write_docs:
-        write_docs(rows, "python " + shlex.join(["bench/quantize.py", *sys.argv[1:]]))
+        write_docs(rows, probes, "python " + shlex.join(["bench/quantize.py", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":
