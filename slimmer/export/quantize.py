@@ -233,7 +233,8 @@ def quantize(
         keep_int8 = not failures and (faster or config.quantize_anyway)
         if not failures and not faster:
             notes.append(
-                f"the int8 file is not faster than the float file on this CPU (paired speedup {latency.speedup:.2f}x)"
+                "the int8 file is not faster than the float file on this CPU (paired speedup "
+                + ("not measured)" if faster is None else f"{latency.speedup:.2f}x)")
                 + (": kept as asked (--quantize-anyway)" if config.quantize_anyway
                    else f": the float file {src} stays the artifact and no int8 file was written (--quantize-anyway "
                         "keeps it)")
