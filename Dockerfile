@@ -11,6 +11,7 @@ COPY slimmer ./slimmer
 COPY models ./models
 RUN pip install --index-url "$TORCH_INDEX_URL" "torch>=2.10" \
  && pip install . \
+ && python -c "import sympy, onnxruntime.quantization" \
  && useradd --create-home --uid 10001 slimmer
 
 USER slimmer

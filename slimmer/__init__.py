@@ -5,6 +5,7 @@ The Python API (imported on first use, so ``import slimmer`` stays light)::
     import slimmer
     result = slimmer.compress(model, example_inputs, slimmer.CompressConfig(methods=("channel",)))
     result.model, result.report, result.onnx_path
+    slimmer.quantize(onnx_path, calibration, slimmer.QuantizeConfig())  # int8 of an exported file
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ _LAZY = {
     "CompressConfig": ("slimmer.config", "CompressConfig"),
     "ExampleInputs": ("slimmer.inputs", "ExampleInputs"),
     "InputSpec": ("slimmer.inputs", "InputSpec"),
+    "quantize": ("slimmer.export.quantize", "quantize"),
+    "QuantizeConfig": ("slimmer.export.quantize", "QuantizeConfig"),
+    "QuantizeResult": ("slimmer.export.quantize", "QuantizeResult"),
 }
 __all__ = ["__version__", *_LAZY]
 

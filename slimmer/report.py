@@ -49,6 +49,7 @@ class Report:
     error: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
     run_plan: dict[str, Any] | None = None
+    quantization: dict[str, Any] | None = None  # with --quantize / `slimmer quantize`: QuantizeResult.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         d = {"schema_version": SCHEMA_VERSION, "slimmer_version": __version__}
@@ -104,6 +105,11 @@ class Report:
                 "",
                 f"{self.onnx['path']} ({_n(self.onnx.get('size_bytes'))} B, opset {self.onnx.get('opset')})",
             )
+        if self.quantization:
+            from slimmer.export.quantize import summary_rows
+
+            for row in summary_rows(self.quantization):
+                table.add_row(*row)
         return table
 
 

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from slimmer.cli import bench, compress, demo, inspect, verify
+from slimmer.cli import bench, compress, demo, inspect, quantize, verify
 from slimmer.errors import EXIT_INTERRUPTED
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.command("demo")(demo.demo_command)
 app.command("inspect")(inspect.inspect_command)
 app.command("verify")(verify.verify_command)
 app.command("bench")(bench.bench_command)
+app.command("quantize")(quantize.quantize_command)
 
 
 def main() -> None:
