@@ -43,6 +43,7 @@ from slimmer.stages import (
     read_data,
 )
 from slimmer.stats import accuracy, count_macs, count_nonzero, count_params
+from slimmer.train.data import DataSplits
 from slimmer.train.distributed import barrier, init_from_env
 from slimmer.train.distributed import current as current_dist
 
@@ -113,8 +114,9 @@ def run(config: CompressConfig, progress: Progress | None = None) -> Report:
 def _preflight(config: CompressConfig) -> None:
     onnx_export.preflight()
     init_from_env()  # joins the torchrun process group when there is one
-    for path in (config.output_path, config.report_path, plan_path(config.output_path)):
-        onnx_export.check_writable(path, config.force)
+    for path in (config.output_path, config.report_path, plan_path(config.output_path), config.int8_path):
+        if path is not None:
+            onnx_export.check_writable(path, config.force)
 
 
 class _Clock:
@@ -231,7 +233,7 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
         report.status, report.exit_code, report.rank = "ok", 0, info.rank
         return report, model
     try:
-        _finish(config, report, model, original, loaded, example, plan, measured, pruned, say, clock)
+        _finish(config, report, model, original, loaded, example, plan, measured, pruned, say, clock, data)
     finally:
         if info.world_size > 1:
             barrier()
@@ -294,8 +296,10 @@ def _finish(
     pruned: PruneResult,
     say: Progress,
     clock: _Clock,
+    data: DataSplits | None = None,
 ) -> None:
-    """Export, verify, then commit (or delete) the file and write the report (rank 0 only)."""
+    """Export, verify, then commit (or delete) the file, quantize it when asked, and write the report
+    (rank 0 only)."""
     final = config.output_path
     say("export", f"exporting ONNX (opset {config.opset or 'default'}) and verifying with onnxruntime")
     verified = export_and_verify(model, original, loaded.inputs, example, plan, measured, config)
@@ -340,8 +344,50 @@ def _finish(
     finally:
         if not committed:
             verified.temp_path.unlink(missing_ok=True)
+    if committed and config.quantize is not None:
+        say("quantize", f"int8: calibrating on {'--data' if data is not None else 'random inputs'} and verifying")
+        _quantize(config, report, loaded, measured, data)
+        clock.lap("quantize")
     report.timings_s = clock.timings
     onnx_export.write_atomic(config.report_path, report.to_json().encode())
+
+
+def _quantize(
+    config: CompressConfig, report: Report, loaded: Loaded, measured: Measured, data: DataSplits | None
+) -> None:
+    """``--quantize int8`` on the committed float file: calibrated on the training split of ``--data``
+    (random inputs otherwise, with a warning), verified on the held-out split; a failed gate fails the
+    run (exit 5) with nothing under the int8 name, a slower int8 file keeps the float one."""
+    from slimmer.export.quantize import QuantizationFailed, quantize, quantize_after_compress
+    from slimmer.quantize_run import fill_report
+
+    qcfg = config.quantize_config
+    try:
+        if loaded.inputs.single_float:
+            result = quantize_after_compress(
+                config.output_path,
+                data.train.x.numpy() if data is not None and len(data.train) else None,
+                measured.eval_y.numpy() if measured.eval_y is not None else None,
+                qcfg,
+                eval_inputs=measured.eval_x.numpy() if measured.eval_x is not None else None,
+                output_path=config.int8_path,
+                force=config.force,
+            )
+        else:  # several or integer inputs: named feeds of the example inputs
+            feeds = [
+                {k: v.numpy() for k, v in loaded.inputs.tensors(loaded.inputs.args(loaded.inputs.batch, seed)).items()}
+                for seed in range(config.seed + 100, config.seed + 100 + min(qcfg.calibration_samples, 32))
+            ]
+            result = quantize(config.output_path, feeds, qcfg, config.int8_path, force=config.force)
+            report.warnings.append(
+                "int8 calibration ran on the example inputs: activation ranges calibrated on random inputs are "
+                "unreliable; pass --example-inputs with real samples"
+            )
+    except QuantizationFailed as exc:
+        fill_report(report, exc.result)
+        report.status, report.exit_code, report.error = "failed", 5, exc.message
+        return
+    fill_report(report, result)
 
 
 def plan_path(output: Path) -> Path:

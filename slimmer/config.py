@@ -113,6 +113,13 @@ class CompressConfig:
     eval_samples: int = 2000
     val_fraction: float = 0.1
     recon_samples: int = 512  # training inputs of least-squares reconstruction (train/reconstruct.py)
+    quantize: str | None = None  # "int8": static QDQ of the verified float file (slimmer.export.quantize)
+    calibration_method: str = "minmax"
+    calibration_samples: int = 128
+    max_quantization_drop: float = 1.0  # accuracy points, int8 against float
+    min_agreement: float = 0.9
+    min_cosine: float = 0.99
+    quantize_anyway: bool = False
     measure_latency: bool = False  # paired onnxruntime latency of the original's export against the pruned file
     latency_pairs: int = 30
     fold_latency_gate: str = "measure"  # layer folding keeps only merges onnxruntime measures not slower ("off": all)
@@ -197,6 +204,8 @@ class CompressConfig:
         _check_fraction("--fold-alpha-start", self.fold_alpha_start, low_open=True, high_open=False)
         if not isinstance(self.latency_pairs, int) or self.latency_pairs < 1:
             raise ConfigError(f"--latency-pairs must be an integer ≥ 1, got {self.latency_pairs!r}")
+        if self.quantize is not None:
+            self.quantize_config  # noqa: B018 - validates the int8 options once, before any work
         if self.recon_samples < 1:
             raise ConfigError(f"--recon-samples must be ≥ 1, got {self.recon_samples}")
         self._check_inputs()
@@ -319,6 +328,31 @@ class CompressConfig:
                 f"--regularizer slimming ranks channels by their BatchNorm scale, not --criterion {self.criterion}",
                 hint="drop --criterion (or pass --criterion bn-scale)",
             )
+
+    @property
+    def quantize_config(self):
+        """The int8 step's :class:`~slimmer.export.quantize.QuantizeConfig` (validated on creation)."""
+        from slimmer.export.quantize import QuantizeConfig
+
+        return QuantizeConfig(
+            method=self.quantize or "int8",
+            calibration_method=self.calibration_method,
+            calibration_samples=self.calibration_samples,
+            max_quantization_drop=self.max_quantization_drop,
+            min_agreement=self.min_agreement,
+            min_cosine=self.min_cosine,
+            quantize_anyway=self.quantize_anyway,
+            seed=self.seed,
+        )
+
+    @property
+    def int8_path(self) -> Path | None:
+        """Where ``--quantize int8`` writes: ``<output stem>.int8.onnx`` beside the float file."""
+        if self.quantize is None:
+            return None
+        from slimmer.export.quantize import default_output
+
+        return default_output(self.output_path)
 
     @property
     def target_sparsity(self) -> float:

@@ -327,6 +327,37 @@ def compress_command(
         help=f"{_one_of('--exporter')} (dynamo: torch.export-based, the default; legacy: TorchScript tracing)",
         rich_help_panel=EXPORT,
     ),
+    quantize: str | None = typer.Option(
+        None,
+        "--quantize",
+        help="int8: after the float file is verified, static int8 (onnxruntime QDQ, per-channel weights), "
+        "calibrated on --data and gated on accuracy, agreement and measured latency (<output>.int8.onnx)",
+        rich_help_panel=EXPORT,
+    ),
+    calibration_method: str = typer.Option(
+        "minmax", "--calibration-method", help="int8: minmax, entropy or percentile", rich_help_panel=EXPORT
+    ),
+    calibration_samples: int = typer.Option(
+        128, "--calibration-samples", help="int8: calibration inputs from --data", rich_help_panel=EXPORT
+    ),
+    max_quantization_drop: float = typer.Option(
+        1.0,
+        "--max-quantization-drop",
+        help="int8: exit 5 when int8 accuracy is more than this many points below float",
+        rich_help_panel=EXPORT,
+    ),
+    min_agreement: float = typer.Option(
+        0.9, "--min-agreement", help="int8: least top-1 agreement with the float file", rich_help_panel=EXPORT
+    ),
+    min_cosine: float = typer.Option(
+        0.99, "--min-cosine", help="int8: least output cosine with the float file", rich_help_panel=EXPORT
+    ),
+    quantize_anyway: bool = typer.Option(
+        False,
+        "--quantize-anyway",
+        help="int8: keep the int8 file even when onnxruntime measures it no faster than float",
+        rich_help_panel=EXPORT,
+    ),
     measure_latency: bool = typer.Option(
         False,
         "--measure-latency",
@@ -434,6 +465,13 @@ def compress_command(
         opset=opset,
         dynamic_batch=dynamic_batch,
         exporter=exporter,
+        quantize=quantize,
+        calibration_method=calibration_method,
+        calibration_samples=calibration_samples,
+        max_quantization_drop=max_quantization_drop,
+        min_agreement=min_agreement,
+        min_cosine=min_cosine,
+        quantize_anyway=quantize_anyway,
         measure_latency=measure_latency,
         latency_pairs=latency_pairs,
         atol=atol,

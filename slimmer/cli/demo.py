@@ -35,6 +35,9 @@ def demo_command(
     measure_latency: bool = typer.Option(
         True, "--measure-latency/--no-measure-latency", help="time the original against the pruned file"
     ),
+    quantize: str | None = typer.Option(
+        None, "--quantize", help="int8: also quantize the pruned file (calibrated on the bundled sample)"
+    ),
     seed: int = typer.Option(0, "--seed", help="seed for every random choice"),
     force: bool = typer.Option(True, "--force/--no-force", help="the demo replaces its own earlier outputs by default"),
     json_output: bool = typer.Option(False, "--json", help="print exactly one JSON object (the report) on stdout"),
@@ -66,6 +69,7 @@ def demo_command(
         finetune_steps=finetune_steps,
         batch_size=DEMO_BATCH,
         measure_latency=measure_latency,
+        quantize=quantize,
         output=output,
         seed=seed,
         force=force,

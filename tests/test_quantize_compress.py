@@ -1,0 +1,64 @@
+"""``compress --quantize int8``: the verified float file, then its int8 file, gated like compress."""
+
+from __future__ import annotations
+
+import pytest
+
+LOOSE = ("--min-agreement", "0", "--min-cosine", "0", "--max-quantization-drop", "100", "--quantize-anyway")
+
+
+def test_compress_then_int8_writes_both_files_and_reports_quantization(compress_json, r20, tmp_path, fmnist_like_npz):
+    run, report = compress_json(
+        r20, "--arch", "resnet20-fmnist", "--method", "channel", "--sparsity", "0.5", "--data", fmnist_like_npz,
+        "--quantize", "int8", "--calibration-samples", "32", *LOOSE,
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    q = report["quantization"]
+    for key in ("method", "calibration", "per_channel", "size_bytes_float", "size_bytes_int8", "agreement", "cosine",
+                "accuracy_float", "accuracy_int8", "latency_ms_float", "latency_ms_int8"):  # fmt: skip
+        assert key in q, key
+    assert q["method"] == "int8" and q["kept"] == "int8"
+    assert (tmp_path / "out.onnx").is_file() and (tmp_path / "out.int8.onnx").is_file()
+    assert q["size_bytes_int8"] < q["size_bytes_float"]
+    assert q["accuracy_float"] is not None  # the labelled held-out split of --data
+
+
+def test_a_failed_int8_gate_exits_5_with_no_int8_file(compress_json, r20, tmp_path, fmnist_like_npz):
+    run, report = compress_json(
+        r20, "--arch", "resnet20-fmnist", "--data", fmnist_like_npz, "--quantize", "int8",
+        "--calibration-samples", "16", "--min-cosine", "1.0", "--min-agreement", "0",
+    )  # fmt: skip
+    assert run.code == 5, run.stderr
+    assert report["status"] == "failed" and "cosine" in report["error"]
+    assert not (tmp_path / "out.int8.onnx").exists()
+    assert not list(tmp_path.glob(".*.partial"))
+    assert (tmp_path / "out.onnx").is_file()  # the float file was verified before int8 was tried
+
+
+def test_int8_without_data_warns_that_random_calibration_is_unreliable(compress_json, r20, tmp_path):
+    run, report = compress_json(r20, "--arch", "resnet20-fmnist", "--quantize", "int8", *LOOSE)
+    assert run.code == 0, run.stderr
+    assert any("random inputs" in w for w in report["warnings"])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--quantize", "int4"), "--quantize"),
+        (("--quantize", "int8", "--calibration-method", "magic"), "--calibration-method"),
+        (("--quantize", "int8", "--min-agreement", "2"), "--min-agreement"),
+    ],
+)
+def test_bad_int8_options_exit_2_before_any_work(compress_json, r20, tmp_path, flags, message):
+    run, report = compress_json(r20, "--arch", "resnet20-fmnist", *flags)
+    assert run.code == 2
+    assert message in report["error"]
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_an_existing_int8_output_is_refused_without_force(compress_json, r20, tmp_path):
+    (tmp_path / "out.int8.onnx").write_bytes(b"keep me")
+    run, report = compress_json(r20, "--arch", "resnet20-fmnist", "--quantize", "int8")
+    assert run.code == 3
+    assert (tmp_path / "out.int8.onnx").read_bytes() == b"keep me"
+    assert not (tmp_path / "out.onnx").exists()
