@@ -60,15 +60,16 @@ def example_input(shape: tuple[int, ...], batch: int, seed: int) -> torch.Tensor
     return torch.randn((batch, *shape[1:]), generator=gen)
 
 
-def check_forward(model: nn.Module, example: torch.Tensor) -> None:
-    """Run the model once on the example input; a failure here is a wrong input shape, not a bug."""
+def check_forward(model: nn.Module, example: torch.Tensor, shape: tuple[int, ...] | None = None) -> None:
+    """Run the model once on the example input; a failure here is a wrong input shape, not a bug.
+    The error names ``shape`` (the user's, e.g. batch 1) rather than the example's batch 2."""
     try:
         with torch.no_grad():
             model(example)
     except Exception as exc:  # noqa: BLE001
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
-            f"the model fails on an input of shape {tuple(example.shape)}: {first}",
+            f"the model fails on an input of shape {tuple(shape or example.shape)}: {first}",
             hint="check --input-shape (batch first, e.g. 1,3,224,224)",
         ) from None
 
@@ -115,7 +116,7 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
 
     original = copy.deepcopy(model).eval()
     example = example_input(shape, 2 if config.dynamic_batch else shape[0], config.seed)
-    check_forward(model, example)
+    check_forward(model, example, tuple(shape))
     report.params = {"before": count_params(model), "nonzero_before": count_nonzero(model)}
     report.macs = {"before": count_macs(model, example)}
     eval_x, eval_y = _eval_set(data, config.eval_samples)

@@ -37,7 +37,7 @@ def inspect_model(
     from slimmer.graph.groups import build_groups
 
     example = example_input(shape, 2, 0)
-    check_forward(model, example)
+    check_forward(model, example, tuple(shape))
     groups = build_groups(model, (example,))
     return {
         "input": {
