@@ -18,9 +18,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from slimmer.graph import build_groups
+from slimmer.graph import ChannelGroup, GroupMember, build_groups
 from slimmer.graph.rules import RULES
-from slimmer.structures.channel import plan_channels
+from slimmer.structures.channel import plan_channels, unit_step
 from slimmer.structures.plan import PruningPlan
 from slimmer.structures.scope import unstructured_scope
 from slimmer.surgery import mask_model, shrink
@@ -179,3 +179,17 @@ def test_input_shape_errors_speak_of_the_users_shape(cli, tmp_path):
     path = checkpoint(tmp_path, "GroupedTranspose")
     run = cli("compress", path, "--arch", "field_models:GroupedTranspose", "--input-shape", "1,5,6,6")
     assert run.code == 2 and "shape (1, 5, 6, 6)" in run.stderr and "(2, 5" not in run.stderr
+
+
+def member(name: str, width: int, units: int) -> GroupMember:
+    return GroupMember(name, 0, tuple(tuple(range(k * width, (k + 1) * width)) for k in range(units)))
+
+
+@pytest.mark.parametrize(
+    ("widths", "step"),
+    [((1,), 16), ((8,), 2), ((16, 32), 1), ((8, 16), 2), ((4, 1), 16), ((3,), 16), ((12,), 4)],
+)
+def test_unit_step_rounds_every_tensor_to_a_multiple_of_round_to(widths, step):
+    group = ChannelGroup("g", [member(f"t{i}", w, 8) for i, w in enumerate(widths)], 8)
+    assert unit_step(group, 16) == step
+    assert all(step * w % 16 == 0 for w in widths)
