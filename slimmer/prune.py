@@ -18,7 +18,7 @@ from slimmer.config import CompressConfig
 from slimmer.criteria import CRITERIA, ScoreContext, get_criterion
 from slimmer.criteria.channel import channel_scores_from
 from slimmer.errors import ConfigError
-from slimmer.graph.blockers import blockers, nothing_prunable_message
+from slimmer.graph.blockers import blockers, by_design, nothing_prunable_message
 from slimmer.graph.groups import GroupSet, build_groups
 from slimmer.registry import did_you_mean
 from slimmer.structures.channel import plan_channels
@@ -266,9 +266,8 @@ def _channel(
     mask_model(model, plan)
     result.plan, result.groups = plan, groups
     result.warnings += plan.notes
-    for reason in sorted({g.blocked_by for g in groups.blocked if g.blocked_by}):
-        if not reason.startswith(("model output", "model input")):  # never pruned, by design
-            result.warnings.append(f"not pruned: {reason}")
+    found = blockers(groups, model, (example[:1],))  # largest first
+    result.warnings += [f"not pruned: {b.describe()}" for b in found if not by_design(b)]
     if config.macs_target is None and speedup is None:
         result.sparsity_requested = config.target_sparsity
         result.sparsity_achieved = plan.channels_pruned / max(1, plan.channels_total)
@@ -283,7 +282,7 @@ def _channel(
         "channels_pruned": plan.channels_pruned,
         "macs_target": config.macs_target,
         "latency_aware": config.latency_aware or config.speedup is not None,
-        "blocked": [b.as_dict() for b in blockers(groups, model, (example[:1],))],
+        "blocked": [b.as_dict() for b in found],
     }
     if speedup is not None:
         result.details["speedup"] = {

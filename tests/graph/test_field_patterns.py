@@ -51,6 +51,8 @@ def compress_channels(cli, tmp_path: Path, name: str) -> tuple[dict, nn.Module, 
     assert report["surgery"]["rolled_back"] == {}
     assert report["params"]["after"] < report["params"]["before"]
     assert report["macs"]["after"] < report["macs"]["before"]
+    blocked = report["pruning"]["blocked"]  # only the output layer's channels, by design
+    assert [b["reason"] for b in blocked] == ["model output"] and blocked[0]["channels"] > 0 < blocked[0]["macs"]
     plan = PruningPlan.load(report["onnx"]["plan"])
     assert plan.macs_before == report["macs"]["before"]  # batch 1 in the plan as in the report
     original = fresh(name, path)
