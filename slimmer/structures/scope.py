@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 
 from slimmer.structures.unstructured import prunable_weights
 
@@ -66,11 +66,13 @@ def matmul_parameters(model: nn.Module, example_inputs: Sequence[Any]) -> set[st
     under ``torch.no_grad``; the training flag is restored). Empty when the forward fails."""
     names = {id(p): n for n, p in model.named_parameters()}
     recorder = _ProductRecorder(names)
+    device = next(iter(model.parameters()), torch.empty(0)).device  # the inputs go where the model is
+    inputs = tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, tuple(example_inputs))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), recorder:
-            model(*example_inputs)
+            model(*inputs)
     except Exception:  # noqa: BLE001 - a model the recorder cannot run keeps the type-based scope
         return set()
     finally:
