@@ -19,6 +19,7 @@ from slimmer.config import CompressConfig
 from slimmer.criteria import CRITERIA, ScoreContext, get_criterion
 from slimmer.criteria.channel import channel_scores_from
 from slimmer.errors import ConfigError
+from slimmer.graph.blockers import blockers, by_design, nothing_prunable_message
 from slimmer.graph.groups import GroupSet, build_groups
 from slimmer.inputs import as_args, batch_of
 from slimmer.registry import Registry, did_you_mean
@@ -26,7 +27,8 @@ from slimmer.schedules import ScheduledMaskHook, build_schedule
 from slimmer.structures.channel import plan_channels
 from slimmer.structures.channel_masks import ChannelMasks
 from slimmer.structures.nm import NMResult, nm_masks, parse_nm
-from slimmer.structures.plan import PruningPlan
+from slimmer.structures.plan import PruningPlan, removed_per_layer
+from slimmer.structures.scope import UnstructuredScope, unstructured_scope
 from slimmer.structures.unstructured import MaskSet, prunable_weights, unstructured_masks
 from slimmer.surgery import SurgeryResult, mask_model, shrink
 from slimmer.train.data import DataSplits
@@ -123,16 +125,22 @@ def score_context(model: nn.Module, config: CompressConfig, example: tuple, data
 
 
 def unstructured_masks_for(
-    model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None, sparsity: float
+    model: nn.Module,
+    config: CompressConfig,
+    example: tuple,
+    data: DataSplits | None,
+    sparsity: float,
+    scope: UnstructuredScope | None = None,
 ) -> MaskSet:
-    """Score the model's Conv/Linear weights with the configured criterion and mask to ``sparsity``
-    (used once for one-shot pruning, and at every update of a pruning schedule)."""
+    """Score the model's weight matrices (``scope``, found by :func:`unstructured_scope` when None) with
+    the configured criterion and mask to ``sparsity`` (used once for one-shot pruning, and at every
+    update of a pruning schedule)."""
     crit = get_criterion(config.criterion)
     if crit.needs != "none" and (data is None or not len(data.train)):
         raise ConfigError(f"--criterion {crit.name} needs --data (it scores weights on training batches)")
-    weights = prunable_weights(model)
+    weights = (scope or unstructured_scope(model, as_args(example))).weights
     if not weights:
-        raise ConfigError("the model has no Conv or Linear weights to prune")
+        raise ConfigError("the model has no weight matrices to prune (Conv, Linear, recurrent, attention, matmul)")
     scores = crit.score(dict(weights), score_context(model, config, example, data))
     return unstructured_masks(scores, sparsity, scope=config.scope)
 
@@ -140,8 +148,11 @@ def unstructured_masks_for(
 def _unstructured(
     model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None, result: PruneResult
 ) -> None:
-    masks = unstructured_masks_for(model, config, example, data, config.target_sparsity)
+    scope = unstructured_scope(model, as_args(example))
+    masks = unstructured_masks_for(model, config, example, data, config.target_sparsity, scope)
     apply_masks(model, masks, config, result)
+    result.details["scope"] = scope.as_dict()
+    result.warnings += [w for w in [scope.note(masks.sparsity)] if w]
 
 
 def apply_masks(model: nn.Module, masks: MaskSet, config: CompressConfig, result: PruneResult) -> None:
@@ -206,9 +217,8 @@ def channel_plan(
     example = as_args(example)
     groups = build_groups(model, example) if groups is None else groups
     if not groups.prunable:
-        reasons = sorted({g.blocked_by for g in groups.blocked if g.blocked_by})
         raise ConfigError(
-            "no channel group of this model can be pruned" + (f": {reasons[0]}" if reasons else ""),
+            nothing_prunable_message(blockers(groups, model, batch_of(example, 1))),
             hint="run `slimmer inspect` to see what blocks each layer, or use --method unstructured",
         )
     round_to = config.round_to or DEFAULT_ROUND_TO
@@ -224,7 +234,7 @@ def channel_plan(
         max_ratio=DEFAULT_MAX_RATIO,
         scope=config.scope,
         criterion=kind,
-        example_inputs=example,
+        example_inputs=batch_of(example, 1),  # MACs at batch 1, as in the report
         seed=config.seed,
         channel_scores=channel_scores,
         latency_aware=config.latency_aware,
@@ -308,7 +318,7 @@ def channel_masks_for(
         macs_target=1.0 - fraction if by_macs else None,
         groups=groups,
     )
-    return ChannelMasks.from_plan(plan, model, _channel_fractions(plan))
+    return ChannelMasks.from_plan(plan, model, removed_per_layer(plan, model))
 
 
 def _channel(
@@ -326,13 +336,12 @@ def _channel(
     mask_model(model, plan)
     result.plan, result.groups = plan, groups
     result.warnings += plan.notes
-    for reason in sorted({g.blocked_by for g in groups.blocked if g.blocked_by}):
-        if not reason.startswith(("model output", "model input")):  # never pruned, by design
-            result.warnings.append(f"not pruned: {reason}")
+    found = blockers(groups, model, batch_of(example, 1))  # largest first
+    result.warnings += [f"not pruned: {b.describe()}" for b in found if not by_design(b)]
     if config.macs_target is None and speedup is None:
         result.sparsity_requested = config.target_sparsity
         result.sparsity_achieved = plan.channels_pruned / max(1, plan.channels_total)
-    result.per_layer = _channel_fractions(plan)
+    result.per_layer = removed_per_layer(plan, model)
     result.details = {
         "criterion": kind,
         "groups": len(groups.groups),
@@ -343,7 +352,7 @@ def _channel(
         "channels_pruned": plan.channels_pruned,
         "macs_target": config.macs_target,
         "latency_aware": config.latency_aware or config.speedup is not None,
-        "blocked": sorted({g.blocked_by for g in groups.blocked if g.blocked_by}),
+        "blocked": [b.as_dict() for b in found],
     }
     if speedup is not None:
         result.details["speedup"] = {
@@ -368,7 +377,7 @@ def _plan_for_speedup(model, groups, config, example, round_to, kind, channel_sc
             groups,
             model,
             config.speedup,
-            example,
+            batch_of(example, 1),  # MACs at batch 1, as in the report
             onnx_speedup(model, one, workdir=Path(tmp)),
             round_to=round_to,
             max_ratio=DEFAULT_MAX_RATIO,
@@ -376,15 +385,6 @@ def _plan_for_speedup(model, groups, config, example, round_to, kind, channel_sc
             seed=config.seed,
             channel_scores=channel_scores,
         )
-
-
-def _channel_fractions(plan: PruningPlan) -> dict[str, float]:
-    """Fraction of channels removed per group, keyed by the group's first member (its producer)."""
-    out: dict[str, float] = {}
-    for g in plan.groups:
-        name = g.members[0][0] if g.members else g.id
-        out[name] = len(g.pruned) / g.channels if g.channels else 0.0
-    return out
 
 
 def shrink_model(model: nn.Module, result: PruneResult, example: tuple) -> SurgeryResult | None:

@@ -57,8 +57,13 @@ def run_quantize(job: QuantizeJob) -> Report:
 
     report = Report(
         input={"path": str(graph), "sha256": sha256_file(graph), "format": "onnx"},
-        config={**asdict(job.config), "data": source, "output": str(output), "report": str(report_path),
-                "input_shape": list(job.input_shape) if job.input_shape else None},
+        config={
+            **asdict(job.config),
+            "data": source,
+            "output": str(output),
+            "report": str(report_path),
+            "input_shape": list(job.input_shape) if job.input_shape else None,
+        },
     )
     try:
         result = quantize(graph, calibration, job.config, output, held_out=held_out, labels=labels, force=job.force)
@@ -86,8 +91,12 @@ def artifact_info(path: Path) -> dict:
     import hashlib
 
     data = Path(path).read_bytes()
-    return {"path": str(path), "sha256": hashlib.sha256(data).hexdigest(), "opset": _opset(Path(path)),
-            "size_bytes": len(data)}
+    return {
+        "path": str(path),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "opset": _opset(Path(path)),
+        "size_bytes": len(data),
+    }
 
 
 def _opset(path: Path) -> int | None:
@@ -159,8 +168,9 @@ def _named_arrays(path: Path, specs, val_fraction: float, batch: int):
     dtypes = {s[0]: s[1] for s in specs}
 
     def chunk(lo: int, hi: int) -> list[dict[str, np.ndarray]]:
-        return [{k: np.ascontiguousarray(v[i : min(i + batch, hi)], dtype=dtypes[k]) for k, v in arrays.items()}
-                for i in range(lo, hi, batch)]
+        return [
+            {k: np.ascontiguousarray(v[i : min(i + batch, hi)], dtype=dtypes[k]) for k, v in arrays.items()}
+            for i in range(lo, hi, batch)
+        ]
 
     return chunk(0, cut), chunk(cut, total)
-

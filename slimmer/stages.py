@@ -139,14 +139,17 @@ def check_forward(model: nn.Module, inputs: ExampleInputs, args: tuple[Any, ...]
     except Exception as exc:  # noqa: BLE001
         text = _ANSI.sub("", str(exc)).strip()
         first = text.splitlines()[0] if text else type(exc).__name__
-        given = ", ".join(s.describe() for s in inputs.specs)
+        if len(inputs.specs) == 1 and inputs.first.name == "input":  # --input-shape: the user's shape
+            given = f"an input of shape {tuple(inputs.first.shape)}"
+        else:
+            given = "the inputs " + ", ".join(s.describe() for s in inputs.specs)
         hint = (
             "check --input-shape (batch first, e.g. 1,3,224,224); a model with several inputs or integer token "
             "ids takes --input NAME:DTYPE[SHAPE][:LOW..HIGH] (repeatable) or --example-inputs FILE"
         )
         if inputs.single_float and any(isinstance(m, nn.Embedding) for m in model.modules()):
             hint = "this model starts with an embedding: give integer ids, e.g. --input input_ids:int64[1,128]:0..999"
-        raise ConfigError(f"the model fails on the inputs {given}: {first}", hint=hint) from None
+        raise ConfigError(f"the model fails on {given}: {first}", hint=hint) from None
     register_output_types(out)
     return out
 

@@ -21,8 +21,17 @@ from slimmer.export.bench import Latency, PairedLatency
 from slimmer.export.quantize import RANDOM_CALIBRATION_WARNING, QuantizationFailed, QuantizeConfig
 
 QUANT_KEYS = {
-    "method", "calibration", "per_channel", "size_bytes_float", "size_bytes_int8", "agreement", "cosine",
-    "accuracy_float", "accuracy_int8", "latency_ms_float", "latency_ms_int8",
+    "method",
+    "calibration",
+    "per_channel",
+    "size_bytes_float",
+    "size_bytes_int8",
+    "agreement",
+    "cosine",
+    "accuracy_float",
+    "accuracy_int8",
+    "latency_ms_float",
+    "latency_ms_int8",
 }
 
 
@@ -30,8 +39,16 @@ def _export(net: nn.Module, example: tuple, path: Path, names: list[str]) -> Pat
     dyn = {n: {0: "batch"} for n in [*names, "y"]}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), example, str(path), dynamo=False, input_names=names, output_names=["y"],
-                          dynamic_axes=dyn, opset_version=17)
+        torch.onnx.export(
+            net.eval(),
+            example,
+            str(path),
+            dynamo=False,
+            input_names=names,
+            output_names=["y"],
+            dynamic_axes=dyn,
+            opset_version=17,
+        )
     return path
 
 
@@ -53,8 +70,16 @@ class SmallMargin(nn.Module):
 def graphs(tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("graphs")
-    conv = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3),
-                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    conv = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
+    )
     with torch.no_grad():
         for p in conv.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -97,8 +122,18 @@ def _paired(speedup: float):
 
 def test_quantize_cli_on_foreign_onnx_writes_int8_and_report(cli, graphs, data_npz, tmp_path, partial_files):
     graph = _copy(graphs["conv"], tmp_path)
-    run = cli("quantize", graph, "--data", data_npz("y_conv"), "--val-fraction", "0.5", "--quantize-anyway",
-              "--pairs", "3", "--json")
+    run = cli(
+        "quantize",
+        graph,
+        "--data",
+        data_npz("y_conv"),
+        "--val-fraction",
+        "0.5",
+        "--quantize-anyway",
+        "--pairs",
+        "3",
+        "--json",
+    )
     assert run.code == 0, run.stderr
     rep = run.json()
     q = rep["quantization"]
@@ -119,8 +154,21 @@ def test_quantize_cli_on_foreign_onnx_writes_int8_and_report(cli, graphs, data_n
 def test_accuracy_gate_failing_exits_5_with_nothing_written(cli, graphs, data_npz, tmp_path, partial_files):
     graph = _copy(graphs["margin"], tmp_path)
     out = tmp_path / "q.onnx"
-    run = cli("quantize", graph, "--data", data_npz("y_margin"), "--val-fraction", "0.5", "--min-agreement", "0",
-              "--max-quantization-drop", "1", "-o", out, "--json")
+    run = cli(
+        "quantize",
+        graph,
+        "--data",
+        data_npz("y_margin"),
+        "--val-fraction",
+        "0.5",
+        "--min-agreement",
+        "0",
+        "--max-quantization-drop",
+        "1",
+        "-o",
+        out,
+        "--json",
+    )
     assert run.code == 5, run.stderr
     rep = run.json()
     assert rep["status"] == "failed" and rep["exit_code"] == 5 and "points below the float" in rep["error"]
@@ -134,8 +182,13 @@ def test_accuracy_gate_failing_exits_5_with_nothing_written(cli, graphs, data_np
 def test_agreement_gate_raises_from_the_api(graphs, tmp_path):
     x = graphs["x"]
     with pytest.raises(QuantizationFailed) as info:
-        slimmer.quantize(graphs["margin"], [{"x": x[:48]}], QuantizeConfig(min_agreement=0.99), tmp_path / "m.onnx",
-                         held_out=[{"x": x[48:]}])
+        slimmer.quantize(
+            graphs["margin"],
+            [{"x": x[:48]}],
+            QuantizeConfig(min_agreement=0.99),
+            tmp_path / "m.onnx",
+            held_out=[{"x": x[48:]}],
+        )
     assert info.value.exit_code == 5 and "top-1 agreement" in info.value.message
     assert info.value.result.agreement < 0.99 and not (tmp_path / "m.onnx").exists()
 
@@ -145,8 +198,15 @@ def test_slower_than_float_keeps_the_float_file(graphs, tmp_path, anyway):
     x = graphs["x"]
     out = tmp_path / "slow.int8.onnx"
     config = QuantizeConfig(quantize_anyway=anyway)
-    res = slimmer.quantize(graphs["conv"], [{"x": x[:48]}], config, out, held_out=[{"x": x[48:]}],
-                           labels=graphs["y_conv"][48:], timer=_paired(0.8))
+    res = slimmer.quantize(
+        graphs["conv"],
+        [{"x": x[:48]}],
+        config,
+        out,
+        held_out=[{"x": x[48:]}],
+        labels=graphs["y_conv"][48:],
+        timer=_paired(0.8),
+    )
     assert res.passed and res.faster is False and res.speedup == 0.8
     assert res.latency_ms_float == 2.0 and res.latency_ms_int8 == 2.5
     assert any("not faster than the float file" in w for w in res.warnings)
@@ -159,8 +219,14 @@ def test_slower_than_float_keeps_the_float_file(graphs, tmp_path, anyway):
 
 def test_faster_int8_is_kept(graphs, tmp_path):
     x = graphs["x"]
-    res = slimmer.quantize(graphs["conv"], [{"x": x[:48]}], QuantizeConfig(), tmp_path / "fast.onnx",
-                           held_out=[{"x": x[48:]}], timer=_paired(1.5))
+    res = slimmer.quantize(
+        graphs["conv"],
+        [{"x": x[:48]}],
+        QuantizeConfig(),
+        tmp_path / "fast.onnx",
+        held_out=[{"x": x[48:]}],
+        timer=_paired(1.5),
+    )
     assert res.kept == "int8" and res.faster is True and (tmp_path / "fast.onnx").is_file()
     assert not any("not faster" in w for w in res.warnings)
 
@@ -187,21 +253,36 @@ def test_integer_inputs_pass_through(tmp_path):
             return self.lin(x + self.emb(ids).mean(1))
 
     torch.manual_seed(0)
-    graph = _export(TwoInputs(), (torch.randn(2, 8), torch.zeros(2, 4, dtype=torch.long)), tmp_path / "two.onnx",
-                    ["x", "ids"])
+    graph = _export(
+        TwoInputs(), (torch.randn(2, 8), torch.zeros(2, 4, dtype=torch.long)), tmp_path / "two.onnx", ["x", "ids"]
+    )
     rng = np.random.default_rng(0)
-    feeds = [{"x": rng.standard_normal((16, 8)).astype(np.float32), "ids": rng.integers(0, 10, (16, 4))}
-             for _ in range(3)]
-    res = slimmer.quantize(graph, feeds[:2], QuantizeConfig(min_agreement=0.5, quantize_anyway=True),
-                           tmp_path / "two.int8.onnx", held_out=feeds[2:], timer=_paired(1.0))
+    feeds = [
+        {"x": rng.standard_normal((16, 8)).astype(np.float32), "ids": rng.integers(0, 10, (16, 4))} for _ in range(3)
+    ]
+    res = slimmer.quantize(
+        graph,
+        feeds[:2],
+        QuantizeConfig(min_agreement=0.5, quantize_anyway=True),
+        tmp_path / "two.int8.onnx",
+        held_out=feeds[2:],
+        timer=_paired(1.0),
+    )
     assert res.calibration["samples"] == 32 and res.eval_samples == 16 and res.cosine > 0.99
     with pytest.raises(Exception, match="calibration feed has inputs"):
         slimmer.quantize(graph, [{"x": feeds[0]["x"]}], QuantizeConfig(), tmp_path / "bad.onnx")
 
 
 def test_config_validates_itself(cli, graphs, tmp_path):
-    for bad in ({"calibration_method": "kl"}, {"method": "int4"}, {"calibration_samples": 0}, {"min_agreement": 1.5},
-                {"min_cosine": 2.0}, {"max_quantization_drop": -1}, {"activation_type": "int4"}):
+    for bad in (
+        {"calibration_method": "kl"},
+        {"method": "int4"},
+        {"calibration_samples": 0},
+        {"min_agreement": 1.5},
+        {"min_cosine": 2.0},
+        {"max_quantization_drop": -1},
+        {"activation_type": "int4"},
+    ):
         with pytest.raises(ConfigError):
             QuantizeConfig(**bad)
     graph = _copy(graphs["conv"], tmp_path)
@@ -220,8 +301,16 @@ def test_depthwise_convs_keep_per_channel_scales(tmp_path):
     from torchvision.models.mobilenetv2 import InvertedResidual
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6(), InvertedResidual(16, 16, 1, 6),
-                        InvertedResidual(16, 24, 2, 6), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU6(),
+        InvertedResidual(16, 16, 1, 6),
+        InvertedResidual(16, 24, 2, 6),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(24, 10),
+    )
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for m in net.modules():
@@ -249,19 +338,28 @@ def test_quantize_after_compress_takes_arrays(graphs, tmp_path):
 
     x, y = graphs["x"], graphs["y_conv"]
     config = QuantizeConfig(calibration_samples=40, eval_samples=30, batch_size=16)
-    res = quantize_after_compress(graphs["conv"], x[:64], y[64:], config, eval_inputs=x[64:],
-                                  output_path=tmp_path / "c.int8.onnx", timer=_paired(1.2))
+    res = quantize_after_compress(
+        graphs["conv"],
+        x[:64],
+        y[64:],
+        config,
+        eval_inputs=x[64:],
+        output_path=tmp_path / "c.int8.onnx",
+        timer=_paired(1.2),
+    )
     assert res.calibration == {"method": "minmax", "samples": 40, "source": "data"}
     assert res.eval_samples == 30 and res.accuracy_float == float((y[64:94] == y[64:94]).mean())
     assert res.kept == "int8" and (tmp_path / "c.int8.onnx").is_file()
     assert not any("symbolic shape inference failed" in w for w in res.warnings)
-    res = quantize_after_compress(graphs["conv"], None, None, config, output_path=tmp_path / "r.onnx",
-                                  timer=_paired(1.2))
+    res = quantize_after_compress(
+        graphs["conv"], None, None, config, output_path=tmp_path / "r.onnx", timer=_paired(1.2)
+    )
     assert res.calibration["source"] == "random" and RANDOM_CALIBRATION_WARNING in res.warnings
 
 
 def test_sympy_for_symbolic_shape_inference_is_declared():
     import importlib
+
     import tomllib
 
     root = Path(__file__).resolve().parent.parent

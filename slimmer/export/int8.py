@@ -114,15 +114,19 @@ def preprocess(src: Path, dst: Path) -> list[str]:
             with _quiet():
                 quant_pre_process(str(src), str(dst), skip_symbolic_shape=not symbolic, auto_merge=True)
             if not symbolic:
-                notes.append(f"symbolic shape inference failed before quantization ({_first_line(last)}); "
-                             "ONNX shape inference alone was used")
+                notes.append(
+                    f"symbolic shape inference failed before quantization ({_first_line(last)}); "
+                    "ONNX shape inference alone was used"
+                )
             return notes
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - retried without symbolic inference, then exit 4
             last = exc
-    raise ExportError(f"pre-processing for quantization failed: {_first_line(last)}",
-                      hint="check the graph with onnx.checker; run with --debug for the full message")
+    raise ExportError(
+        f"pre-processing for quantization failed: {_first_line(last)}",
+        hint="check the graph with onnx.checker; run with --debug for the full message",
+    )
 
 
 def quantize_file(
@@ -140,8 +144,11 @@ def quantize_file(
     Raises :class:`ExportError` (exit 4) when onnxruntime's quantizer fails."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
     act = QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8
     try:
         with _quiet():
@@ -160,8 +167,10 @@ def quantize_file(
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - every quantizer failure is exit 4
-        raise ExportError(f"onnxruntime static quantization failed: {_first_line(exc)}",
-                          hint="run with --debug for the quantizer's full message") from exc
+        raise ExportError(
+            f"onnxruntime static quantization failed: {_first_line(exc)}",
+            hint="run with --debug for the quantizer's full message",
+        ) from exc
 
 
 def run_feeds(session, feeds: Sequence[Feed]) -> list[np.ndarray]:
@@ -263,5 +272,6 @@ def compact_names(src: Path, dst: Path) -> None:
 def has_subgraphs(path: Path) -> bool:
     """Whether any node of ``path`` carries a subgraph (If, Loop, Scan)."""
     proto = onnx.load(str(path), load_external_data=False)
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-               for n in proto.graph.node for a in n.attribute)
+    return any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in proto.graph.node for a in n.attribute
+    )

@@ -78,9 +78,13 @@ class QuantizeConfig:
             )
         if self.activation_type not in int8.ACTIVATION_TYPES:
             raise ConfigError(f"activation type {self.activation_type!r} is not one of uint8, int8")
-        for name, value in (("--calibration-samples", self.calibration_samples), ("--eval-samples", self.eval_samples),
-                            ("batch size", self.batch_size), ("latency pairs", self.latency_pairs),
-                            ("latency threads", self.latency_threads)):
+        for name, value in (
+            ("--calibration-samples", self.calibration_samples),
+            ("--eval-samples", self.eval_samples),
+            ("batch size", self.batch_size),
+            ("latency pairs", self.latency_pairs),
+            ("latency threads", self.latency_threads),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.latency_warmup < 0:
@@ -156,8 +160,15 @@ def feeds_from_array(x: np.ndarray, input_name: str, batch_size: int) -> list[di
 
 def _paired(config: QuantizeConfig) -> Timer:
     def timer(float_path: Path, int8_path: Path) -> PairedLatency:
-        return paired_latency(float_path, int8_path, warmup=config.latency_warmup, pairs=config.latency_pairs,
-                              threads=config.latency_threads, batch=1, seed=config.seed)
+        return paired_latency(
+            float_path,
+            int8_path,
+            warmup=config.latency_warmup,
+            pairs=config.latency_pairs,
+            threads=config.latency_threads,
+            batch=1,
+            seed=config.seed,
+        )
 
     return timer
 
@@ -208,8 +219,10 @@ def quantize(
         notes.append("no held-out inputs were given: the int8 file was verified on its calibration inputs")
     depthwise = int8.count_depthwise(src)
     if depthwise and not config.per_channel:
-        notes.append(f"{depthwise} depthwise convolutions quantized with one scale per tensor: accuracy may collapse "
-                     "(per-channel weights avoid it)")
+        notes.append(
+            f"{depthwise} depthwise convolutions quantized with one scale per tensor: accuracy may collapse "
+            "(per-channel weights avoid it)"
+        )
     tmp = temp_path_for(final)
     committed = False
     try:
@@ -217,9 +230,15 @@ def quantize(
             pre = Path(work) / "preprocessed.onnx"
             notes += int8.preprocess(src, pre)
             raw = Path(work) / "int8.onnx"
-            int8.quantize_file(pre, raw, feeds, calibration_method=config.calibration_method,
-                               per_channel=config.per_channel, activation_type=config.activation_type,
-                               reduce_range=config.reduce_range)
+            int8.quantize_file(
+                pre,
+                raw,
+                feeds,
+                calibration_method=config.calibration_method,
+                per_channel=config.per_channel,
+                activation_type=config.activation_type,
+                reduce_range=config.reduce_range,
+            )
             if int8.has_subgraphs(raw):
                 shutil.copyfile(raw, tmp)
             else:
@@ -235,9 +254,12 @@ def quantize(
             notes.append(
                 "the int8 file is not faster than the float file on this CPU (paired speedup "
                 + ("not measured)" if faster is None else f"{latency.speedup:.2f}x)")
-                + (": kept as asked (--quantize-anyway)" if config.quantize_anyway
-                   else f": the float file {src} stays the artifact and no int8 file was written (--quantize-anyway "
-                        "keeps it)")
+                + (
+                    ": kept as asked (--quantize-anyway)"
+                    if config.quantize_anyway
+                    else f": the float file {src} stays the artifact and no int8 file was written (--quantize-anyway "
+                    "keeps it)"
+                )
             )
         result = QuantizeResult(
             method=config.method,
@@ -310,8 +332,7 @@ def quantize_after_compress(
     if eval_inputs is not None and len(eval_inputs):
         held = feeds_from_array(np.asarray(eval_inputs)[: config.eval_samples], name, config.batch_size)
         labels = None if labels is None else np.asarray(labels)[: config.eval_samples]
-    return quantize(float_onnx_path, calib, config, output_path, held_out=held, labels=labels, force=force,
-                    timer=timer)
+    return quantize(float_onnx_path, calib, config, output_path, held_out=held, labels=labels, force=force, timer=timer)
 
 
 def _calibration_feeds(src: Path, calibration, config: QuantizeConfig) -> tuple[list[dict], str]:
@@ -350,10 +371,11 @@ def _gate_failures(config: QuantizeConfig, cosine, agree, acc_f, acc_q, finite) 
     if acc_f is not None and acc_q is not None:
         drop = (acc_f - acc_q) * 100
         if drop > config.max_quantization_drop:
-            failures.append(f"accuracy {acc_q:.2%} is {drop:.2f} points below the float {acc_f:.2%} "
-                            f"(--max-quantization-drop {config.max_quantization_drop:g})")
+            failures.append(
+                f"accuracy {acc_q:.2%} is {drop:.2f} points below the float {acc_f:.2%} "
+                f"(--max-quantization-drop {config.max_quantization_drop:g})"
+            )
     return failures
-
 
 
 def summary_rows(q: Mapping[str, Any]) -> list[tuple[str, str, str]]:

@@ -50,6 +50,7 @@ class ChannelGroup:
     members: list[GroupMember]
     channels: int
     blocked_by: str | None = None
+    reasons: tuple[str, ...] = ()  # every barrier reason of a blocked group, without the layer list
 
     @property
     def prunable(self) -> bool:
@@ -185,6 +186,7 @@ def groups_from_trace(captured: CapturedGraph, space: ChannelSpace, labels: dict
         by_key[(tuple(sorted(held)), blocked)].append(root)
     groups = []
     for (signature, blocked), roots in by_key.items():
+        raw = tuple(sorted(set().union(*(reasons.get(r, set()) for r in roots))))
         anchor = signature[0]
         roots.sort(key=lambda r: min(holdings[r][anchor]))
         members = [
@@ -192,7 +194,7 @@ def groups_from_trace(captured: CapturedGraph, space: ChannelSpace, labels: dict
             for name, dim in signature
         ]
         group_id = f"{anchor[0]}:{anchor[1]}@{min(holdings[roots[0]][anchor])}"
-        group = ChannelGroup(group_id, members, len(roots), blocked)
+        group = ChannelGroup(group_id, members, len(roots), blocked, raw)
         if blocked is not None:
             layers = group.layers
             more = f" and {len(layers) - MAX_LAYERS} more" if len(layers) > MAX_LAYERS else ""

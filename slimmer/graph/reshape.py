@@ -8,8 +8,12 @@ These ops move channels without computing on them, so their rules are pure index
   ``view(N, g, C/g, H, W)``) makes the largest new dim the carrier and ties every position with
   the same carrier coordinate together, so every block loses the same channels.
 * cat concatenates index maps; equal chunk/split ties piece k's channel i to piece 0's channel i
-  (all pieces shrink alike, as ``chunk`` recomputes sizes); slice/select/pad have fixed bounds
-  in the graph and are barriers along the dim they cut.
+  (all pieces shrink alike, as ``chunk`` recomputes sizes); a split with explicit sizes
+  (``torch.split(x, [16, 48])``) maps each index into its part, and each part shrinks on its own
+  (when the sizes are literals in ``forward``, the pruned forward fails, and the planner and
+  :func:`~slimmer.surgery.shrink` keep those groups whole and say so); slice/select/pad have fixed
+  bounds in the graph and are barriers along the dim they cut.
+* pixel shuffle turns each block of r*r channels into one channel: the block is one unit.
 """
 
 from __future__ import annotations
@@ -156,12 +160,10 @@ def _split(ctx: RuleContext) -> list[Labels]:
     if ctx.op == "aten.unbind.int":
         ctx.barrier(xl[dim], "unbind of a dim")
         return [[*xl[:dim], *xl[dim + 1 :]] for _ in shapes]
-    if len(set(sizes)) == 1:
+    if len(set(sizes)) == 1 and ctx.op != "aten.split_with_sizes.default":
         size = sizes[0]
         for k in range(1, len(sizes)):
             ctx.unify(xl[dim][:size], xl[dim][k * size : (k + 1) * size])
-    else:
-        ctx.barrier(xl[dim], f"split into unequal sizes {sizes}")
     pieces, start = [], 0
     for size in sizes:
         pieces.append([*xl[:dim], xl[dim][start : start + size], *xl[dim + 1 :]])
@@ -223,6 +225,34 @@ def _flip(ctx: RuleContext) -> Labels:
     return xl
 
 
+def _pixel_shuffle(ctx: RuleContext) -> Labels:
+    """``(N, C*r*r, H, W) -> (N, C, H*r, W*r)``: output channel c is input block c*r*r..(c+1)*r*r-1.
+
+    The r*r input channels of a block become one channel, so they are removed together (a unit of
+    r*r channels of the producing conv). The spatial dims mix with the channel dim: fresh, barred.
+    """
+    xl = ctx.labels(ctx.node.args[0])
+    r = int(ctx.arg(1, "upscale_factor"))
+    out = ctx.fresh()
+    ctx.unify(np.repeat(out[-3], r * r), xl[-3])
+    for i in range(len(xl) - 3):
+        ctx.unify(out[i], xl[i])
+    ctx.barrier([*xl[-2:], *out[-2:]], "spatial dim mixed with channels by pixel shuffle")
+    return out
+
+
+def _pixel_unshuffle(ctx: RuleContext) -> Labels:
+    """``(N, C, H*r, W*r) -> (N, C*r*r, H, W)``: input channel c becomes the block c*r*r..(c+1)*r*r-1."""
+    xl = ctx.labels(ctx.node.args[0])
+    r = int(ctx.arg(1, "downscale_factor"))
+    out = ctx.fresh()
+    ctx.unify(out[-3], np.repeat(xl[-3], r * r))
+    for i in range(len(xl) - 3):
+        ctx.unify(out[i], xl[i])
+    ctx.barrier([*xl[-2:], *out[-2:]], "spatial dim mixed with channels by pixel unshuffle")
+    return out
+
+
 def _no_tensor(ctx: RuleContext) -> None:
     return None
 
@@ -259,5 +289,7 @@ def register_layout_rules(register: Callable[..., Callable[[Any], Any]]) -> None
     register("aten.select.int")(_select)
     register("aten.pad.default", "aten.constant_pad_nd.default")(_pad)
     register("aten.roll.default")(_roll)
+    register("aten.pixel_shuffle.default")(_pixel_shuffle)
+    register("aten.pixel_unshuffle.default")(_pixel_unshuffle)
     register("aten.flip.default")(_flip)
     register("aten.sym_size.int", "aten._assert_tensor_metadata.default", "aten._assert_scalar.default")(_no_tensor)

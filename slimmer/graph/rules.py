@@ -139,6 +139,22 @@ def elementwise(ctx: RuleContext) -> Labels:
     return [a if a is not None else f for a, f in zip(out, fresh, strict=True)]
 
 
+@register("aten.prelu.default", "aten._prelu_kernel.default")
+def prelu(ctx: RuleContext) -> Labels:
+    """One slope per channel (dim 1) follows its channel; a single slope is shared and left whole.
+
+    PReLU is element-wise with a parameter: its weight holds one value per channel or one value
+    for all. A per-channel slope is sliced with the channel; a single slope (even one module
+    reused by several layers) has no channel dim, so no group ever touches it.
+    """
+    xl, wl = ctx.labels(ctx.arg(0, "self")), ctx.labels(ctx.arg(1, "weight"))
+    if wl is not None and len(xl) >= 2 and wl[0].size == xl[1].size and xl[1].size > 1:
+        ctx.unify(wl[0], xl[1])
+    elif wl is not None and wl[0].size != 1:
+        ctx.barrier([*xl, *wl], "PReLU slopes that are neither one per channel nor one in all")
+    return list(xl)
+
+
 # --------------------------------------------------------------------------- weights
 def _weighted_conv(ctx: RuleContext, x: Any, w: Any, bias: Any, groups: int, transposed: bool) -> Labels:
     xl, wl = ctx.labels(x), ctx.labels(w)

@@ -10,8 +10,11 @@ scores normalized by their group's mean, so groups of different magnitudes compe
 ``layer`` scope prunes the same fraction of every group. With ``macs_target`` the global rank
 cut (or the uniform fraction) is found by bisection on MACs counted by ``FlopCounterMode`` on a
 meta-device copy with the channels really removed. Every group keeps at least one channel and at
-least ``1 - max_ratio`` of them; kept counts are rounded *up* to a multiple of ``round_to``, so
-rounding never prunes more than asked and the bisection absorbs the difference elsewhere.
+least ``1 - max_ratio`` of them; kept counts are rounded *up* so that every tensor keeps a
+multiple of ``round_to`` channels (counted in channels, not in units: a unit of a grouped conv or
+GroupNorm holds several, see :func:`unit_step`), so rounding never prunes more than asked and the
+bisection absorbs the difference elsewhere. Groups whose removal breaks the forward (a size
+written as a literal in ``forward``) are found on a meta copy and kept whole, with a note.
 
 ``latency_aware`` divides each channel's normalized score by its group's estimated time per MAC
 relative to the model's average (:mod:`slimmer.structures.latency_cost`): at the same MACs target,
@@ -83,7 +86,25 @@ def group_scores(group: ChannelGroup, model: nn.Module, kind: str = "l1", seed: 
     return total.sqrt() if kind == "l2" else total
 
 
+def unit_step(group: ChannelGroup, round_to: int) -> int:
+    """How many of ``group``'s units make every tensor's kept count a multiple of ``round_to``.
+
+    A unit (one "channel" of the group) holds ``len(member.indices[j])`` indices of each member: one
+    for a plain conv, a whole conv or GroupNorm group of several channels, r*r channels before a
+    pixel shuffle. Keeping k units keeps ``k * width`` indices of a member, a multiple of
+    ``round_to`` when k is a multiple of ``round_to / gcd(round_to, width)``; the step satisfies
+    every member at once (their least common multiple). Rounding counts channels, never units.
+    """
+    step = 1
+    for member in group.members:
+        for width in {len(idx) for idx in member.indices}:
+            step = math.lcm(step, round_to // math.gcd(round_to, width))
+    return step
+
+
 def _keep_count(n: int, pruned: int, round_to: int, max_ratio: float) -> int:
+    """Units to keep of ``n`` when ``pruned`` are asked for: at least ``1 - max_ratio`` of them and
+    one, rounded up to a multiple of ``round_to`` (here already in units, see :func:`unit_step`)."""
     keep = max(n - pruned, math.ceil(n * (1.0 - max_ratio) - 1e-9), 1)
     keep = math.ceil(keep / round_to) * round_to
     return min(keep, n)
@@ -184,15 +205,17 @@ def plan_channels(
     for rank, (_, g, _) in enumerate(normalized):
         pruned_in_group[g].append(rank)
 
+    steps_in_units = [unit_step(group, round_to) for group in groups]
+
     def plan_for(counts: list[int]) -> PruningPlan:
         planned = [
             PlannedGroup(
                 group.id,
                 group.signature,
                 group.channels,
-                sorted(order[group.id][: _keep_count(group.channels, c, round_to, max_ratio)]),
+                sorted(order[group.id][: _keep_count(group.channels, c, step, max_ratio)]),
             )
-            for group, c in zip(groups, counts, strict=True)
+            for group, c, step in zip(groups, counts, steps_in_units, strict=True)
         ]
         plan = PruningPlan(
             planned,
@@ -242,7 +265,8 @@ def plan_channels(
 
     if macs_target is not None and not macs_before:
         raise ConfigError("macs_target needs a model whose MACs can be counted, and this one counts 0")
-    if macs_target is not None and macs_of(plan_for(counts_at(space))) is None:
+    runs_on_meta = meta is not None and macs_of(plan_for([0] * len(groups))) is not None
+    if runs_on_meta and macs_of(plan_for(counts_at(space))) is None:
         for g, group in enumerate(groups):
             if macs_of(plan_for([group.channels if i == g else 0 for i in range(len(groups))])) is None:
                 excluded.add(g)

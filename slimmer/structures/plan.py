@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from slimmer.errors import ConfigError, InputError
 from slimmer.graph.groups import ChannelGroup, GroupSet
 
@@ -199,3 +201,23 @@ class PruningPlan:
     @classmethod
     def load(cls, path: str | Path) -> PruningPlan:
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+
+def removed_per_layer(plan: PruningPlan, model: nn.Module) -> dict[str, float]:
+    """Fraction of each changed layer's weight that the plan removes, keyed by the weight's name.
+
+    A layer is changed when the plan slices its ``weight`` (producer rows, consumer columns, a
+    norm's or PReLU's per-channel values) or a parameter of its own that is not a bias (a
+    LayerScale ``gamma``). For a conv losing half its output rows and a quarter of its input
+    columns the fraction is ``1 - 0.5 * 0.75``. Layers the plan leaves whole are not listed.
+    """
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    out: dict[str, float] = {}
+    for name, dims in sorted(plan.removals().items()):
+        if name not in shapes or name.rsplit(".", 1)[-1] == "bias":
+            continue
+        kept = 1.0
+        for dim, removed in dims.items():
+            kept *= (shapes[name][dim] - len(removed)) / shapes[name][dim]
+        out[name] = 1.0 - kept
+    return out

@@ -1,4 +1,11 @@
-"""Unstructured pruning: per-weight masks over the weights of Conv and Linear layers.
+"""Unstructured pruning: per-weight masks over every weight matrix of the model.
+
+In scope (:func:`prunable_weights`): the weights of Conv (1-3d, transposed) and Linear layers, of
+recurrent layers (``nn.LSTM``/``GRU``/``RNN`` ``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``)
+and the in-projections of ``nn.MultiheadAttention``; :func:`unstructured_scope` adds bare
+``nn.Parameter`` matrices that ``forward`` multiplies with (``x @ self.w``) and lists what stays
+out (embeddings, positional tables, biases and norms) with its share of the parameters, so a
+sparsity is always stated over what was in scope.
 
 Masks are plain boolean tensors keyed by parameter name (no hooks or hidden attributes on the
 module). ``apply`` zeroes the pruned weights in place; a fine-tuning loop keeps them at zero by
@@ -7,6 +14,7 @@ calling ``apply`` again after each optimizer step.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -24,17 +32,36 @@ PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
+RECURRENT_WEIGHT = re.compile(r"weight_(ih|hh|hr)_l\d+(_reverse)?")
+ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+def _module_weights(module: nn.Module) -> list[str]:
+    """Attribute names of ``module``'s own weight matrices that unstructured pruning covers."""
+    if isinstance(module, PRUNABLE_TYPES):
+        return ["weight"]
+    if isinstance(module, nn.RNNBase):
+        return [n for n in module._parameters if RECURRENT_WEIGHT.fullmatch(n)]
+    if isinstance(module, nn.MultiheadAttention):
+        return [n for n in ATTENTION_WEIGHTS if module._parameters.get(n) is not None]
+    return []
+
+
 def prunable_weights(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, nn.Parameter]:
-    """``{"layer.weight": param}`` for every Conv/Linear weight (biases and norms excluded)."""
+    """``{"layer.weight": param}`` for every weight matrix of a known layer (see the module docstring);
+    biases and norms excluded. ``exclude`` names modules to leave out; a shared weight is listed once."""
     skip = set(exclude)
     found: dict[str, nn.Parameter] = {}
     seen: set[int] = set()
     for mod_name, module in model.named_modules():
-        if isinstance(module, PRUNABLE_TYPES) and isinstance(getattr(module, "weight", None), nn.Parameter):
-            if mod_name in skip or id(module.weight) in seen:
+        if mod_name in skip:
+            continue
+        for attr in _module_weights(module):
+            weight = module._parameters.get(attr)
+            if not isinstance(weight, nn.Parameter) or id(weight) in seen:
                 continue
-            seen.add(id(module.weight))
-            found[f"{mod_name}.weight" if mod_name else "weight"] = module.weight
+            seen.add(id(weight))
+            found[f"{mod_name}.{attr}" if mod_name else attr] = weight
     return found
 
 

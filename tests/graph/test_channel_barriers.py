@@ -10,6 +10,8 @@ from torch import nn
 from slimmer.errors import InputError
 from slimmer.graph import build_groups, capture
 from slimmer.graph.rules import RULES
+from slimmer.structures.channel import plan_channels
+from slimmer.surgery import shrink
 
 
 def cbr(cin: int, cout: int) -> nn.Sequential:
@@ -93,9 +95,21 @@ def test_attention_is_blocked_and_mlp_pruned(check, fused: bool) -> None:
     assert model.attn.in_proj_weight.shape == (96, 32)
 
 
-def test_hard_coded_shape_is_rolled_back_not_broken(check) -> None:
+def test_hard_coded_shape_is_kept_whole_not_broken(check) -> None:
     model = HardCoded()
     groups, result = check(model, X, sparsity=0.5)
+    b_group = next(g for g in groups.prunable if ("b.0.weight", 0) in g.signature)
+    # the planner tries the removal on a meta copy first and keeps the group whole
+    assert f"group {b_group.id} kept whole: removing its channels breaks the forward" in result.plan.notes
+    assert not result.rolled_back
+    assert model.b[0].out_channels == 6 and model.a[0].out_channels < 8
+
+
+def test_hard_coded_shape_in_a_plan_made_without_inputs_is_rolled_back_by_surgery() -> None:
+    model = HardCoded().eval()
+    groups = build_groups(model, (X,))
+    plan = plan_channels(groups, model, sparsity=0.5)  # no example inputs: no meta check
+    result = shrink(model, plan, (X,))
     b_group = next(g for g in groups.prunable if ("b.0.weight", 0) in g.signature)
     assert b_group.id in result.rolled_back
     assert model.b[0].out_channels == 6 and model.a[0].out_channels < 8
