@@ -100,7 +100,8 @@ def compress_command(
     ctx: typer.Context,
     model: Path | None = typer.Argument(
         None,
-        help="checkpoint: .pt/.pth/.bin state_dict (or a dict wrapping one) or .safetensors (optional with --replay)",
+        help="checkpoint: .pt/.pth/.bin state_dict (or a dict wrapping one), .safetensors, or a Hugging Face model "
+        "folder (config.json + weights) (optional with --replay)",
         show_default=False,
     ),
     arch: str | None = typer.Option(
@@ -169,6 +170,13 @@ def compress_command(
         False,
         "--trust-remote-code",
         help="allow formats that run code when loaded (pickled modules, TorchScript, .pt2)",
+        rich_help_panel=INPUT,
+    ),
+    task: str | None = typer.Option(
+        None,
+        "--task",
+        help="Hugging Face folder: feature-extraction (AutoModel) or sequence-classification "
+        "(default: what config.json names)",
         rich_help_panel=INPUT,
     ),
     method: str = typer.Option(
@@ -415,4 +423,5 @@ def compress_command(
         seed=seed,
         force=force,
         trust_remote_code=trust_remote_code,
+        task=task,
     )

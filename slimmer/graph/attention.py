@@ -145,17 +145,48 @@ def _head_owner(model: nn.Module, path: str, heads: int) -> str | None:
     return None
 
 
+def _pure_split_dims(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> set[int]:
+    """Out dims of a reshape that come from splitting one input dim into several (size-1 dims aside).
+
+    A dim that merges input dims (``(L, B, C) -> (L, B*H, D)`` in ``nn.MultiheadAttention``) is
+    not a head split: its heads share positions with the batch.
+    """
+    ins = [s for s in in_shape if s != 1]
+    outs = [o for o, s in enumerate(out_shape) if s != 1]
+    found: set[int] = set()
+    i = j = 0
+    while i < len(ins) and j < len(outs):
+        n_in, run = 1, [outs[j]]
+        p_in, p_out = ins[i], out_shape[outs[j]]
+        while p_in != p_out:
+            if p_in < p_out:
+                i += 1
+                n_in += 1
+                p_in *= ins[i]
+            else:
+                j += 1
+                run.append(outs[j])
+                p_out *= out_shape[outs[j]]
+        if n_in == 1 and len(run) > 1:
+            found.update(run)
+        i += 1
+        j += 1
+    return found
+
+
 def _split_index(captured: CapturedGraph, labels: dict[str, Any]) -> dict[int, list[tuple[fx.Node, int]]]:
-    """First atom id -> (reshape node, out dim) for every new dim a reshape creates."""
+    """First atom id -> (reshape node, out dim) for every dim a reshape makes by splitting one dim."""
     index: dict[int, list[tuple[fx.Node, int]]] = {}
     for node in captured.graph.nodes:
         if node.op != "call_function" or op_name(node) not in _RESHAPES or node.name not in labels:
             continue
-        source = labels.get(node.args[0].name) if isinstance(node.args[0], fx.Node) else None
-        inherited = {int(a[0]) for a in source or [] if isinstance(a, np.ndarray) and a.size}
-        for o, atoms in enumerate(labels[node.name]):
-            if atoms.size > 1 and int(atoms[0]) not in inherited:
-                index.setdefault(int(atoms[0]), []).append((node, o))
+        source = node.args[0]
+        if not isinstance(source, fx.Node) or "val" not in source.meta or "val" not in node.meta:
+            continue
+        in_shape = tuple(int(s) for s in source.meta["val"].shape)
+        for o in _pure_split_dims(in_shape, tuple(int(s) for s in node.meta["val"].shape)):
+            atoms = labels[node.name][o]
+            index.setdefault(int(atoms[0]), []).append((node, o))
     return index
 
 
@@ -253,6 +284,16 @@ def attach_heads(model: nn.Module, groupset: GroupSet, space: ChannelSpace, labe
         split = HeadSplit(owner, heads, width, tuple(f[1] for f in found))
         if split not in group.heads:
             group.heads.append(split)
+
+
+def head_round_to(group: Any, round_to: int) -> int:
+    """``round_to`` (features) in channels of ``group``: a head is D features, so heads round to
+    ``ceil(round_to / D)`` (1 when a head is at least ``round_to`` wide); other groups unchanged."""
+    heads = getattr(group, "heads", None)
+    if not heads:
+        return round_to
+    width = min(split.head_width for split in heads)
+    return max(1, -(-round_to // width))
 
 
 # --------------------------------------------------------------------------- surgery

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from slimmer.errors import ConfigError
+from slimmer.graph.attention import head_round_to
 from slimmer.graph.groups import ChannelGroup, GroupSet
 from slimmer.graph.macs import MacsByWeight, count_macs, counting_copy, to_meta
 from slimmer.structures.latency_cost import LatencyByWeight
@@ -190,7 +191,7 @@ def plan_channels(
                 group.id,
                 group.signature,
                 group.channels,
-                sorted(order[group.id][: _keep_count(group.channels, c, round_to, max_ratio)]),
+                sorted(order[group.id][: _keep_count(group.channels, c, head_round_to(group, round_to), max_ratio)]),
             )
             for group, c in zip(groups, counts, strict=True)
         ]
