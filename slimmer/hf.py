@@ -129,8 +129,7 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, 
     if shapes:
         k = shapes[0]
         raise InputError(
-            f"{path}: {k} has shape {tuple(state[k].shape)}, the model built from config.json "
-            f"{tuple(own[k].shape)}"
+            f"{path}: {k} has shape {tuple(state[k].shape)}, the model built from config.json {tuple(own[k].shape)}"
         )
     model.load_state_dict(state, strict=False)
     return notes
@@ -188,7 +187,9 @@ def load_folder(config: CompressConfig) -> Loaded:
     try:
         model = auto.from_config(hf_config, trust_remote_code=config.trust_remote_code)
     except ValueError as error:
-        raise ConfigError(f"transformers cannot build a {task} model for {folder}: {str(error).splitlines()[0]}")
+        raise ConfigError(
+            f"transformers cannot build a {task} model for {folder}: {str(error).splitlines()[0]}"
+        ) from None
     path, fmt, state = _weights(folder, config.trust_remote_code)
     notes = _load_weights(model, state, path, task)
     model.eval()

@@ -85,7 +85,8 @@ def _map_run(
         return [flat]
     sizes_out = [out_shape[d] for d in group_out]
     hint = ctx.node.meta.get(HEAD_CARRIER_META)  # attention heads: H carries, D is split off
-    carrier = group_out.index(hint) if hint in group_out else max(range(len(sizes_out)), key=lambda k: (sizes_out[k], k))
+    largest = max(range(len(sizes_out)), key=lambda k: (sizes_out[k], k))
+    carrier = group_out.index(hint) if hint in group_out else largest
     result = [ctx.space.fresh(s) for s in sizes_out]
     after = prod(sizes_out[carrier + 1 :])
     coordinate = (np.arange(total) // after) % sizes_out[carrier]
