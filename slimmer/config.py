@@ -111,6 +111,7 @@ class CompressConfig:
     force: bool = False
     trust_remote_code: bool = field(default=False, repr=False)
     task: str | None = None  # Hugging Face folders: feature-extraction or sequence-classification (slimmer/hf.py)
+    save_pretrained: Path | None = None  # Hugging Face folders out (slimmer/hf_save.py)
     eval_samples: int = 2000
     val_fraction: float = 0.1
     recon_samples: int = 512  # training inputs of least-squares reconstruction (train/reconstruct.py)

@@ -191,7 +191,12 @@ def load_folder(config: CompressConfig) -> Loaded:
             f"transformers cannot build a {task} model for {folder}: {str(error).splitlines()[0]}"
         ) from None
     path, fmt, state = _weights(folder, config.trust_remote_code)
-    notes = _load_weights(model, state, path, task)
+    from slimmer.hf_save import is_pruned_folder, load_pruned
+
+    if is_pruned_folder(folder):  # written by --save-pretrained: the plan rebuilds the pruned sizes
+        model, notes, fmt = load_pruned(folder, task), [f"{folder}: a pruned model written by slimmer"], "hf-pruned"
+    else:
+        notes = _load_weights(model, state, path, task)
     model.eval()
     if config.inputs or config.example_inputs is not None or config.input_shape:
         inputs = resolve_inputs(config, model, None)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -13,6 +15,8 @@ pytest.importorskip("transformers")
 
 import hf_models  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
+
+from slimmer.hf_save import load_pruned  # noqa: E402
 
 
 @pytest.fixture
@@ -28,8 +32,11 @@ def bert_folder(tmp_path):
     return folder
 
 
-def test_a_folder_is_compressed_without_input_options(compress_json, bert_folder):
-    run, report = compress_json(bert_folder, "--method", "channel", "--macs-target", "0.5")
+def test_a_folder_is_compressed_without_input_options(compress_json, bert_folder, tmp_path):
+    saved = tmp_path / "pruned-bert"
+    run, report = compress_json(
+        bert_folder, "--method", "channel", "--macs-target", "0.5", "--save-pretrained", saved
+    )  # fmt: skip
     assert run.code == 0, run.stderr
     assert report["input"]["format"] == "hf-safetensors"
     assert report["input"]["arch"] == "transformers:BertModel (feature-extraction)"
@@ -68,3 +75,18 @@ def test_missing_transformers_says_how_to_install(compress_json, bert_folder, mo
     run, report = compress_json(bert_folder, "--method", "channel")
     assert run.code == 2
     assert "transformers" in report["error"] and report["hint"] == 'pip install "slimmer[hf]"'
+    # the saved folder rebuilds the pruned model, which gives what the ONNX file gives
+    model = load_pruned(saved)
+    assert sorted(p.name for p in saved.iterdir()) == [
+        "config.json", "model.safetensors", "slimmer_plan.json", "slimmer_pruned.json"
+    ]  # fmt: skip
+    assert any("--save-pretrained" in w and "AutoModel.from_pretrained" in w for w in report["warnings"])
+    assert model.encoder.layer[0].attention.self.num_attention_heads < 4
+    ids = np.random.default_rng(0).integers(0, hf_models.VOCAB, (2, 12)).astype(np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    session = ort.InferenceSession(report["onnx"]["path"])
+    names = [o.name for o in session.get_outputs()]
+    onnx_hidden = session.run(None, feed)[names.index("last_hidden_state")]
+    with torch.no_grad():
+        torch_hidden = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).last_hidden_state.numpy()
+    assert np.abs(onnx_hidden - torch_hidden).max() <= 1e-4

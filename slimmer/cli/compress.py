@@ -341,6 +341,12 @@ def compress_command(
     report: Path | None = typer.Option(
         None, "--report", help="JSON report (default: <output>.report.json)", rich_help_panel=OUTPUT
     ),
+    save_pretrained: Path | None = typer.Option(
+        None,
+        "--save-pretrained",
+        help="Hugging Face folder input: also write the pruned model as a folder (weights, plan, config, tokenizer)",
+        rich_help_panel=OUTPUT,
+    ),
     replay: Path | None = typer.Option(
         None,
         "--replay",
@@ -424,4 +430,5 @@ def compress_command(
         force=force,
         trust_remote_code=trust_remote_code,
         task=task,
+        save_pretrained=save_pretrained,
     )
