@@ -50,6 +50,23 @@ def test_a_folder_is_compressed_without_input_options(compress_json, bert_folder
     assert len(heads) == 2 and max(heads) > 0
     verified = {c["input_shapes"] for c in report["verification"]["outputs"]}
     assert {"(1, 64), (1, 64), (1, 64)", "(3, 32), (3, 32), (3, 32)"} <= verified
+    # the saved folder rebuilds the pruned model, which gives what the ONNX file gives
+    model = load_pruned(saved)
+    assert sorted(p.name for p in saved.iterdir()) == [
+        "config.json", "model.safetensors", "slimmer_plan.json", "slimmer_pruned.json"
+    ]  # fmt: skip
+    assert any("--save-pretrained" in w and "AutoModel.from_pretrained" in w for w in report["warnings"])
+    attention = [layer.attention.self for layer in model.encoder.layer]
+    assert all(a.num_attention_heads * 8 == a.query.out_features for a in attention)
+    assert min(a.num_attention_heads for a in attention) < 4
+    ids = np.random.default_rng(0).integers(0, hf_models.VOCAB, (2, 12)).astype(np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    session = ort.InferenceSession(report["onnx"]["path"])
+    names = [o.name for o in session.get_outputs()]
+    onnx_hidden = session.run(None, feed)[names.index("last_hidden_state")]
+    with torch.no_grad():
+        torch_hidden = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).last_hidden_state.numpy()
+    assert np.abs(onnx_hidden - torch_hidden).max() <= 1e-4
 
 
 def test_weights_that_do_not_match_the_config_are_refused(compress_json, bert_folder, tmp_path):
@@ -75,18 +92,3 @@ def test_missing_transformers_says_how_to_install(compress_json, bert_folder, mo
     run, report = compress_json(bert_folder, "--method", "channel")
     assert run.code == 2
     assert "transformers" in report["error"] and report["hint"] == 'pip install "slimmer[hf]"'
-    # the saved folder rebuilds the pruned model, which gives what the ONNX file gives
-    model = load_pruned(saved)
-    assert sorted(p.name for p in saved.iterdir()) == [
-        "config.json", "model.safetensors", "slimmer_plan.json", "slimmer_pruned.json"
-    ]  # fmt: skip
-    assert any("--save-pretrained" in w and "AutoModel.from_pretrained" in w for w in report["warnings"])
-    assert model.encoder.layer[0].attention.self.num_attention_heads < 4
-    ids = np.random.default_rng(0).integers(0, hf_models.VOCAB, (2, 12)).astype(np.int64)
-    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-    session = ort.InferenceSession(report["onnx"]["path"])
-    names = [o.name for o in session.get_outputs()]
-    onnx_hidden = session.run(None, feed)[names.index("last_hidden_state")]
-    with torch.no_grad():
-        torch_hidden = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).last_hidden_state.numpy()
-    assert np.abs(onnx_hidden - torch_hidden).max() <= 1e-4
