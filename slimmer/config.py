@@ -95,6 +95,7 @@ class CompressConfig:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     round_to: int | None = None
+    prune_parts: str | None = None  # channel: heads, ffn or heads,ffn (slimmer/graph/attention.py)
     latency_aware: bool = False
     speedup: float | None = None
     expect_sha256: str | None = None

@@ -19,6 +19,7 @@ from slimmer.config import CompressConfig
 from slimmer.criteria import CRITERIA, ScoreContext, get_criterion
 from slimmer.criteria.channel import channel_scores_from
 from slimmer.errors import ConfigError
+from slimmer.graph.attention import select_parts
 from slimmer.graph.groups import GroupSet, build_groups
 from slimmer.inputs import as_args, batch_of
 from slimmer.registry import Registry, did_you_mean
@@ -204,6 +205,7 @@ def channel_plan(
 
     example = as_args(example)
     groups = build_groups(model, example) if groups is None else groups
+    groups = select_parts(groups, getattr(config, "prune_parts", None))  # --prune heads,ffn
     if not groups.prunable:
         reasons = sorted({g.blocked_by for g in groups.blocked if g.blocked_by})
         raise ConfigError(

@@ -95,3 +95,20 @@ def test_compress_cli_verifies_onnx_at_two_batches_and_two_lengths(compress_json
         assert verified == {"(1, 3, 32, 32)", "(3, 3, 32, 32)"}
     else:
         assert verified == {"(1, 16), (1, 16)", "(3, 16), (3, 16)", "(1, 8), (1, 8)", "(3, 8), (3, 8)"}
+
+
+def test_prune_heads_only_leaves_the_ffn_whole(compress_json, tmp_path):
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "bert.pt"
+    torch.save(hf_models.tiny_bert().state_dict(), checkpoint)
+    run, report = compress_json(
+        checkpoint, "--arch", "hf_models:tiny_bert", *TOKENS, "--method", "channel", "--sparsity", "0.5",
+        "--prune", "heads", "--round-to", "1",
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    per_layer = report["sparsity"]["per_layer"]
+    assert [v for k, v in per_layer.items() if "attention" in k] == [0.5, 0.5]
+    assert all(v == 0 for k, v in per_layer.items() if "attention" not in k)
+    run, report = compress_json(checkpoint, "--arch", "hf_models:tiny_bert", *TOKENS, "--method", "channel",
+                                "--prune", "heads,mlp", "-o", tmp_path / "b.onnx")  # fmt: skip
+    assert run.code == 2 and "--prune heads,mlp: choose from heads, ffn" in report["error"]

@@ -215,6 +215,12 @@ def compress_command(
         help="channel: kept channel counts are multiples of this (default 16, measured fastest in onnxruntime)",
         rich_help_panel=PRUNING,
     ),
+    prune_parts: str | None = typer.Option(
+        None,
+        "--prune",
+        help="channel: what to prune, heads (attention heads), ffn (every other channel group) or heads,ffn (default)",
+        rich_help_panel=PRUNING,
+    ),
     speedup: float | None = typer.Option(
         None,
         "--speedup",
@@ -390,6 +396,7 @@ def compress_command(
         nm=nm,
         macs_target=macs_target,
         round_to=round_to,
+        prune_parts=prune_parts,
         latency_aware=latency_aware,
         speedup=speedup,
         sparsity_tolerance=sparsity_tolerance,

@@ -296,6 +296,31 @@ def head_round_to(group: Any, round_to: int) -> int:
     return max(1, -(-round_to // width))
 
 
+PARTS = ("heads", "ffn")
+
+
+def select_parts(groupset: GroupSet, parts: str | None) -> GroupSet:
+    """Keep only the chosen parts prunable (``--prune heads``, ``ffn`` or ``heads,ffn``; None = both).
+
+    ``heads`` are the groups that remove attention heads, ``ffn`` every other group (the
+    feed-forward width in a transformer). The others are marked blocked with the reason, in place.
+    Raises :class:`~slimmer.errors.ConfigError` for an unknown part.
+    """
+    from slimmer.errors import ConfigError
+
+    if parts is None:
+        return groupset
+    chosen = {p.strip() for p in parts.split(",") if p.strip()}
+    unknown = chosen - set(PARTS)
+    if unknown or not chosen:
+        raise ConfigError(f"--prune {parts}: choose from {', '.join(PARTS)} (comma-separated)")
+    for group in groupset.groups:
+        part = "heads" if group.heads else "ffn"
+        if part not in chosen and group.blocked_by is None:
+            group.blocked_by = f"not selected by --prune {parts} ({part})"
+    return groupset
+
+
 # --------------------------------------------------------------------------- surgery
 def update_head_attributes(model: nn.Module, plan: PruningPlan) -> None:
     """Set head counts and head widths of attention modules to what the plan leaves.
