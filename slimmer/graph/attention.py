@@ -200,10 +200,30 @@ def _origin(atoms: np.ndarray, index: dict[int, list[tuple[fx.Node, int]]], labe
     return None
 
 
-def _operands(node: fx.Node) -> list[tuple[Any, int]]:
+_LAYOUT = {
+    "aten.t.default",
+    "aten.permute.default",
+    "aten.transpose.int",
+    "aten.view.default",
+    "aten.reshape.default",
+    "aten.contiguous.default",
+    "aten.expand.default",
+}
+
+
+def _is_state(arg: Any, state: set[str]) -> bool:
+    """Whether a tensor is a parameter/buffer reached only through layout ops."""
+    while isinstance(arg, fx.Node) and arg.op == "call_function" and op_name(arg) in _LAYOUT:
+        arg = arg.args[0]
+    return isinstance(arg, fx.Node) and arg.op == "placeholder" and arg.name in state
+
+
+def _operands(node: fx.Node, state: set[str]) -> list[tuple[Any, int]]:
     """(operand, number of trailing non-batch dims) of an activation-activation contraction."""
     name = op_name(node)
     if name in _MATMULS:
+        if _is_state(node.args[0], state) or _is_state(node.args[1], state):
+            return []  # a weight: its rule already tracks the contracted channels
         return [(node.args[0], 2), (node.args[1], 2)]
     if name in _SDPA:
         return [(a, 2) for a in node.args[:3]]
@@ -219,11 +239,12 @@ def mark_head_splits(model: nn.Module, captured: CapturedGraph, labels: dict[str
     issuing module (or an ancestor), a barrier reason in ``meta[_HEAD_BARRIER_META]``.
     """
     index = _split_index(captured, labels)
+    state = set(captured.parameters) | set(captured.buffers)
     marked = 0
     for node in captured.graph.nodes:
         if node.op != "call_function":
             continue
-        for operand, trailing in _operands(node):
+        for operand, trailing in _operands(node, state):
             op_labels = labels.get(operand.name) if isinstance(operand, fx.Node) else None
             if not op_labels or len(op_labels) <= trailing:
                 continue
