@@ -117,6 +117,10 @@ def _preflight(config: CompressConfig) -> None:
     for path in (config.output_path, config.report_path, plan_path(config.output_path), config.int8_path):
         if path is not None:
             onnx_export.check_writable(path, config.force)
+    if config.save_pretrained is not None:  # Hugging Face folders out (slimmer/hf_save.py)
+        from slimmer.hf_save import check_target
+
+        check_target(config)
 
 
 class _Clock:
@@ -341,6 +345,10 @@ def _finish(
             if pruned.plan is not None:
                 onnx_export.write_atomic(plan_path(final), pruned.plan.to_json().encode())
                 report.onnx["plan"] = str(plan_path(final))
+            if getattr(config, "save_pretrained", None) is not None:
+                from slimmer.hf_save import save_for_report
+
+                report.warnings += save_for_report(model, pruned.plan, loaded, config)
     finally:
         if not committed:
             verified.temp_path.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ REGULARIZER_METHODS = {
 """Which pruning each ``--regularizer`` prepares (see :mod:`slimmer.regularize`)."""
 
 
-_PATH_FIELDS = ("model", "example_inputs", "output", "report")
+_PATH_FIELDS = ("model", "example_inputs", "output", "report", "save_pretrained")
 
 
 def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
@@ -95,6 +95,7 @@ class CompressConfig:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     round_to: int | None = None
+    prune_parts: str | None = None  # channel: heads, ffn or heads,ffn (slimmer/graph/attention.py)
     latency_aware: bool = False
     speedup: float | None = None
     expect_sha256: str | None = None
@@ -110,6 +111,8 @@ class CompressConfig:
     seed: int = 0
     force: bool = False
     trust_remote_code: bool = field(default=False, repr=False)
+    task: str | None = None  # Hugging Face folders: feature-extraction or sequence-classification (slimmer/hf.py)
+    save_pretrained: Path | None = None  # Hugging Face folders out (slimmer/hf_save.py)
     eval_samples: int = 2000
     val_fraction: float = 0.1
     recon_samples: int = 512  # training inputs of least-squares reconstruction (train/reconstruct.py)

@@ -19,6 +19,7 @@ from slimmer.config import CompressConfig
 from slimmer.criteria import CRITERIA, ScoreContext, get_criterion
 from slimmer.criteria.channel import channel_scores_from
 from slimmer.errors import ConfigError
+from slimmer.graph.attention import select_parts
 from slimmer.graph.blockers import blockers, by_design, nothing_prunable_message
 from slimmer.graph.groups import GroupSet, build_groups
 from slimmer.inputs import as_args, batch_of
@@ -216,6 +217,7 @@ def channel_plan(
 
     example = as_args(example)
     groups = build_groups(model, example) if groups is None else groups
+    groups = select_parts(groups, config.prune_parts)  # --prune heads,ffn
     if not groups.prunable:
         raise ConfigError(
             nothing_prunable_message(blockers(groups, model, batch_of(example, 1))),

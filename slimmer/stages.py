@@ -51,6 +51,10 @@ def load(config: CompressConfig) -> Loaded:
 
     if config.model is None:
         raise ConfigError("no model to load: give a checkpoint path, or call slimmer.api.compress with a module")
+    from slimmer import hf
+
+    if hf.is_folder(config.model):  # a Hugging Face model folder: built with transformers (slimmer/hf.py)
+        return hf.load_folder(config)
     loaded = load_checkpoint(
         config.model,
         arch=config.arch,

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
+from slimmer.graph.attention import update_head_attributes
 from slimmer.graph.groups import build_groups
 from slimmer.structures.plan import PruningPlan
 
@@ -122,6 +123,7 @@ def remove_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
                 module._buffers[attr] = new
     for path, old in touched.items():
         _update_attributes(model.get_submodule(path) if path else model, old)
+    update_head_attributes(model, plan)
     return model
 
 

@@ -100,7 +100,8 @@ def compress_command(
     ctx: typer.Context,
     model: Path | None = typer.Argument(
         None,
-        help="checkpoint: .pt/.pth/.bin state_dict (or a dict wrapping one) or .safetensors (optional with --replay)",
+        help="checkpoint: .pt/.pth/.bin state_dict (or a dict wrapping one), .safetensors, or a Hugging Face model "
+        "folder (config.json + weights) (optional with --replay)",
         show_default=False,
     ),
     arch: str | None = typer.Option(
@@ -171,6 +172,13 @@ def compress_command(
         help="allow formats that run code when loaded (pickled modules, TorchScript, .pt2)",
         rich_help_panel=INPUT,
     ),
+    task: str | None = typer.Option(
+        None,
+        "--task",
+        help="Hugging Face folder: feature-extraction (AutoModel) or sequence-classification "
+        "(default: what config.json names)",
+        rich_help_panel=INPUT,
+    ),
     method: str = typer.Option(
         "unstructured",
         "--method",
@@ -205,6 +213,12 @@ def compress_command(
         None,
         "--round-to",
         help="channel: kept channel counts are multiples of this (default 16, measured fastest in onnxruntime)",
+        rich_help_panel=PRUNING,
+    ),
+    prune_parts: str | None = typer.Option(
+        None,
+        "--prune",
+        help="channel: what to prune, heads (attention heads), ffn (every other channel group) or heads,ffn (default)",
         rich_help_panel=PRUNING,
     ),
     speedup: float | None = typer.Option(
@@ -386,6 +400,12 @@ def compress_command(
     report: Path | None = typer.Option(
         None, "--report", help="JSON report (default: <output>.report.json)", rich_help_panel=OUTPUT
     ),
+    save_pretrained: Path | None = typer.Option(
+        None,
+        "--save-pretrained",
+        help="Hugging Face folder input: also write the pruned model as a folder (weights, plan, config, tokenizer)",
+        rich_help_panel=OUTPUT,
+    ),
     replay: Path | None = typer.Option(
         None,
         "--replay",
@@ -429,6 +449,7 @@ def compress_command(
         nm=nm,
         macs_target=macs_target,
         round_to=round_to,
+        prune_parts=prune_parts,
         latency_aware=latency_aware,
         speedup=speedup,
         sparsity_tolerance=sparsity_tolerance,
@@ -479,4 +500,6 @@ def compress_command(
         seed=seed,
         force=force,
         trust_remote_code=trust_remote_code,
+        task=task,
+        save_pretrained=save_pretrained,
     )

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from slimmer.graph import attention
 from slimmer.graph.capture import CapturedGraph, capture, module_path, op_name
 from slimmer.graph.rules import RULES
 from slimmer.graph.space import ChannelSpace, RuleContext
@@ -51,6 +52,8 @@ class ChannelGroup:
     channels: int
     blocked_by: str | None = None
     reasons: tuple[str, ...] = ()  # every barrier reason of a blocked group, without the layer list
+    heads: list[Any] = field(default_factory=list)
+    """Attention head splits this group removes (:class:`slimmer.graph.attention.HeadSplit`)."""
 
     @property
     def prunable(self) -> bool:
@@ -211,4 +214,9 @@ def build_groups(model: nn.Module, example_inputs: Sequence[Any]) -> GroupSet:
     """
     captured = capture(model, example_inputs)
     space, labels = trace_channels(captured)
-    return groups_from_trace(captured, space, labels)
+    if attention.mark_head_splits(model, captured, labels):  # heads found: walk again with H as the carrier
+        space, labels = trace_channels(captured)
+        attention.bar_fixed_heads(captured, space, labels)
+    groupset = groups_from_trace(captured, space, labels)
+    attention.attach_heads(model, groupset, space, labels)
+    return groupset

@@ -31,6 +31,21 @@ def to_meta(model: nn.Module, example_inputs: Sequence[Any]) -> tuple[nn.Module,
     return meta_model, meta_inputs
 
 
+def counting_copy(model: nn.Module, example_inputs: Sequence[Any]) -> tuple[nn.Module, tuple[Any, ...]]:
+    """A copy of the model and inputs to count MACs on: ``meta`` when the forward runs there, else real.
+
+    Hugging Face models read tensor values while building their attention masks (``.item()``),
+    which ``meta`` tensors cannot do; those are counted on a real deep copy (eval mode) instead.
+    """
+    meta_model, meta_inputs = to_meta(model, example_inputs)
+    try:
+        with torch.no_grad():
+            meta_model(*meta_inputs)
+    except Exception:  # noqa: BLE001 - any failure on meta: count on real tensors
+        return copy.deepcopy(model).eval(), tuple(example_inputs)
+    return meta_model, meta_inputs
+
+
 class MacsByWeight:
     """MACs attributed to each Conv/Linear weight, to re-estimate MACs after channel removal.
 

@@ -26,6 +26,9 @@ import numpy as np
 
 from slimmer.graph.space import Labels, RuleContext
 
+HEAD_CARRIER_META = "slimmer_head_carrier"
+"""Node meta key: the out dim of a reshape that carries the channel (set for attention head splits)."""
+
 
 def reshape_labels(ctx: RuleContext, xl: Labels, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Labels:
     """Map labels through a reshape from ``in_shape`` to ``out_shape`` (same number of elements)."""
@@ -85,7 +88,9 @@ def _map_run(
     if len(group_out) == 1:
         return [flat]
     sizes_out = [out_shape[d] for d in group_out]
-    carrier = max(range(len(sizes_out)), key=lambda k: (sizes_out[k], k))
+    hint = ctx.node.meta.get(HEAD_CARRIER_META)  # attention heads: H carries, D is split off
+    largest = max(range(len(sizes_out)), key=lambda k: (sizes_out[k], k))
+    carrier = group_out.index(hint) if hint in group_out else largest
     result = [ctx.space.fresh(s) for s in sizes_out]
     after = prod(sizes_out[carrier + 1 :])
     coordinate = (np.arange(total) // after) % sizes_out[carrier]

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from slimmer.graph import pooling, reshape
+from slimmer.graph import attention, pooling, reshape
 from slimmer.graph.space import Labels, RuleContext
 from slimmer.registry import Registry
 
@@ -363,3 +363,4 @@ def layer_norm(ctx: RuleContext) -> Labels:
 
 pooling.register_pooling_rules(register)
 reshape.register_layout_rules(register)
+attention.register_attention_rules(register)

@@ -36,7 +36,7 @@ from torch import nn
 
 from slimmer.errors import ConfigError
 from slimmer.graph.groups import ChannelGroup, GroupSet
-from slimmer.graph.macs import MacsByWeight, count_macs, to_meta
+from slimmer.graph.macs import MacsByWeight, count_macs, counting_copy, to_meta
 from slimmer.structures.latency_cost import LatencyByWeight
 from slimmer.structures.plan import PlannedGroup, PruningPlan
 from slimmer.surgery import remove_channels
@@ -249,7 +249,7 @@ def plan_channels(
     meta: tuple[nn.Module, tuple[Any, ...]] | None = None
     macs_before = None
     if example_inputs is not None:
-        meta = to_meta(model, example_inputs)
+        meta = counting_copy(model, example_inputs)
         by_weight = MacsByWeight(*meta)
         macs_before = by_weight.total
 

@@ -1,0 +1,212 @@
+"""Hugging Face model folders in: ``slimmer compress path/to/folder`` (config.json + weights).
+
+The model is built from ``config.json`` with transformers' Auto classes (``--task``:
+``feature-extraction`` → ``AutoModel``, ``sequence-classification`` →
+``AutoModelForSequenceClassification``; the default is sequence-classification when the config
+names a ``*ForSequenceClassification`` architecture, else feature-extraction). Remote code
+(``auto_map`` in the config) is never run unless ``--trust-remote-code``.
+
+Weights are read by slimmer itself, like any checkpoint: ``model.safetensors`` as tensors only,
+``pytorch_model.bin`` after the pickle scan of :mod:`slimmer.checkpoint` (refused when it would
+run code). Keys are matched exactly, up to the base-model prefix (``bert.``) a task head adds;
+the one mismatch accepted is ``position_ids``, a non-persistent buffer that older transformers
+versions saved and newer ones rebuild, which is noted in the report.
+
+The example inputs come from the forward signature and the config, so no ``--input`` is needed:
+``input_ids`` int64 in ``[0, vocab_size)``, ``attention_mask`` of ones and ``token_type_ids`` of
+zeros when forward takes them, shape (1, L) with L = min(128, max_position_embeddings), batch and
+sequence dynamic; or ``pixel_values`` float32 (1, C, H, W) for an image model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from slimmer.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from slimmer.config import CompressConfig
+    from slimmer.stages import Loaded
+
+TASKS = ("feature-extraction", "sequence-classification")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+KNOWN_BUFFERS = ("position_ids",)
+"""Non-persistent buffers older transformers versions saved; accepted when present and unused."""
+DEFAULT_LENGTH = 128
+INSTALL_HINT = 'pip install "slimmer[hf]"'
+
+
+def is_folder(path: Path | None) -> bool:
+    """Whether ``path`` is a Hugging Face model folder (config.json and a weights file)."""
+    return (
+        path is not None
+        and Path(path).is_dir()
+        and (Path(path) / "config.json").is_file()
+        and any((Path(path) / name).is_file() for name in WEIGHT_FILES)
+    )
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError(
+            "a Hugging Face model folder needs the transformers package, which is not installed",
+            hint=INSTALL_HINT,
+        ) from None
+    return transformers
+
+
+def default_task(raw_config: dict[str, Any]) -> str:
+    """``sequence-classification`` when the config names such an architecture, else feature-extraction."""
+    architectures = raw_config.get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "sequence-classification"
+    return "feature-extraction"
+
+
+def _weights(folder: Path, trust_remote_code: bool) -> tuple[Path, str, dict[str, torch.Tensor]]:
+    from slimmer.checkpoint import _load_safetensors, _refuse, _torch_load, unsafe_globals, unwrap_state_dict
+
+    path = next(folder / name for name in WEIGHT_FILES if (folder / name).is_file())
+    if path.suffix == ".safetensors":
+        return path, "hf-safetensors", _load_safetensors(path)
+    from slimmer.checkpoint import detect_format
+
+    fmt = detect_format(path)
+    found = unsafe_globals(path, fmt)
+    if found:
+        raise _refuse(path, fmt, found, "a pickled Python object")
+    return path, "hf-bin", unwrap_state_dict(_torch_load(path), path, [])
+
+
+def _align(state: dict[str, torch.Tensor], own: set[str], prefix: str) -> dict[str, torch.Tensor]:
+    """Add or strip the base-model prefix (``bert.``) so the checkpoint's keys meet the model's."""
+    if not prefix:
+        return state
+    dotted = prefix + "."
+    model_prefixed = any(k.startswith(dotted) for k in own)
+    state_prefixed = any(k.startswith(dotted) for k in state)
+    if state_prefixed and not model_prefixed:
+        return {k[len(dotted) :] if k.startswith(dotted) else k: v for k, v in state.items()}
+    if model_prefixed and not state_prefixed:
+        return {(dotted + k if dotted + k in own else k): v for k, v in state.items()}
+    return state
+
+
+def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, task: str) -> list[str]:
+    """Load ``state`` into ``model`` exactly (up to known buffers); return notes. Raises InputError."""
+    own = model.state_dict()
+    state = _align(state, set(own), getattr(model, "base_model_prefix", ""))
+    notes = []
+    known = sorted(k for k in state if k not in own and k.rsplit(".", 1)[-1] in KNOWN_BUFFERS)
+    for key in known:
+        del state[key]
+    if known:
+        notes.append(
+            f"{path.name}: ignored {', '.join(known)} (a non-persistent buffer older transformers versions "
+            "saved; the model rebuilds it)"
+        )
+    unexpected = sorted(k for k in state if k not in own)
+    missing = sorted(k for k in own if k not in state and k.rsplit(".", 1)[-1] not in KNOWN_BUFFERS)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+        if unexpected:
+            more = ", ..." if len(unexpected) > 3 else ""
+            parts.append(f"unexpected {len(unexpected)} ({', '.join(unexpected[:3])}{more})")
+        raise InputError(
+            f"{path} does not match the {task} model built from config.json: " + "; ".join(parts),
+            hint="choose the head with --task " + " or --task ".join(TASKS),
+        )
+    shapes = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if shapes:
+        k = shapes[0]
+        raise InputError(
+            f"{path}: {k} has shape {tuple(state[k].shape)}, the model built from config.json {tuple(own[k].shape)}"
+        )
+    model.load_state_dict(state, strict=False)
+    return notes
+
+
+def example_specs(model: nn.Module, config: Any) -> tuple[list[Any], list[tuple[str, int]]]:
+    """Input specs and dynamic axes from the forward signature and the config (see module docstring)."""
+    from slimmer.inputs import InputSpec, forward_parameters
+
+    names = [p.name for p in forward_parameters(model)]
+    if "input_ids" in names and getattr(config, "vocab_size", None):
+        length = min(DEFAULT_LENGTH, int(getattr(config, "max_position_embeddings", None) or DEFAULT_LENGTH))
+        specs = [InputSpec("input_ids", torch.int64, (1, length), low=0, high=int(config.vocab_size) - 1)]
+        if "attention_mask" in names:
+            specs.append(InputSpec("attention_mask", torch.int64, (1, length), low=1, high=1))
+        if "token_type_ids" in names and getattr(config, "type_vocab_size", 0):
+            specs.append(InputSpec("token_type_ids", torch.int64, (1, length), low=0, high=0))
+        return specs, [(s.name, 1) for s in specs]
+    if "pixel_values" in names and getattr(config, "image_size", None):
+        size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        channels = int(getattr(config, "num_channels", 3))
+        return [InputSpec("pixel_values", torch.float32, (1, channels, size, size))], []
+    raise ConfigError(
+        f"cannot derive example inputs for {type(model).__name__} (forward takes {', '.join(names[:6])})",
+        hint="give them with --input NAME:DTYPE[SHAPE] (e.g. --input input_ids:int64[1,128]:0..30521)",
+    )
+
+
+def load_folder(config: CompressConfig) -> Loaded:
+    """Build the model of a Hugging Face folder, load its weights, derive its example inputs.
+
+    Raises :class:`ConfigError` (exit 2) when transformers is missing, the task is unknown or
+    remote code would be needed without ``--trust-remote-code``; :class:`InputError` (exit 3)
+    when the weights do not match the config or a pickle would run code.
+    """
+    from slimmer.checkpoint import sha256_file
+    from slimmer.inputs import ExampleInputs
+    from slimmer.stages import Loaded, resolve_inputs
+
+    transformers = _transformers()
+    folder = Path(config.model)
+    raw = json.loads((folder / "config.json").read_text())
+    task = getattr(config, "task", None) or default_task(raw)
+    if task not in TASKS:
+        raise ConfigError(f"--task {task}: unknown; use one of {', '.join(TASKS)}")
+    if raw.get("auto_map") and not config.trust_remote_code:
+        raise ConfigError(
+            f"{folder}/config.json needs code from the model's repository (auto_map)",
+            hint="pass --trust-remote-code only if you trust that code",
+        )
+    hf_config = transformers.AutoConfig.from_pretrained(
+        str(folder), trust_remote_code=config.trust_remote_code, local_files_only=True
+    )
+    auto = transformers.AutoModel if task == "feature-extraction" else transformers.AutoModelForSequenceClassification
+    try:
+        model = auto.from_config(hf_config, trust_remote_code=config.trust_remote_code)
+    except ValueError as error:
+        raise ConfigError(
+            f"transformers cannot build a {task} model for {folder}: {str(error).splitlines()[0]}"
+        ) from None
+    path, fmt, state = _weights(folder, config.trust_remote_code)
+    from slimmer.hf_save import is_pruned_folder, load_pruned
+
+    if is_pruned_folder(folder):  # written by --save-pretrained: the plan rebuilds the pruned sizes
+        model, notes, fmt = load_pruned(folder, task), [f"{folder}: a pruned model written by slimmer"], "hf-pruned"
+    else:
+        notes = _load_weights(model, state, path, task)
+    model.eval()
+    if config.inputs or config.example_inputs is not None or config.input_shape:
+        inputs = resolve_inputs(config, model, None)
+    else:
+        specs, axes = example_specs(model, hf_config)
+        inputs = ExampleInputs.bind(model, specs, axes, config.dynamic_batch)
+    source = {
+        "path": str(folder),
+        "sha256": sha256_file(path),
+        "format": fmt,
+        "arch": f"transformers:{type(model).__name__} ({task})",
+    }
+    return Loaded(model=model, inputs=inputs, source=source, notes=tuple(notes))

@@ -1,0 +1,94 @@
+"""Hugging Face model folders given as the model: built from config.json, weights read safely,
+example inputs derived from the forward signature (tiny random BERT, no download)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+import hf_models  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from slimmer.hf_save import load_pruned  # noqa: E402
+
+
+@pytest.fixture
+def bert_folder(tmp_path):
+    """A folder as transformers 4.8 wrote it: config.json, model.safetensors with position_ids."""
+    torch.manual_seed(0)
+    model = hf_models.tiny_bert()
+    folder = tmp_path / "tiny-bert"
+    model.save_pretrained(folder)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["embeddings.position_ids"] = torch.arange(64).unsqueeze(0)
+    save_file(state, folder / "model.safetensors")
+    return folder
+
+
+def test_a_folder_is_compressed_without_input_options(compress_json, bert_folder, tmp_path):
+    saved = tmp_path / "pruned-bert"
+    run, report = compress_json(
+        bert_folder, "--method", "channel", "--macs-target", "0.5", "--save-pretrained", saved
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert report["input"]["format"] == "hf-safetensors"
+    assert report["input"]["arch"] == "transformers:BertModel (feature-extraction)"
+    inputs = {i["name"]: i for i in report["input"]["inputs"]}
+    assert list(inputs) == ["input_ids", "attention_mask", "token_type_ids"]
+    assert inputs["input_ids"]["range"] == [0, hf_models.VOCAB - 1] and inputs["input_ids"]["shape"] == [1, 64]
+    assert all(i["dynamic_axes"] == [0, 1] and i["dtype"] == "int64" for i in inputs.values())
+    assert any("embeddings.position_ids" in w and "non-persistent" in w for w in report["warnings"])
+    assert report["macs"]["after"] <= 0.5 * report["macs"]["before"]
+    heads = [v for k, v in report["sparsity"]["per_layer"].items() if "attention" in k]
+    assert len(heads) == 2 and max(heads) > 0
+    verified = {c["input_shapes"] for c in report["verification"]["outputs"]}
+    assert {"(1, 64), (1, 64), (1, 64)", "(3, 32), (3, 32), (3, 32)"} <= verified
+    # the saved folder rebuilds the pruned model, which gives what the ONNX file gives
+    model = load_pruned(saved)
+    assert sorted(p.name for p in saved.iterdir()) == [
+        "config.json", "model.safetensors", "slimmer_plan.json", "slimmer_pruned.json"
+    ]  # fmt: skip
+    assert any("--save-pretrained" in w and "AutoModel.from_pretrained" in w for w in report["warnings"])
+    attention = [layer.attention.self for layer in model.encoder.layer]
+    assert all(a.num_attention_heads * 8 == a.query.out_features for a in attention)
+    assert min(a.num_attention_heads for a in attention) < 4
+    ids = np.random.default_rng(0).integers(0, hf_models.VOCAB, (2, 12)).astype(np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    session = ort.InferenceSession(report["onnx"]["path"])
+    names = [o.name for o in session.get_outputs()]
+    onnx_hidden = session.run(None, feed)[names.index("last_hidden_state")]
+    with torch.no_grad():
+        torch_hidden = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).last_hidden_state.numpy()
+    assert np.abs(onnx_hidden - torch_hidden).max() <= 1e-4
+
+
+def test_weights_that_do_not_match_the_config_are_refused(compress_json, bert_folder, tmp_path):
+    state = {"pooler.dense.weight": torch.zeros(32, 32), "extra.weight": torch.zeros(3)}
+    save_file(state, bert_folder / "model.safetensors")
+    run, report = compress_json(bert_folder, "--method", "channel")
+    assert run.code == 3
+    assert "unexpected 1 (extra.weight)" in report["error"] and "missing" in report["error"]
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_remote_code_needs_trust(compress_json, bert_folder):
+    config = json.loads((bert_folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_custom.CustomModel"}
+    (bert_folder / "config.json").write_text(json.dumps(config))
+    run, report = compress_json(bert_folder, "--method", "channel")
+    assert run.code == 2
+    assert "auto_map" in report["error"] and "--trust-remote-code" in report["hint"]
+
+
+def test_missing_transformers_says_how_to_install(compress_json, bert_folder, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
+    run, report = compress_json(bert_folder, "--method", "channel")
+    assert run.code == 2
+    assert "transformers" in report["error"] and report["hint"] == 'pip install "slimmer[hf]"'
