@@ -196,3 +196,24 @@ def test_inspect_takes_named_inputs(cli, tmp_path):
     info = run.json()
     assert [i["name"] for i in info["inputs"]] == ["input_ids"] and info["macs"] > 0
     assert any(g["prunable"] for g in info["groups"])  # the feed-forward width
+
+
+def test_an_output_named_like_an_input_gets_a_distinct_onnx_name(tmp_path):
+    """ONNX names are unique across inputs and outputs: ``{"x": ...}`` returned for an input ``x``."""
+    from slimmer import api
+    from slimmer.config import CompressConfig
+
+    class Echo(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return {"x": self.lin(x), "y": self.lin(x).relu()}
+
+    result = api.compress(Echo(), {"x": torch.randn(1, 8)}, CompressConfig(output=tmp_path / "e.onnx"))
+    assert result.report.status == "ok"
+    session = ort.InferenceSession(str(result.onnx_path))
+    assert [i.name for i in session.get_inputs()] == ["x"]
+    assert [o.name for o in session.get_outputs()] == ["output.x", "y"]
+    assert {c["output"] for c in result.report.verification["outputs"]} == {"x", "y"}

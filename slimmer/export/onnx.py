@@ -172,7 +172,7 @@ def export_onnx(
         input_names = ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
     with torch.no_grad():
         out = model(*args)
-    names = output_names(out)
+    names = _unique_outputs(output_names(out), input_names)
     if len(names) == 1 and names[0] == "output":
         names = None  # one tensor: the exporter's own name, as before
     legacy_axes = None
@@ -262,6 +262,20 @@ def export_onnx(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _unique_outputs(names: list[str], input_names: list[str]) -> list[str]:
+    """Output leaf names that collide with an input name (a model returning ``{"query": ...}`` for an
+    input ``query``) or with each other get an ``output.`` prefix: ONNX names must be unique."""
+    taken = set(input_names)
+    out = []
+    for name in names:
+        unique = name
+        while unique in taken:
+            unique = f"output.{unique}"
+        taken.add(unique)
+        out.append(unique)
+    return out
 
 
 def _two_rows(a: Any) -> Any:
