@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=468)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-predict", action="store_true")
+    ap.add_argument("--skip-oneshot", action="store_true", help="skip the one-shot sweep (fine-tune rows only)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "limit.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,18 +113,19 @@ def main() -> None:
             oneshot[ratio] = accuracy(pruned(ratio)[0], *test)
             print(f"  one-shot {ratio:.2f}: {oneshot[ratio]:.4f}", flush=True)
 
-    for r in map(float, args.coarse.split(",")):
-        measure(r)
-    coarse_limit = measured_limit(oneshot, dense)
-    above = [r for r in sorted(oneshot) if r > coarse_limit]
-    if above:
-        r = coarse_limit + args.fine_step
-        while r < above[0] - 1e-9:
+    if not args.skip_oneshot:
+        for r in map(float, args.coarse.split(",")):
             measure(r)
-            r += args.fine_step
-    record["oneshot"] = {str(k): v for k, v in sorted(oneshot.items())}
-    record["oneshot_limit"] = measured_limit(oneshot, dense)
-    print(f"measured one-shot limit {record['oneshot_limit']:.2f}", flush=True)
+        coarse_limit = measured_limit(oneshot, dense)
+        above = [r for r in sorted(oneshot) if r > coarse_limit]
+        if above:
+            r = coarse_limit + args.fine_step
+            while r < above[0] - 1e-9:
+                measure(r)
+                r += args.fine_step
+        record["oneshot"] = {str(k): v for k, v in sorted(oneshot.items())}
+        record["oneshot_limit"] = measured_limit(oneshot, dense)
+        print(f"measured one-shot limit {record['oneshot_limit']:.2f}", flush=True)
 
     tuned: dict[float, float] = {}
     for ratio in (float(r) for r in args.ft_ratios.split(",") if r):

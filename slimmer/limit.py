@@ -312,16 +312,17 @@ def estimate_limit(
     model.eval()
     try:
         _check_data(model, train, config, loss_fn)
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
-        shuffled = Dataset(train.x[order], train.y[order], train.source)  # type: ignore[index]
         n_loss = min(config.loss_batches, len(train) // config.batch_size) * config.batch_size
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
+        order = order[: max(n_loss, config.hessian_samples)]
+        shuffled = Dataset(train.x[order], train.y[order], train.source)  # type: ignore[index]
         say(f"loss spread over {n_loss // config.batch_size} batches of {config.batch_size}")
         loss_mean, epsilon = loss_spread(model, _batches(shuffled, 0, n_loss, config.batch_size), loss_fn)
         if not (math.isfinite(loss_mean) and math.isfinite(epsilon)):
             raise InputError(f"{train.source}: the training loss is not finite; the model or the data is broken")
         for p in params:
             p.requires_grad_(True)
-        hess = _batches(shuffled, 0, min(config.hessian_samples, len(train)), config.batch_size)
+        hess = _batches(shuffled, 0, min(config.hessian_samples, len(shuffled)), config.batch_size)
         dim = sum(p.numel() for p in params)
         say(
             f"Hessian spectrum: {config.probes} probe(s) × {config.lanczos_steps} Lanczos steps over "
