@@ -37,6 +37,28 @@ def two_group_toy() -> nn.Module:
     ).eval()
 
 
+class ResidualToy(nn.Module):
+    """A stem and one identity-shortcut block: the add couples the stem's and the block's outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.branch = nn.Sequential(
+            nn.Conv2d(8, 10, 3, padding=1, bias=False),
+            nn.BatchNorm2d(10),
+            nn.ReLU(),
+            nn.Conv2d(10, 8, 3, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+        )
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = torch.relu(h + self.branch(h))
+        return self.head(h.mean((2, 3)))
+
+
 X = torch.randn(1, 3, 5, 5, generator=torch.Generator().manual_seed(1))
 
 
@@ -80,8 +102,9 @@ def _data(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(x[i : i + 16], y[i : i + 16]) for i in range(0, n, 16)]
 
 
-def test_searched_plan_meets_the_macs_target_and_prunes_like_its_mask():
-    model = two_group_toy()
+@pytest.mark.parametrize("build", [two_group_toy, lambda: ResidualToy().eval()])
+def test_searched_plan_meets_the_macs_target_and_prunes_like_its_mask(build):
+    model = build()
     before = copy.deepcopy(model.state_dict())
     groups = build_groups(model, (X,))
     config = SearchConfig(macs_target=0.5, steps=30, arch_lr=0.05, seed=0)
