@@ -3,14 +3,17 @@ and ``verify_exported`` (re-check an ONNX graph against the checkpoint it came f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from slimmer.config import CompressConfig
+from slimmer.errors import ConfigError
 from slimmer.export.verify import Verification, verify_onnx
+from slimmer.limit import LimitConfig
 from slimmer.runplan import VERIFY_BATCHES
-from slimmer.stages import check_forward, load
+from slimmer.stages import Loaded, check_forward, load
 from slimmer.stats import count_macs, count_params
 from slimmer.structures.unstructured import prunable_weights
 
@@ -23,10 +26,16 @@ def inspect_model(
     trust_remote_code: bool = False,
     inputs: tuple[str, ...] = (),
     example_inputs: Path | None = None,
+    limit: LimitConfig | None = None,
+    data: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Parameters, MACs and prunable layers of a checkpoint, as a plain dict."""
+    """Parameters, MACs and prunable layers of a checkpoint, as a plain dict; with ``limit``, also the
+    predicted pruning limit (:func:`slimmer.limit.estimate_limit`) on the training split of ``data``,
+    under the key ``"limit"``. Raises :class:`ConfigError` when ``limit`` and ``data`` come apart."""
     from slimmer.config import parse_shape
 
+    _check_limit_options(limit, data)
     config = CompressConfig(
         model=Path(path),
         arch=arch,
@@ -51,7 +60,7 @@ def inspect_model(
     example = loaded.inputs.args(2, 0)
     check_forward(model, loaded.inputs, example)
     groups = build_groups(model, example)
-    return {
+    info = {
         "input": loaded.source,
         "input_shape": list(loaded.inputs.first.shape) if len(loaded.inputs.slots) == 1 else None,
         "inputs": loaded.inputs.to_dict(),
@@ -63,6 +72,30 @@ def inspect_model(
             for g in groups.groups
         ],
     }
+    if limit is not None and data is not None:
+        info["limit"] = _limit(loaded, data, limit, progress)
+    return info
+
+
+def _check_limit_options(limit: LimitConfig | None, data: str | None) -> None:
+    if limit is not None and data is None:
+        raise ConfigError(
+            "--limit needs --data: the estimate uses the training loss and its Hessian",
+            hint="pass labelled training data, e.g. --data fashion-mnist or --data train.npz",
+        )
+    if limit is None and data is not None:
+        raise ConfigError("--data is only read with --limit", hint="add --limit, or drop --data")
+
+
+def _limit(loaded: Loaded, data: str, config: LimitConfig, progress: Callable[[str], None] | None) -> dict:
+    """The limit estimate on the training split of ``data``, normalized with the architecture's mean/std."""
+    from slimmer.limit import estimate_limit
+    from slimmer.train.data import load_data
+
+    if not loaded.inputs.single_float:
+        raise ConfigError("--limit reads images from --data: it needs a model with one float input")
+    splits = load_data(data, loaded.inputs.first.shape, loaded.mean or (0.0,), loaded.std or (1.0,), seed=config.seed)
+    return estimate_limit(loaded.model, splits.train, config, progress=progress).to_dict()
 
 
 def verify_exported(
