@@ -96,7 +96,7 @@ class Spectrum:
 
     def moment(self, k: int) -> float:
         """``Σ_j p_j·λ_j^k``: an estimate of ``tr(H^k)/D``."""
-        return sum(w * n**k for n, w in zip(self.nodes, self.weights))
+        return sum(w * n**k for n, w in zip(self.nodes, self.weights, strict=False))
 
 
 @dataclass(frozen=True)
@@ -204,12 +204,12 @@ def hessian_matvec(model: nn.Module, params: Sequence[nn.Parameter], batches: Ba
     sizes = [p.numel() for p in params]
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
-        chunks = [c.view(s).to(p.dtype) for c, s, p in zip(torch.split(v, sizes), shapes, params)]
+        chunks = [c.view(s).to(p.dtype) for c, s, p in zip(torch.split(v, sizes), shapes, params, strict=False)]
         out = torch.zeros_like(v)
         with torch.enable_grad():
             for x, y in batches:
                 grads = torch.autograd.grad(loss_fn(model, x, y), params, create_graph=True)
-                dot = sum((g * c).sum() for g, c in zip(grads, chunks))
+                dot = sum((g * c).sum() for g, c in zip(grads, chunks, strict=False))
                 hv = torch.autograd.grad(dot, params)
                 out += (len(x) / total) * torch.cat([h.reshape(-1) for h in hv]).to(v.dtype)
         return out
@@ -328,7 +328,7 @@ def estimate_limit(
         matvec = hessian_matvec(model, params, hess, loss_fn)
         spectrum = slq(matvec, dim, config.lanczos_steps, config.probes, config.seed)
     finally:
-        for p, flag in zip(params, flags):
+        for p, flag in zip(params, flags, strict=False):
             p.requires_grad_(flag)
         model.train(was_training)
     norms = removed_norms(params)

@@ -56,7 +56,7 @@ def test_slq_recovers_the_moments_of_a_diagonal_hessian():
         assert spec.moment(k) == pytest.approx(float((EIGS**k).mean()), rel=1e-5)
     # a full run (steps ≥ D, more asked than the space has) finds every eigenvalue with weight 1/D
     full = slq(matvec, len(EIGS), steps=100, probes=2, seed=1)
-    order = sorted(zip(full.nodes, full.weights))
+    order = sorted(zip(full.nodes, full.weights, strict=False))
     assert len(order) == 2 * len(EIGS)
     assert [n for n, _ in order[::2]] == pytest.approx(EIGS.tolist(), rel=1e-4)
     assert [w for _, w in order] == pytest.approx([0.5 / len(EIGS)] * (2 * len(EIGS)), abs=1e-6)
@@ -125,7 +125,7 @@ def test_estimate_limit_leaves_the_model_unchanged_and_is_consistent():
     assert res.weights == 6 * 8 + 8 * 2 and math.isclose(sum(res.spectrum.weights), 1.0, rel_tol=1e-9)
     assert [p.ratio for p in res.curve] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert res.curve[0].gw == 1.0 and res.curve[0].R == 0.0
-    assert all(a.gw >= b.gw for a, b in zip(res.curve, res.curve[1:]))
+    assert all(a.gw >= b.gw for a, b in zip(res.curve, res.curve[1:], strict=False))
     # the limit is where the curve crosses the diagonal
     below = [p.ratio for p in res.curve if p.gw >= p.ratio]
     above = [p.ratio for p in res.curve if p.gw < p.ratio]

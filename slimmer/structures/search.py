@@ -202,7 +202,7 @@ def _masked_members(group: ChannelGroup, model: nn.Module) -> list[tuple[str, in
 
 def _effective(model_params: dict[str, torch.Tensor], sites: list[_Site], masks: list[torch.Tensor]) -> dict:
     out: dict[str, torch.Tensor] = {}
-    for site, mask in zip(sites, masks):
+    for site, mask in zip(sites, masks, strict=False):
         for name, dim, channel_of in site.masked:
             base = out.get(name, model_params[name])
             scale = torch.where(channel_of >= 0, mask[channel_of.clamp(min=0)], torch.ones(()))
@@ -280,7 +280,7 @@ def _cycle(batches: Iterable[Batch]) -> Iterator[Batch]:
 def _plan(sites: list[_Site], widths: list[int], config: SearchConfig) -> PruningPlan:
     planned = [
         PlannedGroup(s.group.id, s.group.signature, s.group.channels, sorted(s.order[:w]))
-        for s, w in zip(sites, widths)
+        for s, w in zip(sites, widths, strict=False)
     ]
     plan = PruningPlan(planned, criterion=config.criterion, macs_target=config.macs_target, round_to=config.round_to)
     plan.notes.append(f"widths searched by TAS (Dong & Yang 2019), {config.steps} steps")
@@ -359,7 +359,7 @@ def _derive(
         expected = float(expected_macs(sites, cost))
         probs = [F.softmax(s.logits, 0) for s in sites]
     index = [int(p.argmax()) for p in probs]
-    plan = _plan(sites, [s.widths[k] for s, k in zip(sites, index)], config)
+    plan = _plan(sites, [s.widths[k] for s, k in zip(sites, index, strict=False)], config)
     argmax = cost.counted(plan)
     final, lowered, raised = argmax, 0, 0
     while final > config.macs_target:
@@ -370,7 +370,7 @@ def _derive(
         _, i = max(options)
         index[i] -= 1
         lowered += 1
-        plan = _plan(sites, [s.widths[k] for s, k in zip(sites, index)], config)
+        plan = _plan(sites, [s.widths[k] for s, k in zip(sites, index, strict=False)], config)
         final = cost.counted(plan)
     blocked: set[int] = set()  # groups whose next wider candidate would overshoot the target
     while final < config.macs_target - config.band:
@@ -379,7 +379,9 @@ def _derive(
         if not options:
             break
         _, i = max(options)
-        wider = _plan(sites, [s.widths[k + (j == i)] for j, (s, k) in enumerate(zip(sites, index))], config)
+        wider = _plan(
+            sites, [s.widths[k + (j == i)] for j, (s, k) in enumerate(zip(sites, index, strict=False))], config
+        )
         macs = cost.counted(wider)
         if macs > config.macs_target:
             blocked.add(i)
@@ -390,9 +392,9 @@ def _derive(
     plan.macs_before = int(cost.total)
     plan.macs_after = int(round(final * cost.total))
     result = SearchResult(
-        widths={s.group.id: s.widths[k] for s, k in zip(sites, index)},
+        widths={s.group.id: s.widths[k] for s, k in zip(sites, index, strict=False)},
         channels={s.group.id: s.group.channels for s in sites},
-        probabilities={s.group.id: [round(float(v), 4) for v in p] for s, p in zip(sites, probs)},
+        probabilities={s.group.id: [round(float(v), 4) for v in p] for s, p in zip(sites, probs, strict=False)},
         expected_macs=expected,
         argmax_macs=argmax,
         final_macs=final,
