@@ -22,9 +22,11 @@ from slimmer.config import CompressConfig
 from slimmer.errors import ConfigError
 from slimmer.export import onnx as onnx_export
 from slimmer.export.verify import Verification, agreement, verify_onnx
+from slimmer.paths import check_paths, compress_reads, compress_writes
 from slimmer.prune import PruneResult, after_shrink, prune, shrink_model
 from slimmer.recover import recover, scheduled
 from slimmer.report import Report
+from slimmer.sources import check_normalization, check_sources
 from slimmer.stats import accuracy, count_macs, count_nonzero, count_params
 from slimmer.train.data import DataSplits, load_data
 from slimmer.train.distributed import barrier, init_from_env
@@ -90,6 +92,7 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
     onnx_export.preflight()
     init_from_env()  # joins the torchrun process group when there is one
     final = config.output_path
+    check_paths(compress_reads(config), compress_writes(config), config.force)  # issue 19: no aliasing/clobbering
     for path in (final, config.report_path, plan_path(final)):
         onnx_export.check_writable(path, config.force)
 
@@ -109,6 +112,7 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
     if config.data is not None:
         mean = config.mean or (loaded.arch.mean if loaded.arch and loaded.arch.mean else (0.0,))
         std = config.std or (loaded.arch.std if loaded.arch and loaded.arch.std else (1.0,))
+        check_normalization(config.mean, config.std, shape)
         say("data", f"reading {config.data}")
         data = load_data(config.data, shape, mean, std, seed=config.seed, val_fraction=config.val_fraction)
     lap("load")
@@ -116,6 +120,7 @@ def compress(config: CompressConfig, progress: Progress | None = None) -> Report
     original = copy.deepcopy(model).eval()
     example = example_input(shape, 2 if config.dynamic_batch else shape[0], config.seed)
     check_forward(model, example)
+    check_sources(model, example, data, config.data)  # finite model outputs and data, labels in range
     report.params = {"before": count_params(model), "nonzero_before": count_nonzero(model)}
     report.macs = {"before": count_macs(model, example)}
     eval_x, eval_y = _eval_set(data, config.eval_samples)
@@ -271,25 +276,25 @@ def _finish(config: CompressConfig, report: Report, run: _Run) -> Report:
             report.status, report.exit_code, report.error = "failed", 5, "; ".join(failures)
             if config.keep_failed:
                 kept = onnx_export.failed_name(final)
-                onnx_export.commit(exported.temp_path, kept)
+                onnx_export.commit(exported.temp_path, kept, replace=config.force)
                 report.onnx = _onnx_info(kept, exported.opset)
                 report.warnings.append(f"the failed artifact was kept as {kept} (--keep-failed)")
             else:
                 exported.temp_path.unlink(missing_ok=True)
                 report.onnx = {"path": None, "sha256": None, "opset": exported.opset, "size_bytes": exported.size_bytes}
         else:
-            onnx_export.commit(exported.temp_path, final)
+            onnx_export.commit(exported.temp_path, final, replace=config.force)
             committed = True
             report.onnx = _onnx_info(final, exported.opset)
             report.status, report.exit_code = "ok", 0
             if pruned.plan is not None:
-                onnx_export.write_atomic(plan_path(final), pruned.plan.to_json().encode())
+                onnx_export.write_atomic(plan_path(final), pruned.plan.to_json().encode(), replace=config.force)
                 report.onnx["plan"] = str(plan_path(final))
     finally:
         if not committed:
             exported.temp_path.unlink(missing_ok=True)
     report.timings_s = timings
-    onnx_export.write_atomic(config.report_path, report.to_json().encode())
+    onnx_export.write_atomic(config.report_path, report.to_json().encode(), replace=config.force)
     return report
 
 

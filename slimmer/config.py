@@ -44,6 +44,9 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
         raise ConfigError(f"--input-shape {text!r}: expected integers separated by commas, e.g. 1,3,224,224") from None
     if len(dims) < 2 or any(d <= 0 for d in dims):
         raise ConfigError(f"--input-shape {text!r}: need at least 2 positive dimensions (batch first)")
+    from slimmer.sources import check_input_size
+
+    check_input_size(dims)  # issue 19: a shape too large to allocate is a usage error, not a crash
     return dims
 
 

@@ -144,7 +144,12 @@ def compress_command(
     ),
     atol: float = typer.Option(1e-4, "--atol", help="verification absolute tolerance"),
     rtol: float = typer.Option(1e-3, "--rtol", help="verification relative tolerance"),
-    seed: int = typer.Option(0, "--seed", help="seed for every random choice"),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="seed for every random choice; byte-identical files need the same seed, inputs, machine, versions "
+        "and thread count (OMP_NUM_THREADS)",
+    ),
     force: bool = typer.Option(False, "--force", help="allow replacing existing outputs"),
     json_output: bool = typer.Option(False, "--json", help="print exactly one JSON object (the report) on stdout"),
     trust_remote_code: bool = typer.Option(

@@ -8,6 +8,7 @@ file. The exporter's progress and log output are captured (never on stdout) and 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -267,16 +268,46 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def commit(temp: Path, final: Path) -> None:
-    """fsync ``temp`` and atomically rename it to ``final`` (replacing an old file only now)."""
+def commit(temp: Path, final: Path, *, replace: bool = True) -> None:
+    """fsync ``temp`` and publish it as ``final`` atomically.
+
+    With ``replace`` (``--force``) an old ``final`` is replaced only now (``os.replace``). Without it
+    the publish itself is no-clobber (``os.link`` fails if ``final`` appeared meanwhile, e.g. written
+    by a concurrent run): :class:`OutputError` (exit 3), ``temp`` removed, the other file untouched.
+    """
     try:
         with open(temp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(temp, final)
+        if replace:
+            os.replace(temp, final)
+        else:
+            _publish_new(temp, final)
+    except FileExistsError:
+        temp.unlink(missing_ok=True)
+        raise OutputError(
+            f"{final} already exists: another run wrote it while this one was working; it was left as it is",
+            hint="pass --force to replace it, or choose another -o/--output",
+        ) from None
     except OSError as exc:
         temp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from None
     _fsync_dir(final.parent if str(final.parent) else Path("."))
+
+
+def _publish_new(temp: Path, final: Path) -> None:
+    """Give ``temp`` the name ``final`` only if no file of that name exists (raises FileExistsError)."""
+    try:
+        os.link(temp, final)
+    except FileExistsError:
+        raise
+    except OSError as exc:  # a file system without hard links: reserve the name exclusively, then fill it
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_umask())
+        os.close(fd)
+        os.replace(temp, final)
+        return
+    os.unlink(temp)
 
 
 def failed_name(final: Path) -> Path:
@@ -284,8 +315,8 @@ def failed_name(final: Path) -> Path:
     return final.with_name(final.name + ".FAILED-VERIFICATION")
 
 
-def write_atomic(final: Path, data: bytes) -> None:
-    """Write bytes through a temporary file beside ``final``, fsync, rename."""
+def write_atomic(final: Path, data: bytes, *, replace: bool = True) -> None:
+    """Write bytes through a temporary file beside ``final``, fsync, publish (see :func:`commit`)."""
     final = Path(final)
     tmp = temp_path_for(final)
     try:
@@ -294,4 +325,4 @@ def write_atomic(final: Path, data: bytes) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from None
-    commit(tmp, final)
+    commit(tmp, final, replace=replace)

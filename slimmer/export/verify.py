@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from slimmer.errors import InputError
+from slimmer.paths import ort_model_arg
 
 PROVIDER = "CPUExecutionProvider"
 
@@ -108,7 +109,7 @@ def open_session(path: Path):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=[PROVIDER])
+        return ort.InferenceSession(ort_model_arg(path), sess_options=opts, providers=[PROVIDER])
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
 
