@@ -64,15 +64,16 @@ def check_sources(model: nn.Module, example: torch.Tensor, data: Any, data_spec:
     (exit 3) naming the data file or the model as the source of the fault.
     """
     if data is not None:
+        values = samples = 0
         for split in (data.train, data.eval):
             bad = ~torch.isfinite(split.x)
-            if bool(bad.any()):
-                first = int(bad.reshape(bad.shape[0], -1).any(1).nonzero()[0, 0])
-                raise InputError(
-                    f"--data {data_spec}: the inputs hold {int(bad.sum())} non-finite values (NaN/Inf), the first "
-                    f"in sample {first} of the {'training' if split is data.train else 'evaluation'} split",
-                    hint="clean the data file (or check --mean/--std); the model cannot be judged on NaN inputs",
-                )
+            values += int(bad.sum())
+            samples += int(bad.flatten(1).any(1).sum()) if bad.ndim > 1 else int(bad.sum())
+        if values:
+            raise InputError(
+                f"--data {data_spec}: the inputs hold {values} non-finite values (NaN/Inf), in {samples} samples",
+                hint="clean the data file (or check --mean/--std); the model cannot be judged on NaN inputs",
+            )
     with torch.no_grad():
         out = model(example)
     _check_finite_outputs(out, f"a random input of shape {tuple(example.shape)}")
@@ -88,10 +89,9 @@ def check_sources(model: nn.Module, example: torch.Tensor, data: Any, data_spec:
     classes = int(logits.shape[1])
     if classes < 2:  # a single score: labels are not class indices of it
         return
-    for split in (data.train, data.eval):
-        if split.y is None or not len(split.y):
-            continue
-        low, high = int(split.y.min()), int(split.y.max())
+    labels = [split.y for split in (data.train, data.eval) if split.y is not None and len(split.y)]
+    if labels:
+        low, high = min(int(y.min()) for y in labels), max(int(y.max()) for y in labels)
         if low < 0 or high >= classes:
             raise InputError(
                 f"--data {data_spec}: labels range over {low}..{high}, but the model has {classes} outputs "
@@ -99,12 +99,12 @@ def check_sources(model: nn.Module, example: torch.Tensor, data: Any, data_spec:
                 hint="check that the data and the checkpoint belong together (the label encoding and the number "
                 "of classes)",
             )
-        names = getattr(split, "classes", None)
-        if names and len(names) > classes:
-            raise InputError(
-                f"--data {data_spec}: {len(names)} class folders, but the model has {classes} outputs",
-                hint="check that the data and the checkpoint belong together",
-            )
+    names = getattr(data.train, "classes", None)
+    if names and len(names) > classes:
+        raise InputError(
+            f"--data {data_spec}: {len(names)} class folders, but the model has {classes} outputs",
+            hint="check that the data and the checkpoint belong together",
+        )
 
 
 def _check_finite_outputs(out: Any, on_what: str) -> None:

@@ -12,6 +12,7 @@ import errno
 import io
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from slimmer.errors import ConfigError, ExportError, InputError, OutputError
+from slimmer.paths import is_utf8
 
 MAX_PROTO_BYTES = 2**31 - 1
 EXPORTERS = ("dynamo", "legacy")
@@ -155,6 +157,7 @@ def export_onnx(
     dynamic_shapes = ({0: torch.export.Dim.DYNAMIC},) if dynamic_batch else None
     other = "legacy" if exporter == "dynamo" else "dynamo"
     warned: list[str] = []
+    target = exporter_path(tmp)  # the exporters take UTF-8 path names only
     try:
         try:
             with _quiet_exporter(log, warned), torch.no_grad():
@@ -162,7 +165,7 @@ def export_onnx(
                     torch.onnx.export(
                         model,
                         (example,),
-                        str(tmp),
+                        str(target),
                         dynamo=True,
                         external_data=False,
                         opset_version=opset,
@@ -174,7 +177,7 @@ def export_onnx(
                     torch.onnx.export(
                         model,
                         (example,),
-                        str(tmp),
+                        str(target),
                         dynamo=False,
                         opset_version=opset or LEGACY_OPSET,
                         input_names=["input"],
@@ -193,6 +196,8 @@ def export_onnx(
                 f"ONNX export failed ({exporter} exporter): {_summarize(exc)}",
                 hint=f"try --exporter {other}; run with --debug for the exporter's full message",
             ) from exc
+        if target != tmp:
+            _move_into(target, tmp)
         size = tmp.stat().st_size
         if size > MAX_PROTO_BYTES:
             raise ExportError(f"the exported graph is {size} bytes, above the 2 GB limit of one ONNX file")
@@ -229,6 +234,22 @@ def export_onnx(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        if target != tmp:
+            shutil.rmtree(target.parent, ignore_errors=True)
+
+
+def exporter_path(tmp: Path) -> Path:
+    """Where the exporter writes: ``tmp`` itself, or a UTF-8 named file in a private temporary folder
+    when ``tmp``'s path is not valid UTF-8 (its bytes are then moved into ``tmp`` by Python)."""
+    if is_utf8(tmp):
+        return tmp
+    return Path(tempfile.mkdtemp(prefix="slimmer-export-")) / "model.onnx"
+
+
+def _move_into(src: Path, dst: Path) -> None:
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
 
 
 PRIVATE_NODE_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
