@@ -108,10 +108,13 @@ def pruned_graph_note(onnx_path: Path, model: torch.nn.Module) -> str | None:
         arrays = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
     except Exception:  # noqa: BLE001 - only a note: never fail verification over it
         return None
+    # weight matrices and kernels only (2-D and up): folding BatchNorm into a conv changes biases, not these
+    arrays = [a for a in arrays if a.ndim >= 2]
+    params = [p.detach() for p in model.parameters() if p.ndim >= 2]
     g_total = sum(a.size for a in arrays)
     g_zero = sum(int(np.count_nonzero(a == 0)) for a in arrays)
-    m_total = sum(p.numel() for p in model.parameters())
-    m_zero = sum(int((p == 0).sum()) for p in model.parameters())
+    m_total = sum(p.numel() for p in params)
+    m_zero = sum(int((p == 0).sum()) for p in params)
     if not g_total or not m_total:
         return None
     if g_total < 0.98 * m_total:
