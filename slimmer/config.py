@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from slimmer.errors import ConfigError
+from slimmer.paths import check_output_names
 
 METHODS = ("unstructured", "channel", "nm", "fold")
 SCOPES = ("global", "layer")
@@ -111,6 +112,7 @@ class CompressConfig:
     val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
+        check_output_names(self.output, self.report)  # issue 19: before output_path/report_path are derived
         if self.sparsity is not None:
             _check_fraction("--sparsity", self.sparsity, low_open=False, high_open=True)
         _check_fraction("--sparsity-tolerance", self.sparsity_tolerance, low_open=False, high_open=True)

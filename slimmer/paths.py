@@ -137,6 +137,13 @@ def data_reads(spec: str | None) -> list[Path]:
     return [p] if os.path.lexists(p) else []
 
 
+def check_output_names(output: Path | None, report: Path | None) -> None:
+    """``-o``/``--report`` given as ``""``, ``.`` or ``..`` name no file: :class:`ConfigError` (exit 2)."""
+    for option, value in (("-o/--output", output), ("--report", report)):
+        if value is not None and (str(value) == "" or Path(value).name in ("", ".", "..")):
+            raise ConfigError(f"{option} {str(value)!r} does not name a file", hint=f"give {option} a file name")
+
+
 def compress_writes(config: Any) -> dict[str, Path]:
     """Every path ``compress`` may write for ``config`` (a :class:`slimmer.config.CompressConfig`),
     keyed by the option that names it: the ONNX file, the report, the pruning plan, and with
@@ -144,6 +151,7 @@ def compress_writes(config: Any) -> dict[str, Path]:
     from slimmer.api import plan_path
     from slimmer.export.onnx import failed_name
 
+    check_output_names(config.output, config.report)
     out = config.output_path
     writes = {
         "-o/--output": out,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
 import typer
+import typer.main
 
 from slimmer.cli import bench, compress, demo, inspect, verify
 from slimmer.errors import EXIT_INTERRUPTED
@@ -38,6 +40,12 @@ def main() -> None:
 JSON_FLAG = "--json"
 
 
+@functools.cache
+def _command():
+    """The click command behind ``app``, built once per process (what ``app()`` rebuilds on every call)."""
+    return typer.main.get_command(app)
+
+
 def _main_json() -> int:
     """Run with ``--json`` on the command line: every exit prints exactly one JSON object on stdout,
     option-parser errors (a bad value, an unknown option) included."""
@@ -49,7 +57,7 @@ def _main_json() -> int:
     before = JSON_WRITTEN["count"]
     message, hint = "", None
     try:
-        code = app(standalone_mode=False)
+        code = _command()(standalone_mode=False)
         code = 0 if code is None else code
     except KeyboardInterrupt:
         code, message = EXIT_INTERRUPTED, "interrupted"
