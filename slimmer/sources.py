@@ -82,8 +82,13 @@ def check_sources(model: nn.Module, example: torch.Tensor, data: Any, data_spec:
         return
     sample = data.eval.x[:CHECK_SAMPLES] if len(data.eval) else data.train.x[:CHECK_SAMPLES]
     if len(sample):
-        with torch.no_grad():
-            _check_finite_outputs(model(sample), f"{len(sample)} samples of --data {data_spec}")
+        try:
+            with torch.no_grad():
+                on_data = model(sample)
+        except Exception:  # noqa: BLE001 - e.g. a model fixed to one batch size: the later stages say so
+            on_data = None
+        if on_data is not None:
+            _check_finite_outputs(on_data, f"{len(sample)} samples of --data {data_spec}")
     if logits is None or logits.ndim != 2:
         return
     classes = int(logits.shape[1])

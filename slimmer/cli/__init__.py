@@ -72,6 +72,8 @@ def _main_json() -> int:
         code, message = EXIT_INTERRUPTED, "aborted"
     if not isinstance(code, int):
         code = 1
+    if code == EXIT_INTERRUPTED and not message:
+        message = "interrupted; no output was written"
     if JSON_WRITTEN["count"] == before and not _printed_help():
         payload = Report(status="ok" if code == 0 else "failed", exit_code=code, error=message or None).to_dict()
         payload["hint"] = hint
