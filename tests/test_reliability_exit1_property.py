@@ -66,8 +66,8 @@ def inputs(tmp_path_factory):
     return d
 
 
-MODELS = ["good.pt", "good.pt", "good.pt", "nan.pt", "meta.pt", "sparse.pt", "other.pt", "pickled.pt", "empty.pt", "random.pt", "lfs.pt",
-          "trunc.pt", "folder", "missing.pt", "file"]
+MODELS = ["good.pt", "good.pt", "good.pt", "nan.pt", "meta.pt", "sparse.pt", "other.pt", "pickled.pt", "empty.pt",
+          "random.pt", "lfs.pt", "trunc.pt", "folder", "missing.pt", "file"]
 ARCHS = ["toy_models:Tiny", "toy_models:raises", "toy_models:returns_none", "toy_models:returns_tuple",
          "toy_models:needs_args", "toy_models:nothing", "toy_models", "nowhere_mod:build", ":", "a:b:c", "resnet19",
          "resnet20-fmnist", "toy_models:Tiny.forward", "os:getcwd", "json:loads", "torchvision:resnet999"]
