@@ -26,10 +26,12 @@ from torch import nn
 from slimmer import acceptance
 from slimmer.config import CompressConfig
 from slimmer.export import onnx as onnx_export
+from slimmer.paths import check_paths, compress_reads, compress_writes
 from slimmer.prune import PruneResult, after_shrink, prune, schedule_hooks, schedule_outcome, shrink_model
 from slimmer.recover import recover
 from slimmer.report import Report
 from slimmer.runplan import VERIFY_BATCHES, RunPlan
+from slimmer.sources import check_sources
 from slimmer.stages import (
     Loaded,
     Measured,
@@ -114,6 +116,7 @@ def run(config: CompressConfig, progress: Progress | None = None) -> Report:
 def _preflight(config: CompressConfig) -> None:
     onnx_export.preflight()
     init_from_env()  # joins the torchrun process group when there is one
+    check_paths(compress_reads(config), compress_writes(config), config.force)  # no output aliases an input
     for path in (config.output_path, config.report_path, plan_path(config.output_path), config.int8_path):
         if path is not None:
             onnx_export.check_writable(path, config.force)
@@ -158,6 +161,7 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
 
     example = inputs.args(2 if config.dynamic_batch else inputs.batch, config.seed)
     out = check_forward(model, inputs, example)
+    check_sources(model, example, data, config.data)  # finite data and outputs, labels within the classes
     original = copy.deepcopy(model).eval()
     measured = measure(model, example, out, data, config)
     evaluate = _evaluator(measured, config)
@@ -332,18 +336,18 @@ def _finish(
             report.status, report.exit_code, report.error = "failed", 5, "; ".join(fails)
             if config.keep_failed:
                 kept = onnx_export.failed_name(final)
-                onnx_export.commit(verified.temp_path, kept)
+                onnx_export.commit(verified.temp_path, kept, replace=config.force)
                 report.onnx = onnx_info(kept, verified.opset)
                 report.warnings.append(f"the failed artifact was kept as {kept} (--keep-failed)")
             else:
                 report.onnx = {"path": None, "sha256": None, "opset": verified.opset, "size_bytes": verified.size_bytes}
         else:
-            onnx_export.commit(verified.temp_path, final)
+            onnx_export.commit(verified.temp_path, final, replace=config.force)
             committed = True
             report.onnx = onnx_info(final, verified.opset)
             report.status, report.exit_code = "ok", 0
             if pruned.plan is not None:
-                onnx_export.write_atomic(plan_path(final), pruned.plan.to_json().encode())
+                onnx_export.write_atomic(plan_path(final), pruned.plan.to_json().encode(), replace=config.force)
                 report.onnx["plan"] = str(plan_path(final))
             if getattr(config, "save_pretrained", None) is not None:
                 from slimmer.hf_save import save_for_report
@@ -357,7 +361,7 @@ def _finish(
         _quantize(config, report, loaded, measured, data)
         clock.lap("quantize")
     report.timings_s = clock.timings
-    onnx_export.write_atomic(config.report_path, report.to_json().encode())
+    onnx_export.write_atomic(config.report_path, report.to_json().encode(), replace=config.force)
 
 
 def _quantize(

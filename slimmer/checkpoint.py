@@ -23,6 +23,7 @@ from torch import nn
 
 from slimmer.arch import resolve_arch
 from slimmer.errors import ConfigError, InputError, UnsafeCheckpointError
+from slimmer.paths import is_utf8
 from slimmer.zoo import ARCHITECTURES, Architecture
 
 LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
@@ -166,16 +167,41 @@ def _safe_globals() -> set[str]:
         return {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter"}
 
 
+NUMPY_SCALAR_GLOBALS = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype")
+
+
+def is_numpy_safe(name: str) -> bool:
+    """The numpy globals a training checkpoint holds beside its weights (a ``best_acc`` scalar, a dtype),
+    which torch's weights-only loader reads once allow-listed: they build values, never run code."""
+    return name in NUMPY_SCALAR_GLOBALS or (name.startswith("numpy.dtypes.") and name.endswith("DType"))
+
+
+def numpy_safe_objects() -> list[Any]:
+    """The objects of :data:`NUMPY_SCALAR_GLOBALS` and ``numpy.dtypes.*DType`` for ``safe_globals``."""
+    try:
+        import numpy as np
+    except ImportError:
+        return []
+    core = getattr(np, "_core", None) or np.core
+    objs: list[Any] = [core.multiarray.scalar, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        names = [n for n in dir(dtypes) if n.endswith("DType")]
+        objs += [getattr(dtypes, n) for n in names if isinstance(getattr(dtypes, n), type)]
+    return objs
+
+
 def unsafe_globals(path: Path, fmt: str) -> list[str]:
     """The globals a full unpickling would import beyond what ``weights_only`` allows."""
     if fmt == "state-zip":
         try:
-            return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+            found = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"{path} is corrupt or truncated ({exc})") from None
+        return [g for g in found if not is_numpy_safe(g)]
     data = path.read_bytes()
     allowed = _safe_globals()
-    return [g for g in pickle_globals(data) if g not in allowed and not g.endswith("Storage")]
+    return [g for g in pickle_globals(data) if g not in allowed and not g.endswith("Storage") and not is_numpy_safe(g)]
 
 
 def _refuse(path: Path, fmt: str, found: list[str], what: str) -> UnsafeCheckpointError:
@@ -198,7 +224,8 @@ def _refuse(path: Path, fmt: str, found: list[str], what: str) -> UnsafeCheckpoi
 
 def _torch_load(path: Path) -> Any:
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
+        with torch.serialization.safe_globals(numpy_safe_objects()):
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
     except Exception as exc:  # noqa: BLE001 - any failure of the safe loader is a rejected input
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
@@ -208,9 +235,11 @@ def _torch_load(path: Path) -> Any:
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
     try:
+        if not is_utf8(path):  # the Rust loader takes UTF-8 paths only
+            return load(path.read_bytes())
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"{path} is not a valid safetensors file: {exc}") from None
@@ -222,6 +251,9 @@ def unwrap_state_dict(obj: Any, path: Path, notes: list[str]) -> dict[str, torch
         return obj.state_dict()
     if not isinstance(obj, dict):
         raise InputError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+    extras = [str(k) for k, v in obj.items() if type(v).__module__.split(".")[0] == "numpy"]
+    if extras:
+        notes.append(f"numpy values beside the weights were ignored: {', '.join(extras[:5])}")
     sd: Any = obj
     if not _is_tensor_dict(sd):
         for key in STATE_DICT_KEYS + EMA_KEYS:
@@ -248,10 +280,16 @@ def _is_tensor_dict(d: dict) -> bool:
     return bool(d) and all(isinstance(k, str) for k in d) and any(isinstance(v, torch.Tensor) for v in d.values())
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], arch_name: str) -> None:
-    """Strictly load ``state`` into ``model``; a mismatch lists the first missing and unexpected keys."""
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], arch_name: str) -> list[str]:
+    """Strictly load ``state`` into ``model``; a mismatch lists the first missing and unexpected keys.
+
+    BatchNorm ``num_batches_tracked`` counters may be absent (old or converted checkpoints), as
+    ``load_state_dict(strict=True)`` itself allows; the returned notes say so.
+    """
+    check_tensors(state)
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    counters = [k for k in own if k not in state and k.endswith("num_batches_tracked")]
+    missing = [k for k in own if k not in state and k not in counters]
     unexpected = [k for k in state if k not in own]
     shapes = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -271,14 +309,48 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], arch_name: str) 
             hint="check that --arch names the architecture these weights were trained with",
         )
     model.load_state_dict(state, strict=True)
+    if counters:
+        return [f"{len(counters)} BatchNorm num_batches_tracked counters were absent from the checkpoint (not needed)"]
+    return []
 
 
 def check_finite(model: nn.Module) -> None:
-    """Refuse NaN/Inf in any parameter or floating buffer, naming the tensor."""
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+    """Refuse NaN/Inf in a learned parameter, and NaN in a floating buffer, naming the tensor.
+
+    ±Inf in a buffer is a constant (e.g. a causal attention mask of -inf) and is accepted.
+    """
+    check_tensors(dict(model.named_parameters()) | dict(model.named_buffers()))
+    for name, t in model.named_parameters():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise InputError(f"tensor {name!r} holds {bad} NaN/Inf values; refusing to prune a broken checkpoint")
+    for name, t in model.named_buffers():
+        if t.is_floating_point() and bool(torch.isnan(t).any()):
+            bad = int(torch.isnan(t).sum())
+            raise InputError(f"buffer {name!r} holds {bad} NaN values; refusing to prune a broken checkpoint")
+
+
+def check_tensors(tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse tensors without data (the ``meta`` device) or in a sparse/quantized layout, naming the first."""
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.is_meta:
+            raise InputError(
+                f"tensor {name!r} is on the 'meta' device: it has a shape but no values (saved from a model built "
+                "with device='meta' or empty weights)",
+                hint="save the checkpoint after the real weights were loaded or materialized",
+            )
+        if t.layout != torch.strided:
+            raise InputError(
+                f"tensor {name!r} has the {str(t.layout).replace('torch.', '')} layout; slimmer reads dense tensors",
+                hint="save dense weights: {k: v.to_dense() for k, v in state_dict.items()}",
+            )
+        if t.is_quantized:
+            raise InputError(
+                f"tensor {name!r} is quantized ({t.dtype}); slimmer prunes float checkpoints",
+                hint="save the float model's state_dict (before quantization)",
+            )
 
 
 def load_checkpoint(
@@ -346,7 +418,7 @@ def load_checkpoint(
             )
         model = architecture.build()
         assert state is not None
-        load_into(model, state, architecture.name)
+        notes += load_into(model, state, architecture.name)
     model = model.float().eval()
     check_finite(model)
     return LoadedModel(model=model, path=path, sha256=digest, format=fmt, arch=architecture, notes=notes)

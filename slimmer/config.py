@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from slimmer.errors import ConfigError
+from slimmer.paths import check_output_names
 from slimmer.registry import did_you_mean
 
 SCOPES = ("global", "layer")
@@ -46,6 +47,9 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
         raise ConfigError(f"--input-shape {text!r}: expected integers separated by commas, e.g. 1,3,224,224") from None
     if len(dims) < 2 or any(d <= 0 for d in dims):
         raise ConfigError(f"--input-shape {text!r}: need at least 2 positive dimensions (batch first)")
+    from slimmer.sources import check_input_size
+
+    check_input_size(dims)  # issue 19: a shape too large to allocate is a usage error, not a crash
     return dims
 
 
@@ -129,6 +133,7 @@ class CompressConfig:
     fold_alpha_start: float = 0.05  # layer folding: the linearized activations' starting α (folding/phase.py)
 
     def __post_init__(self) -> None:
+        check_output_names(self.output, self.report)  # issue 19: before output_path/report_path are derived
         if self.sparsity is not None:
             _check_fraction("--sparsity", self.sparsity, low_open=False, high_open=True)
         _check_fraction("--sparsity-tolerance", self.sparsity_tolerance, low_open=False, high_open=True)

@@ -130,4 +130,46 @@ def verify_exported(
     loaded = load(config)
     inputs = [loaded.inputs.args(b, seed + i + 1) for i, b in enumerate(VERIFY_BATCHES)]
     v = verify_onnx(onnx_path, loaded.model, inputs, atol=atol, rtol=rtol)
+    if not v.passed:
+        note = pruned_graph_note(onnx_path, loaded.model)
+        if note:
+            v.warnings.insert(0, note)
     return v
+
+
+def pruned_graph_note(onnx_path: Path, model: torch.nn.Module) -> str | None:
+    """When verification failed: say so if the graph is a pruned one (fewer weights, or many more zero
+    weights, than the checkpoint), which cannot equal the unpruned checkpoint's outputs."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        proto = onnx.load(str(onnx_path), load_external_data=False)
+        arrays = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
+    except Exception:  # noqa: BLE001 - only a note: never fail verification over it
+        return None
+    # weight matrices and kernels only (2-D and up): folding BatchNorm into a conv changes biases, not these
+    arrays = [a for a in arrays if a.ndim >= 2]
+    params = [p.detach() for p in model.parameters() if p.ndim >= 2]
+    g_total = sum(a.size for a in arrays)
+    g_zero = sum(int(np.count_nonzero(a == 0)) for a in arrays)
+    m_total = sum(p.numel() for p in params)
+    m_zero = sum(int((p == 0).sum()) for p in params)
+    if not g_total or not m_total:
+        return None
+    if g_total < 0.98 * m_total:
+        what = f"it holds {g_total:,} weights, the checkpoint {m_total:,} (channels were removed)"
+    elif g_zero / g_total > m_zero / m_total + 0.05:
+        what = f"{g_zero / g_total:.0%} of its weights are zero, {m_zero / m_total:.0%} of the checkpoint's"
+    else:
+        return None
+    beside = [
+        p.name for p in (onnx_path.with_name(onnx_path.name + s) for s in (".plan.json", ".report.json")) if p.is_file()
+    ]
+    where = f" ({' and '.join(beside)} beside it)" if beside else ""
+    return (
+        f"{onnx_path} is a pruned graph: {what}. A pruned graph cannot equal the unpruned checkpoint's outputs; "
+        f"verify it against the pruned model instead (the checkpoint of the pruned model, or the pruning plan"
+        f"{where}); the check compress made at export time is recorded in its report"
+    )

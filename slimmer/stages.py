@@ -182,6 +182,9 @@ def read_data(config: CompressConfig, loaded: Loaded) -> DataSplits | None:
             + ", ".join(s.describe() for s in loaded.inputs.specs),
             hint="drop --data (fine-tuning and accuracy need a model with one float input)",
         )
+    from slimmer.sources import check_normalization
+
+    check_normalization(config.mean, config.std, loaded.inputs.first.shape)
     mean = config.mean or loaded.mean or (0.0,)
     std = config.std or loaded.std or (1.0,)
     return load_data(

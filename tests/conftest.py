@@ -130,3 +130,23 @@ def slimmer_process():
         )
 
     return start
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path) -> Path:
+    """A state_dict of ``toy_models.Tiny`` (1×8×8 inputs, 10 classes) in this test's tmp_path."""
+    import toy_models
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    torch.save(toy_models.Tiny().state_dict(), path)
+    return path
+
+
+def one_json(stdout: str) -> dict:
+    """stdout holds exactly one JSON object and nothing else (whitespace aside)."""
+    text = stdout.strip()
+    obj, end = json.JSONDecoder().raw_decode(text)
+    assert end == len(text), f"more than one JSON object on stdout: {text[end : end + 200]!r}"
+    assert isinstance(obj, dict)
+    return obj

@@ -70,6 +70,7 @@ def test_row26_write_failure_at_commit_cleans_up(cli, r20, monkeypatch, partial_
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(onnx_mod.os, "replace", full_disk)
+    monkeypatch.setattr(onnx_mod.os, "link", full_disk)  # the no-clobber publish (no --force) links
     run = cli("compress", r20, "--arch", "resnet20-fmnist")
     assert run.code == 3 and "No space left on device" in run.stderr and "r20.slim.onnx" in run.stderr
     assert partial_files(r20.parent) == []

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
 import typer
+import typer.main
 
 from slimmer.cli import bench, compress, demo, inspect, quantize, verify
 from slimmer.errors import EXIT_INTERRUPTED
@@ -26,12 +28,63 @@ app.command("quantize")(quantize.quantize_command)
 
 
 def main() -> None:
+    if JSON_FLAG in sys.argv[1:]:
+        _leave(_main_json())
     try:
         app()
     except KeyboardInterrupt:  # an interrupt that arrived while an earlier one was being reported
         _leave(EXIT_INTERRUPTED)
     except SystemExit as exc:
         _leave(exc.code)
+
+
+JSON_FLAG = "--json"
+
+
+@functools.cache
+def _command():
+    """The click command behind ``app``, built once per process (what ``app()`` rebuilds on every call)."""
+    return typer.main.get_command(app)
+
+
+def _main_json() -> int:
+    """Run with ``--json`` on the command line: every exit prints exactly one JSON object on stdout,
+    option-parser errors (a bad value, an unknown option) included."""
+    from typer.exceptions import Abort, TyperException  # the parser's errors (typer's own click)
+
+    from slimmer.cli.render import JSON_WRITTEN, err_console, write_json
+    from slimmer.report import Report
+
+    before = JSON_WRITTEN["count"]
+    message, hint = "", None
+    try:
+        code = _command()(standalone_mode=False)
+        code = 0 if code is None else code
+    except KeyboardInterrupt:
+        code, message = EXIT_INTERRUPTED, "interrupted"
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except TyperException as exc:
+        code = int(getattr(exc, "exit_code", 2))
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        hint = "run `slimmer COMMAND --help` for the options and their values"
+        err_console.print(f"[bold red]error:[/bold red] {message}", markup=True, highlight=False)
+    except Abort:
+        code, message = EXIT_INTERRUPTED, "aborted"
+    if not isinstance(code, int):
+        code = 1
+    if code == EXIT_INTERRUPTED and not message:
+        message = "interrupted; no output was written"
+    if JSON_WRITTEN["count"] == before and not _printed_help():
+        payload = Report(status="ok" if code == 0 else "failed", exit_code=code, error=message or None).to_dict()
+        payload["hint"] = hint
+        write_json(payload)
+    return code
+
+
+def _printed_help() -> bool:
+    """``--help`` (or no arguments) prints the usage text instead of running: no JSON object then."""
+    return any(a in ("--help", "-h") for a in sys.argv[1:])
 
 
 def _leave(code: int | str | None) -> None:

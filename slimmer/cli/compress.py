@@ -416,8 +416,8 @@ def compress_command(
     seed: int = typer.Option(
         0,
         "--seed",
-        help="seed for every random choice: the same seed, inputs and thread count on the same machine give "
-        "byte-identical files",
+        help="seed for every random choice; byte-identical files need the same seed, inputs, machine, versions "
+        "and thread count (OMP_NUM_THREADS)",
         rich_help_panel=OUTPUT,
     ),
     force: bool = typer.Option(False, "--force", help="allow replacing existing outputs", rich_help_panel=OUTPUT),

@@ -38,21 +38,33 @@ def demo_command(
     quantize: str | None = typer.Option(
         None, "--quantize", help="int8: also quantize the pruned file (calibrated on the bundled sample)"
     ),
-    seed: int = typer.Option(0, "--seed", help="seed for every random choice"),
-    force: bool = typer.Option(True, "--force/--no-force", help="the demo replaces its own earlier outputs by default"),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="seed for every random choice; byte-identical files need the same seed, inputs, machine, versions "
+        "and thread count (OMP_NUM_THREADS)",
+    ),
+    force: bool | None = typer.Option(
+        None,
+        "--force/--no-force",
+        help="--force: replace any existing file at -o; --no-force: replace nothing; default: replace only the "
+        "demo's own earlier outputs",
+        show_default=False,
+    ),
     json_output: bool = typer.Option(False, "--json", help="print exactly one JSON object (the report) on stdout"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Compress the bundled ResNet-20 (Fashion-MNIST): half the MACs, a brief fine-tune, verified and timed."""
     from slimmer.bundled import DEMO_ARCH, DEMO_SAMPLE, DEMO_WEIGHTS, bundled_file
     from slimmer.cli.render import run_guarded
+    from slimmer.paths import make_parent, written_by_demo
 
-    def paths() -> tuple[Path, Path]:
-        out = Path(output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return bundled_file(DEMO_WEIGHTS), bundled_file(DEMO_SAMPLE)
+    def paths() -> tuple[Path, Path, bool]:
+        make_parent(Path(output))  # a file in the way is exit 3, not a crash
+        weights = bundled_file(DEMO_WEIGHTS)
+        return weights, bundled_file(DEMO_SAMPLE), force if force is not None else written_by_demo(output, weights)
 
-    weights, sample = run_guarded(paths, debug=debug, json_mode=json_output)
+    weights, sample, replace = run_guarded(paths, debug=debug, json_mode=json_output)
     if macs_target is None and sparsity is None and "channel" in method.split(","):
         macs_target = 0.5
     run_compress(
@@ -72,5 +84,5 @@ def demo_command(
         quantize=quantize,
         output=output,
         seed=seed,
-        force=force,
+        force=replace,
     )

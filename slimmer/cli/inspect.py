@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from slimmer.cli.render import err_console, run_guarded, stage_printer
+from slimmer.cli.render import err_console, run_guarded, stage_printer, write_json
 
 
 def inspect_command(
@@ -63,7 +61,7 @@ def inspect_command(
 
     info = run_guarded(go, debug=debug, json_mode=json_output)
     if json_output:
-        sys.stdout.write(json.dumps(info) + "\n")
+        write_json(info)
     table = Table(title=f"{info['input']['path']} ({info['input']['format']}, {info['input']['arch']})")
     table.add_column("layer")
     table.add_column("shape")

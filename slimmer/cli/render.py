@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from slimmer.cli.stdio import stdout_to_stderr, strip_ansi
 from slimmer.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, SlimmerError
 from slimmer.report import Report
 
@@ -34,9 +35,10 @@ def stage_printer(json_mode: bool) -> Callable[[str, str], None]:
 def emit_report(report: Report, json_mode: bool) -> None:
     if report.rank != 0:  # under torchrun only rank 0 reports
         return
+    report.error = strip_ansi(report.error)
+    report.warnings = [strip_ansi(w) for w in report.warnings]
     if json_mode:
-        sys.stdout.write(json.dumps(report.to_dict(), allow_nan=False) + "\n")
-        sys.stdout.flush()
+        write_json(report.to_dict())
     err_console.print(report)
     for w in report.warnings:
         err_console.print(f"[yellow]warning:[/yellow] {escape(w)}")
@@ -47,7 +49,8 @@ def emit_report(report: Report, json_mode: bool) -> None:
 def run_guarded(fn: Callable[[], Any], *, debug: bool, json_mode: bool) -> Any:
     """Call ``fn``; map errors to exit codes with one clear message (tracebacks only with --debug)."""
     try:
-        return fn()
+        with stdout_to_stderr(json_mode):
+            return fn()
     except typer.Exit:
         raise
     except SlimmerError as exc:
@@ -69,6 +72,8 @@ def run_guarded(fn: Callable[[], Any], *, debug: bool, json_mode: bool) -> Any:
     except Exception as exc:  # noqa: BLE001 - anything else is a bug: exit 1 and say so
         if debug:
             traceback.print_exc()
+        if is_out_of_memory(exc):
+            _fail(3, f"out of memory: {first_line(exc)}", OOM_HINT, json_mode)
         _fail(
             EXIT_INTERNAL,
             f"internal error: {type(exc).__name__}: {exc}",
@@ -78,17 +83,54 @@ def run_guarded(fn: Callable[[], Any], *, debug: bool, json_mode: bool) -> Any:
 
 
 def _fail(code: int, message: str, hint: str | None, json_mode: bool) -> None:
+    message, hint = strip_ansi(message), strip_ansi(hint)
     err_console.print(f"[bold red]error:[/bold red] {escape(message)}")
     if hint:
         err_console.print(f"[bold]hint:[/bold] {escape(hint)}")
     if json_mode:
         payload = Report(status="failed", exit_code=code, error=message).to_dict()
         payload["hint"] = hint
-        sys.stdout.write(json.dumps(payload) + "\n")
-        sys.stdout.flush()
+        write_json(payload)
     raise typer.Exit(code)
 
 
 def _in_test_runner() -> bool:
     """In-process CLI tests (typer's CliRunner) must get the exit code, not lose their process."""
     return "pytest" in sys.modules and os.environ.get("PYTEST_CURRENT_TEST") is not None
+
+
+OOM_HINT = "use a smaller --input-shape (or --batch-size / --batch); the machine cannot allocate this much memory"
+JSON_WRITTEN = {"count": 0}
+"""How many JSON objects this process wrote to stdout (``main`` adds one for an exit that wrote none)."""
+
+
+def write_json(payload: dict) -> None:
+    """The one JSON object of a ``--json`` run, on stdout."""
+    from slimmer.report import _json_safe
+
+    sys.stdout.write(json.dumps(_json_safe(payload), allow_nan=False) + "\n")
+    sys.stdout.flush()
+    JSON_WRITTEN["count"] += 1
+
+
+def first_line(exc: BaseException) -> str:
+    text = strip_ansi(str(exc)).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure (not a bug): MemoryError, or torch's allocator refusing a size."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        s in text
+        for s in (
+            "can't allocate memory",
+            "DefaultCPUAllocator",
+            "out of memory",
+            "numel overflow",
+            "Storage size calculation overflowed",
+            "invalid size",
+        )
+    )

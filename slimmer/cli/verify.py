@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import typer
 
-from slimmer.cli.render import err_console, run_guarded
+from slimmer.cli.render import err_console, run_guarded, write_json
 
 
 def verify_command(
@@ -43,7 +41,7 @@ def verify_command(
 
     result = run_guarded(go, debug=debug, json_mode=json_output)
     if json_output:
-        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+        write_json(result.to_dict())
     verdict = "[green]passed[/green]" if result.passed else "[bold red]FAILED[/bold red]"
     err_console.print(
         f"verification {verdict}: max abs diff {result.max_abs_diff:.3g}, max rel diff {result.max_rel_diff:.3g} "
@@ -51,4 +49,6 @@ def verify_command(
     )
     if not result.passed:
         err_console.print(result.failure_summary(), markup=False)
+        for note in result.warnings:
+            err_console.print(f"hint: {note}", markup=False)
     raise typer.Exit(0 if result.passed else 5)

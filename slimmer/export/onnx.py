@@ -8,9 +8,11 @@ file. The exporter's progress and log output are captured (never on stdout) and 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from torch import nn
 from slimmer.errors import ConfigError, ExportError, InputError, OutputError
 from slimmer.inputs import ExampleInputs, as_args, batch_size_of
 from slimmer.outputs import output_names
+from slimmer.paths import is_utf8
 
 MAX_PROTO_BYTES = 2**31 - 1
 EXPORTERS = ("dynamo", "legacy")
@@ -187,6 +190,7 @@ def export_onnx(
     other = "legacy" if exporter == "dynamo" else "dynamo"
     warned: list[str] = []
     tmp = temp_path_for(final_path)  # created last: every path out of here from now on removes it
+    target = exporter_path(tmp)  # the exporters take UTF-8 path names only
     try:
         try:
             with _quiet_exporter(log, warned), torch.no_grad():
@@ -194,7 +198,7 @@ def export_onnx(
                     torch.onnx.export(
                         model,
                         args,
-                        str(tmp),
+                        str(target),
                         dynamo=True,
                         external_data=False,
                         opset_version=opset,
@@ -207,7 +211,7 @@ def export_onnx(
                     torch.onnx.export(
                         model,
                         args,
-                        str(tmp),
+                        str(target),
                         dynamo=False,
                         opset_version=opset or LEGACY_OPSET,
                         input_names=input_names,
@@ -226,6 +230,8 @@ def export_onnx(
                 f"ONNX export failed ({exporter} exporter): {_summarize(exc)}",
                 hint=f"try --exporter {other}; run with --debug for the exporter's full message",
             ) from exc
+        if target != tmp:
+            _move_into(target, tmp)
         size = tmp.stat().st_size
         if size > MAX_PROTO_BYTES:
             raise ExportError(f"the exported graph is {size} bytes, above the 2 GB limit of one ONNX file")
@@ -262,6 +268,22 @@ def export_onnx(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        if target != tmp:
+            shutil.rmtree(target.parent, ignore_errors=True)
+
+
+def exporter_path(tmp: Path) -> Path:
+    """Where the exporter writes: ``tmp`` itself, or a UTF-8 named file in a private temporary folder
+    when ``tmp``'s path is not valid UTF-8 (its bytes are then moved into ``tmp`` by Python)."""
+    if is_utf8(tmp):
+        return tmp
+    return Path(tempfile.mkdtemp(prefix="slimmer-export-")) / "model.onnx"
+
+
+def _move_into(src: Path, dst: Path) -> None:
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
 
 
 def _unique_outputs(names: list[str], input_names: list[str]) -> list[str]:
@@ -321,16 +343,46 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def commit(temp: Path, final: Path) -> None:
-    """fsync ``temp`` and atomically rename it to ``final`` (replacing an old file only now)."""
+def commit(temp: Path, final: Path, *, replace: bool = True) -> None:
+    """fsync ``temp`` and publish it as ``final`` atomically.
+
+    With ``replace`` (``--force``) an old ``final`` is replaced only now (``os.replace``). Without it
+    the publish itself is no-clobber (``os.link`` fails if ``final`` appeared meanwhile, e.g. written
+    by a concurrent run): :class:`OutputError` (exit 3), ``temp`` removed, the other file untouched.
+    """
     try:
         with open(temp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(temp, final)
+        if replace:
+            os.replace(temp, final)
+        else:
+            _publish_new(temp, final)
+    except FileExistsError:
+        temp.unlink(missing_ok=True)
+        raise OutputError(
+            f"{final} already exists: another run wrote it while this one was working; it was left as it is",
+            hint="pass --force to replace it, or choose another -o/--output",
+        ) from None
     except OSError as exc:
         temp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from None
     _fsync_dir(final.parent if str(final.parent) else Path("."))
+
+
+def _publish_new(temp: Path, final: Path) -> None:
+    """Give ``temp`` the name ``final`` only if no file of that name exists (raises FileExistsError)."""
+    try:
+        os.link(temp, final)
+    except FileExistsError:
+        raise
+    except OSError as exc:  # a file system without hard links: reserve the name exclusively, then fill it
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_umask())
+        os.close(fd)
+        os.replace(temp, final)
+        return
+    os.unlink(temp)
 
 
 def failed_name(final: Path) -> Path:
@@ -338,8 +390,8 @@ def failed_name(final: Path) -> Path:
     return final.with_name(final.name + ".FAILED-VERIFICATION")
 
 
-def write_atomic(final: Path, data: bytes) -> None:
-    """Write bytes through a temporary file beside ``final``, fsync, rename."""
+def write_atomic(final: Path, data: bytes, *, replace: bool = True) -> None:
+    """Write bytes through a temporary file beside ``final``, fsync, publish (see :func:`commit`)."""
     final = Path(final)
     tmp = temp_path_for(final)
     try:
@@ -348,4 +400,4 @@ def write_atomic(final: Path, data: bytes) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from None
-    commit(tmp, final)
+    commit(tmp, final, replace=replace)

@@ -23,6 +23,7 @@ from torch import nn
 from slimmer.errors import InputError
 from slimmer.inputs import as_args, batch_size_of
 from slimmer.outputs import logits_of, named_leaves
+from slimmer.paths import ort_model_arg
 
 PROVIDER = "CPUExecutionProvider"
 
@@ -111,7 +112,7 @@ def open_session(path: Path):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=[PROVIDER])
+        return ort.InferenceSession(ort_model_arg(path), sess_options=opts, providers=[PROVIDER])
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
 

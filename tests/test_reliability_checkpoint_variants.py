@@ -1,0 +1,78 @@
+"""Issue 19, kinds 8, 9 and 13 (RELIABILITY.md rows 38, 39): valid checkpoints that differ in harmless
+ways are accepted with a note — no BatchNorm ``num_batches_tracked``, numpy scalars beside the
+weights, constant ``-inf`` buffers (in the file or non-persistent) — while NaN stays refused."""
+
+import numpy as np
+import pytest
+import torch
+import toy_models
+from conftest import one_json
+
+
+def _compress(cli, path, arch, *extra):
+    return cli("compress", path, "--arch", arch, "--exporter", "legacy", "--json", *extra)
+
+
+def test_kind8_missing_num_batches_tracked_is_accepted_with_a_note(cli, tmp_path):
+    sd = {k: v for k, v in toy_models.Tiny().state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(sd, tmp_path / "old.pt")
+    run = _compress(cli, tmp_path / "old.pt", "toy_models:Tiny")
+    assert run.code == 0, run.stderr
+    assert any("num_batches_tracked" in w and "absent" in w for w in one_json(run.stdout)["warnings"])
+    assert (tmp_path / "old.slim.onnx").is_file()
+
+
+def test_kind8_other_missing_keys_are_still_refused(cli, tmp_path):
+    sd = {k: v for k, v in toy_models.Tiny().state_dict().items() if k != "bn.running_var"}
+    torch.save(sd, tmp_path / "bad.pt")
+    run = _compress(cli, tmp_path / "bad.pt", "toy_models:Tiny")
+    assert run.code == 3 and "1 missing keys (first: bn.running_var)" in run.stderr
+
+
+@pytest.mark.parametrize("arch", ["toy_models:CausalMask", "toy_models:causal_mask_nonpersistent"])
+def test_kind9_constant_minus_inf_buffer_is_accepted(cli, tmp_path, arch):
+    model = toy_models.CausalMask() if arch.endswith("CausalMask") else toy_models.causal_mask_nonpersistent()
+    torch.save(model.state_dict(), tmp_path / "attn.pt")
+    assert ("mask" in model.state_dict()) == arch.endswith("CausalMask")
+    run = _compress(cli, tmp_path / "attn.pt", arch)
+    assert run.code == 0, run.stderr
+    assert one_json(run.stdout)["verification"]["passed"] is True
+    assert (tmp_path / "attn.slim.onnx").is_file()
+
+
+def test_kind9_nan_in_a_buffer_is_still_refused(cli, tmp_path):
+    sd = toy_models.Tiny().state_dict()
+    sd["bn.running_mean"][1] = float("nan")
+    torch.save(sd, tmp_path / "nan.pt")
+    run = _compress(cli, tmp_path / "nan.pt", "toy_models:Tiny")
+    assert run.code == 3 and "buffer 'bn.running_mean' holds 1 NaN values" in run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.pt"]
+
+
+def test_kind9_inf_in_a_parameter_is_still_refused(cli, tmp_path):
+    sd = toy_models.Tiny().state_dict()
+    sd["fc.bias"][0] = float("-inf")
+    torch.save(sd, tmp_path / "inf.pt")
+    run = _compress(cli, tmp_path / "inf.pt", "toy_models:Tiny")
+    assert run.code == 3 and "tensor 'fc.bias' holds 1 NaN/Inf values" in run.stderr
+
+
+def test_kind13_numpy_scalars_beside_the_weights_are_accepted(cli, tmp_path):
+    ckpt = {
+        "state_dict": toy_models.Tiny().state_dict(),
+        "best_acc": np.float64(0.913),
+        "epoch": 12,
+        "dtype": np.dtype("float32"),
+    }
+    torch.save(ckpt, tmp_path / "train.pt")
+    run = _compress(cli, tmp_path / "train.pt", "toy_models:Tiny")
+    assert run.code == 0, run.stderr
+    warnings = one_json(run.stdout)["warnings"]
+    assert any("numpy values beside the weights were ignored: best_acc, dtype" in w for w in warnings)
+
+
+def test_kind13_other_globals_are_still_refused(cli, tmp_path):
+    ckpt = {"state_dict": toy_models.Tiny().state_dict(), "model": toy_models.Tiny()}
+    torch.save(ckpt, tmp_path / "mod.pt")
+    run = _compress(cli, tmp_path / "mod.pt", "toy_models:Tiny")
+    assert run.code == 3 and "toy_models.Tiny" in run.stderr and "Refused" in run.stderr
