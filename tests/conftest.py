@@ -143,10 +143,4 @@ def tiny_ckpt(tmp_path) -> Path:
     return path
 
 
-def one_json(stdout: str) -> dict:
-    """stdout holds exactly one JSON object and nothing else (whitespace aside)."""
-    text = stdout.strip()
-    obj, end = json.JSONDecoder().raw_decode(text)
-    assert end == len(text), f"more than one JSON object on stdout: {text[end : end + 200]!r}"
-    assert isinstance(obj, dict)
-    return obj
+from json_stdout import one_json  # noqa: E402,F401 - also importable directly (tests/json_stdout.py)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import one_json
+from json_stdout import one_json
 
 from slimmer.errors import ConfigError, OutputError
 from slimmer.paths import check_paths

@@ -5,7 +5,7 @@ import sys
 
 import torch
 import toy_models
-from conftest import one_json
+from json_stdout import one_json
 
 SOURCE = "import toy_models\n\n\ndef build():\n    return toy_models.Tiny()\n\n\nbuild.input_shape = (1, 1, 8, 8)\n"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import toy_models
-from conftest import one_json
+from json_stdout import one_json
 
 
 def _compress(cli, path, arch, *extra):

@@ -5,7 +5,7 @@ other run's file as it was and removes its own temporary file; nothing of it rem
 import threading
 
 import pytest
-from conftest import one_json
+from json_stdout import one_json
 
 import slimmer.api
 from slimmer.errors import OutputError

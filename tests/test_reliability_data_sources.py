@@ -4,7 +4,7 @@
 import numpy as np
 import torch
 import toy_models
-from conftest import one_json
+from json_stdout import one_json
 
 
 def _npz(path, x, y=None):

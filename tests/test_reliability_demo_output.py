@@ -5,7 +5,7 @@ import hashlib
 import json
 import os
 
-from conftest import one_json
+from json_stdout import one_json
 
 from slimmer.bundled import DEMO_WEIGHTS, bundled_file
 from slimmer.paths import written_by_demo

@@ -4,7 +4,7 @@ one JSON object on stdout (exit 2), like every other exit."""
 import sys
 
 import pytest
-from conftest import one_json
+from json_stdout import one_json
 
 from slimmer.cli import main
 

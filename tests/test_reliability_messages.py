@@ -2,7 +2,7 @@
 ``slimmer verify`` of a checkpoint against compress's pruned graph says why they cannot match."""
 
 import pytest
-from conftest import one_json
+from json_stdout import one_json
 
 import slimmer.api
 from slimmer.errors import ExportError

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 import toy_models
-from conftest import one_json
+from json_stdout import one_json
 
 pytestmark = pytest.mark.skipif(sys.platform == "darwin", reason="macOS file systems refuse non-UTF-8 names")
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import one_json
+from json_stdout import one_json
 
 README = Path(__file__).parent.parent / "README.md"
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import one_json
+from json_stdout import one_json
 
 TESTS = Path(__file__).parent
 

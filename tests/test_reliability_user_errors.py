@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 import toy_models
-from conftest import one_json
+from json_stdout import one_json
 from onnx import TensorProto, helper
 
 

@@ -13,8 +13,11 @@ import typer
 
 from slimmer.cli.compress import run_compress
 
-DEMO_STEPS = 150
+DEMO_STEPS = 200
 DEMO_BATCH = 64
+DEMO_ROUND_TO = 8
+"""The demo's recipe for 1,000 training images (measured, docs/BENCHMARKS.md "Demo"): least-squares
+reconstruction, then 200 steps of pure distillation with pad-crop-flip; channels in multiples of 8."""
 
 
 def demo_command(
@@ -80,6 +83,10 @@ def demo_command(
         val_fraction=0.5,
         finetune_steps=finetune_steps,
         batch_size=DEMO_BATCH,
+        round_to=DEMO_ROUND_TO if "channel" in method.split(",") else None,
+        reconstruct=True,
+        augment=finetune_steps > 0,
+        kd_weight=1.0,
         measure_latency=measure_latency,
         quantize=quantize,
         output=output,
