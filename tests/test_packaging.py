@@ -42,3 +42,11 @@ def test_every_third_party_import_is_a_declared_dependency():
     third_party = {n for n in found if n not in sys.stdlib_module_names and n != "slimmer"} - optional
     missing = {n for n in third_party if import_names.get(n.lower(), n.lower()) not in declared}
     assert missing == set()
+
+
+def test_the_readme_headline_architecture_source_is_installed_by_the_readme_install():
+    """``slimmer compress model.pt --arch torchvision:resnet18`` must work right after ``pip install .``."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {d.split(">")[0].split("=")[0].strip().lower() for d in config["dependencies"]}
+    assert "torchvision" in declared
+    assert "--arch torchvision:resnet18" in (ROOT / "README.md").read_text()
