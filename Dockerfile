@@ -9,9 +9,11 @@ WORKDIR /opt/slimmer
 COPY pyproject.toml README.md ./
 COPY slimmer ./slimmer
 COPY models ./models
-RUN pip install --index-url "$TORCH_INDEX_URL" "torch>=2.10" \
+# torchvision (a dependency since the README's headline uses --arch torchvision:...) from the same CPU
+# index, so that `pip install .` finds a matching pair and does not fetch a CUDA torch.
+RUN pip install --index-url "$TORCH_INDEX_URL" "torch>=2.10" "torchvision>=0.25" \
  && pip install . \
- && python -c "import sympy, onnxruntime.quantization" \
+ && python -c "import sympy, onnxruntime.quantization, torchvision" \
  && useradd --create-home --uid 10001 slimmer
 
 USER slimmer
