@@ -8,6 +8,7 @@ import pytest
 from json_stdout import one_json
 
 import slimmer.api
+import slimmer.stages
 from slimmer.errors import OutputError
 from slimmer.export.onnx import commit, write_atomic
 
@@ -47,13 +48,13 @@ def test_only_one_of_many_racing_writers_publishes(tmp_path):
 
 def test_the_run_that_publishes_second_exits_3_and_leaves_nothing(cli, tiny_ckpt, monkeypatch, partial_files):
     out = tiny_ckpt.with_name("tiny.slim.onnx")
-    real = slimmer.api.verify_onnx
+    real = slimmer.stages.verify_onnx
 
     def other_run_finishes_first(*args, **kwargs):
         out.write_bytes(b"THE OTHER RUN'S FILE")  # appears after this run's start-up checks passed
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(slimmer.api, "verify_onnx", other_run_finishes_first)
+    monkeypatch.setattr(slimmer.stages, "verify_onnx", other_run_finishes_first)
     run = cli("compress", tiny_ckpt, "--arch", "toy_models:Tiny", "--exporter", "legacy", "--json")
     assert run.code == 3, run.stderr
     assert "already exists: another run wrote it" in run.stderr
@@ -65,13 +66,13 @@ def test_the_run_that_publishes_second_exits_3_and_leaves_nothing(cli, tiny_ckpt
 
 def test_with_force_the_last_run_replaces(cli, tiny_ckpt, monkeypatch):
     out = tiny_ckpt.with_name("tiny.slim.onnx")
-    real = slimmer.api.verify_onnx
+    real = slimmer.stages.verify_onnx
 
     def other_run_finishes_first(*args, **kwargs):
         out.write_bytes(b"THE OTHER RUN'S FILE")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(slimmer.api, "verify_onnx", other_run_finishes_first)
+    monkeypatch.setattr(slimmer.stages, "verify_onnx", other_run_finishes_first)
     run = cli("compress", tiny_ckpt, "--arch", "toy_models:Tiny", "--exporter", "legacy", "--force", "--json")
     assert run.code == 0, run.stderr
     report = one_json(run.stdout)

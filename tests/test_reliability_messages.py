@@ -19,7 +19,7 @@ def test_escape_codes_are_stripped_from_messages(cli, tiny_ckpt, monkeypatch, ra
     def fail(*a, **k):
         raise raised
 
-    monkeypatch.setattr(slimmer.api, "compress", fail)
+    monkeypatch.setattr(slimmer.api, "run", fail)
     run = cli("compress", tiny_ckpt, "--arch", "toy_models:Tiny", "--json")
     assert run.code == (4 if isinstance(raised, ExportError) else 1)
     error = one_json(run.stdout)["error"]
@@ -29,14 +29,14 @@ def test_escape_codes_are_stripped_from_messages(cli, tiny_ckpt, monkeypatch, ra
 
 
 def test_warnings_in_the_report_are_stripped_too(cli, tiny_ckpt, monkeypatch):
-    real = slimmer.api.compress
+    real = slimmer.api.run
 
     def noisy(config, progress=None):
         report = real(config, progress)
         report.warnings.append("\x1b[93mcoloured\x1b[0m warning")
         return report
 
-    monkeypatch.setattr(slimmer.api, "compress", noisy)
+    monkeypatch.setattr(slimmer.api, "run", noisy)
     run = cli("compress", tiny_ckpt, "--arch", "toy_models:Tiny", "--exporter", "legacy", "--json")
     assert run.code == 0, run.stderr
     assert "coloured warning" in one_json(run.stdout)["warnings"]

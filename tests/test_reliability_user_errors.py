@@ -52,12 +52,12 @@ def test_input_shape_too_large_to_allocate_is_exit_2(cli, tiny_ckpt):
 
 
 def test_allocation_failure_anywhere_is_exit_3(cli, tiny_ckpt, monkeypatch):
-    import slimmer.api
+    import slimmer.inputs
 
     def no_memory(*a, **k):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
 
-    monkeypatch.setattr(slimmer.api, "example_input", no_memory)
+    monkeypatch.setattr(slimmer.inputs.ExampleInputs, "args", no_memory)
     run = cli("compress", tiny_ckpt, "--arch", "toy_models:Tiny", "--json")
     assert run.code == 3 and "out of memory" in run.stderr and "internal error" not in run.stderr
     assert one_json(run.stdout)["exit_code"] == 3

@@ -70,7 +70,9 @@ def run_compress(json_output: bool, debug: bool, replay: Path | None = None, giv
             config = replay_config(replay, dict(given or {}))
         else:
             if opts.get("model") is None:
-                raise ConfigError("missing the MODEL argument (a checkpoint path)", hint="or pass --replay REPORT.json")
+                raise ConfigError(
+                    "missing the MODEL argument (a model checkpoint path)", hint="or pass --replay REPORT.json"
+                )
             config = build_config(**opts)
         return run(config, progress=stage_printer(json_output))
 

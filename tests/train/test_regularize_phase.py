@@ -55,7 +55,8 @@ def test_each_regularizer_runs_then_prunes_and_is_recorded(cli, r20, fmnist_like
 def phase(r20: Path, npz: Path, **opts):
     opts = {"reg_steps": 12, "batch_size": 32, **opts}
     config = CompressConfig(model=r20, arch="resnet20-fmnist", data=str(npz), **opts)
-    loaded, shape = load(config)
+    loaded = load(config)
+    shape = loaded.inputs.first.shape
     model = loaded.model
     data = load_data(str(npz), shape, (0.0,), (1.0,), seed=0)
     example = torch.randn(2, *shape[1:])
