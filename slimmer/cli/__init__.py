@@ -75,11 +75,17 @@ def _main_json() -> int:
         code = 1
     if code == EXIT_INTERRUPTED and not message:
         message = "interrupted; no output was written"
-    if JSON_WRITTEN["count"] == before and not _printed_help():
+    if JSON_WRITTEN["count"] == before and not _printed_help() and not _other_rank():
         payload = Report(status="ok" if code == 0 else "failed", exit_code=code, error=message or None).to_dict()
         payload["hint"] = hint
         write_json(payload)
     return code
+
+
+def _other_rank() -> bool:
+    """Under torchrun only rank 0 reports; the other ranks stay silent on stdout."""
+    dist = sys.modules.get("torch.distributed")
+    return bool(dist is not None and dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
 
 
 def _printed_help() -> bool:
