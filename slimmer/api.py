@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,15 +139,6 @@ class _Clock:
         self.last = now
 
 
-@dataclass
-class _Accuracy:
-    """Accuracy at each point of the flow (None where there is no labelled data)."""
-
-    values: dict[str, float | None] = field(
-        default_factory=lambda: {"before": None, "after_prune": None, "after_finetune": None}
-    )
-
-
 def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -> tuple[Report, nn.Module]:
     clock = _Clock(start)
     torch.manual_seed(config.seed)
@@ -187,7 +178,6 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
         pruned = prune(model, prune_config, example, data)
     if regularized is not None:
         pruned.details["regularizer"] = regularized.details
-    requested = {"requested": pruned.sparsity_requested, "achieved_one_shot": pruned.sparsity_achieved}
     surgery = None
     if plan.scheduled:  # the schedule prunes during fine-tuning, starting from the dense weights
         if evaluate:
@@ -220,7 +210,7 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
     if inputs.single_float and len(inputs.slots) == 1:
         report.input["input_shape"] = list(inputs.first.shape)
     report.warnings += list(loaded.notes)
-    _fill_pruning(report, pruned, config, requested)
+    _fill_pruning(report, pruned, config)
     report.surgery = surgery
     report.finetune = finetune
     report.accuracy = acc
@@ -275,7 +265,7 @@ def _shrink(model: nn.Module, pruned: PruneResult, example: tuple, say: Progress
     }
 
 
-def _fill_pruning(report: Report, pruned: PruneResult, config: CompressConfig, one_shot: dict) -> None:
+def _fill_pruning(report: Report, pruned: PruneResult, config: CompressConfig) -> None:
     report.sparsity = {
         "requested": pruned.sparsity_requested,
         "achieved": pruned.sparsity_achieved,
