@@ -106,8 +106,11 @@ def main() -> None:
         print(f"predicted limit {res.limit:.4f}  ε {res.epsilon:.4g}  ({record['predict']['seconds']} s)", flush=True)
         for p in res.curve:  # printed now: a long run interrupted later keeps the curve in its log
             print(f"  ρ {p.ratio:.2f}  R {p.R:.4g}  gw {p.gw:.4f}", flush=True)
-        print(f"  Tr(H)/D ≈ {res.spectrum.moment(1):.4g}, Ritz values {min(res.spectrum.nodes):.4g} … "
-              f"{max(res.spectrum.nodes):.4g}", flush=True)
+        print(
+            f"  Tr(H)/D ≈ {res.spectrum.moment(1):.4g}, Ritz values {min(res.spectrum.nodes):.4g} … "
+            f"{max(res.spectrum.nodes):.4g}",
+            flush=True,
+        )
 
     oneshot: dict[float, float] = {}
 

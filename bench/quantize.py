@@ -58,9 +58,24 @@ def compress_fmnist(work: Path, steps: int, fresh: bool, log: Path) -> Path:
 
     out = work / "resnet20_fmnist.half.onnx"
     if fresh or not out.is_file():
-        rep = slimmer("compress", str(bundled_file(DEMO_WEIGHTS)), "--arch", "resnet20-fmnist", "--method", "channel",
-                      "--macs-target", "0.5", "--data", "fashion-mnist", "--finetune-steps", str(steps), "-o", str(out),
-                      "--force", log=log)
+        rep = slimmer(
+            "compress",
+            str(bundled_file(DEMO_WEIGHTS)),
+            "--arch",
+            "resnet20-fmnist",
+            "--method",
+            "channel",
+            "--macs-target",
+            "0.5",
+            "--data",
+            "fashion-mnist",
+            "--finetune-steps",
+            str(steps),
+            "-o",
+            str(out),
+            "--force",
+            log=log,
+        )
         if rep["_exit"] != 0:
             raise SystemExit(f"compress failed: {rep.get('error')}")
     return out
@@ -75,8 +90,22 @@ def compress_torchvision(name: str, work: Path, fresh: bool, log: Path) -> Path:
         C.calibrate_batchnorm(model, name)
         ckpt = work / f"{name}.pt"
         torch.save(model.state_dict(), ckpt)
-        rep = slimmer("compress", str(ckpt), "--arch", f"torchvision:{name}", "--input-shape", "1,3,224,224",
-                      "--method", "channel", "--macs-target", "0.5", "-o", str(out), "--force", log=log)
+        rep = slimmer(
+            "compress",
+            str(ckpt),
+            "--arch",
+            f"torchvision:{name}",
+            "--input-shape",
+            "1,3,224,224",
+            "--method",
+            "channel",
+            "--macs-target",
+            "0.5",
+            "-o",
+            str(out),
+            "--force",
+            log=log,
+        )
         if rep["_exit"] != 0:
             raise SystemExit(f"compress {name} failed: {rep.get('error')}")
     return out
@@ -86,8 +115,9 @@ def quantize(float_onnx: Path, pairs: int, log: Path, *extra: str) -> dict:
     out = float_onnx.with_name(float_onnx.stem + ".int8.onnx")
     out.unlink(missing_ok=True)
     start = time.perf_counter()
-    rep = slimmer("quantize", str(float_onnx), "-o", str(out), "--threads", "1", "--pairs", str(pairs), "--force",
-                  *extra, log=log)
+    rep = slimmer(
+        "quantize", str(float_onnx), "-o", str(out), "--threads", "1", "--pairs", str(pairs), "--force", *extra, log=log
+    )
     rep["_seconds"] = time.perf_counter() - start
     rep["_int8_exists"] = out.is_file()
     return rep
@@ -139,14 +169,38 @@ def probe_settings(float_onnx: Path, pairs: int) -> list[dict]:
     x_eval, y_eval = data.eval.x[:2000].numpy(), data.eval.y[:2000].numpy()
     rows = []
     for label, change in PROBES:
-        config = QuantizeConfig(**{"calibration_samples": 256, "eval_samples": 2000, "max_quantization_drop": 100,
-                                   "min_agreement": 0, "min_cosine": -1, "quantize_anyway": True,
-                                   "latency_pairs": pairs, **change})
-        res = quantize_after_compress(float_onnx, x_cal, y_eval, config, eval_inputs=x_eval,
-                                      output_path=float_onnx.with_name("probe.int8.onnx"), force=True)
-        rows.append({"setting": label, "accuracy_float": res.accuracy_float, "accuracy_int8": res.accuracy_int8,
-                     "agreement": res.agreement, "cosine": res.cosine, "speedup": res.speedup,
-                     "size_int8": res.size_bytes_int8})
+        config = QuantizeConfig(
+            **{
+                "calibration_samples": 256,
+                "eval_samples": 2000,
+                "max_quantization_drop": 100,
+                "min_agreement": 0,
+                "min_cosine": -1,
+                "quantize_anyway": True,
+                "latency_pairs": pairs,
+                **change,
+            }
+        )
+        res = quantize_after_compress(
+            float_onnx,
+            x_cal,
+            y_eval,
+            config,
+            eval_inputs=x_eval,
+            output_path=float_onnx.with_name("probe.int8.onnx"),
+            force=True,
+        )
+        rows.append(
+            {
+                "setting": label,
+                "accuracy_float": res.accuracy_float,
+                "accuracy_int8": res.accuracy_int8,
+                "agreement": res.agreement,
+                "cosine": res.cosine,
+                "speedup": res.speedup,
+                "size_int8": res.size_bytes_int8,
+            }
+        )
     float_onnx.with_name("probe.int8.onnx").unlink(missing_ok=True)
     return rows
 
@@ -164,8 +218,16 @@ def probe_depthwise(work: Path) -> list[dict]:
     from slimmer.export.quantize import QuantizeConfig, quantize
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6(), InvertedResidual(16, 16, 1, 6),
-                        InvertedResidual(16, 24, 2, 6), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU6(),
+        InvertedResidual(16, 16, 1, 6),
+        InvertedResidual(16, 24, 2, 6),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(24, 10),
+    )
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for m in net.modules():
@@ -181,27 +243,40 @@ def probe_depthwise(work: Path) -> list[dict]:
     held = [{"input": rng.standard_normal((64, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
     rows = []
     for per_channel in (True, False):
-        config = QuantizeConfig(per_channel=per_channel, min_agreement=0, min_cosine=-1, quantize_anyway=True,
-                                latency_pairs=5)
+        config = QuantizeConfig(
+            per_channel=per_channel, min_agreement=0, min_cosine=-1, quantize_anyway=True, latency_pairs=5
+        )
         res = quantize(path, cal, config, work / "mbv2_blocks.int8.onnx", held_out=held, force=True)
-        rows.append({"per_channel": per_channel, "depthwise": res.depthwise_convs, "cosine": res.cosine,
-                     "agreement": res.agreement})
+        rows.append(
+            {
+                "per_channel": per_channel,
+                "depthwise": res.depthwise_convs,
+                "cosine": res.cosine,
+                "agreement": res.agreement,
+            }
+        )
     return rows
 
 
 def probe_table(rows: list[dict]) -> str:
-    lines = ["| setting | accuracy float → int8 | top-1 agreement | cosine | int8 B | int8 speedup (paired) |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| setting | accuracy float → int8 | top-1 agreement | cosine | int8 B | int8 speedup (paired) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         if "depthwise" in r:
             d = r["depthwise"]
             kind = "per-channel" if d["per_channel"] else "per-tensor"
-            lines.append(f"| MobileNetV2 blocks ({d['depthwise']} depthwise convs, random inputs), {kind} weights | - "
-                         f"| {d['agreement']:.2%} | {d['cosine']:.5f} | - | - |")
+            lines.append(
+                f"| MobileNetV2 blocks ({d['depthwise']} depthwise convs, random inputs), {kind} weights | - "
+                f"| {d['agreement']:.2%} | {d['cosine']:.5f} | - | - |"
+            )
             continue
         acc = f"{r['accuracy_float']:.2%} → {r['accuracy_int8']:.2%}"
-        lines.append(f"| {r['setting']} | {acc} | {r['agreement']:.2%} | {r['cosine']:.5f} | {r['size_int8']:,} "
-                     f"| {r['speedup']:.2f}× |")
+        lines.append(
+            f"| {r['setting']} | {acc} | {r['agreement']:.2%} | {r['cosine']:.5f} | {r['size_int8']:,} "
+            f"| {r['speedup']:.2f}× |"
+        )
     return "\n".join(lines)
 
 
@@ -235,8 +310,11 @@ def write_docs(rows: list[dict], probes: list[dict], command: str) -> None:
         f"{BEGIN}\n`{command}` (torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
         f"OMP_NUM_THREADS=1, 1 intra-op thread, batch 1; {time.strftime('%Y-%m-%d', time.gmtime())})\n\n"
         f"{table(rows)}\n"
-        + (f"\nSettings on the pruned resnet20-fmnist file (2,000 test images; gates off):\n\n{probe_table(probes)}\n"
-           if probes else "")
+        + (
+            f"\nSettings on the pruned resnet20-fmnist file (2,000 test images; gates off):\n\n{probe_table(probes)}\n"
+            if probes
+            else ""
+        )
         + END
     )
     text = C.DOCS.read_text()
@@ -264,15 +342,40 @@ def main() -> None:
     for name in args.models.split(","):
         if name == "resnet20-fmnist":
             src = compress_fmnist(args.work, args.finetune_steps, args.fresh, log)
-            rep = quantize(src, args.pairs, log, "--data", "fashion-mnist", "--mean", FMNIST_MEAN, "--std",
-                           FMNIST_STD, "--calibration-samples", "256", "--eval-samples", "10000",
-                           "--max-quantization-drop", "0.5")
+            rep = quantize(
+                src,
+                args.pairs,
+                log,
+                "--data",
+                "fashion-mnist",
+                "--mean",
+                FMNIST_MEAN,
+                "--std",
+                FMNIST_STD,
+                "--calibration-samples",
+                "256",
+                "--eval-samples",
+                "10000",
+                "--max-quantization-drop",
+                "0.5",
+            )
             label = f"resnet20-fmnist (bundled, fine-tuned {args.finetune_steps} steps)"
         else:
             src = compress_torchvision(name, args.work, args.fresh, log)
             # random weights: 1000 near-equal logits make top-1 agreement a coin toss; the gate is the cosine
-            rep = quantize(src, args.pairs, log, "--calibration-samples", "32", "--eval-samples", "32",
-                           "--min-agreement", "0", "--min-cosine", "0.99")
+            rep = quantize(
+                src,
+                args.pairs,
+                log,
+                "--calibration-samples",
+                "32",
+                "--eval-samples",
+                "32",
+                "--min-agreement",
+                "0",
+                "--min-cosine",
+                "0.99",
+            )
             label = f"{name} (random weights)"
         rows.append(row(label, rep))
         print(json.dumps(rows[-1]), flush=True)

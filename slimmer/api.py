@@ -172,34 +172,33 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
     if regularized is not None and regularized.chosen is not None:
         from slimmer.regularize import apply_chosen
 
-        pruned = regularized.chosen  # greg: remove exactly what was pushed towards zero
-        apply_chosen(model, pruned, keep_dense=config.regrow)
+        pruned = apply_chosen(model, regularized.chosen, keep_dense=config.regrow)  # greg: exactly what was pushed
     else:
         pruned = prune(model, prune_config, example, data)
     if regularized is not None:
-        pruned.details["regularizer"] = regularized.details
+        pruned = pruned.detail(regularizer=regularized.details)
     surgery = None
     if plan.scheduled:  # the schedule prunes during fine-tuning, starting from the dense weights
         if evaluate:
             acc["after_prune"] = evaluate(model)  # what the one-shot prune would have given
         model.load_state_dict(original.state_dict())
     elif pruned.plan is not None:
-        surgery = _shrink(model, pruned, example, say)
-    after_shrink(model, config, example, pruned)
+        pruned, surgery = _shrink(model, pruned, example, say)
+    pruned = after_shrink(model, config, example, pruned)
     if evaluate and not plan.scheduled:  # N:M masks and folding included
         acc["after_prune"] = evaluate(model)
     clock.lap("prune")
 
     strategy = schedule_hooks(config, example, data, pruned)  # a schedule prunes inside the training loop
-    finetune = recover(model, original, config, example, data, pruned, say, evaluate, strategy)
+    recovered = recover(model, original, config, example, data, pruned, say, evaluate, strategy)
+    model, pruned, finetune = recovered.model, recovered.pruned, recovered.finetune
     if finetune is not None and strategy:
-        finetune.update(schedule_outcome(strategy, pruned, config))
-    if finetune and "accuracy_after_reconstruct" in finetune:
-        acc["after_reconstruct"] = finetune.pop("accuracy_after_reconstruct")
-    if pruned.model is not None:  # layer folding collapsed a region: the model is now a traced GraphModule
-        model = pruned.model
+        pruned, figures = schedule_outcome(strategy, pruned, config)
+        finetune.update(figures)
+    if recovered.accuracy_after_reconstruct is not None:
+        acc["after_reconstruct"] = recovered.accuracy_after_reconstruct
     if pruned.plan is not None and plan.scheduled:  # the schedule's last channel masks, removed once
-        surgery = _shrink(model, pruned, example, say)
+        pruned, surgery = _shrink(model, pruned, example, say)
     if finetune and finetune.get("steps_done"):
         if evaluate:
             acc["after_finetune"] = evaluate(model)
@@ -253,11 +252,12 @@ def _target(config: CompressConfig) -> str:
     return f"sparsity {config.target_sparsity:g}"
 
 
-def _shrink(model: nn.Module, pruned: PruneResult, example: tuple, say: Progress) -> dict:
-    """Physically remove the planned channels; what the surgery did, for the report."""
+def _shrink(model: nn.Module, pruned: PruneResult, example: tuple, say: Progress) -> tuple[PruneResult, dict]:
+    """Physically remove the planned channels: the pruning result with the plan really applied, and
+    what the surgery did, for the report."""
     say("shrink", "removing pruned channels")
-    surgery = shrink_model(model, pruned, example)
-    return {
+    pruned, surgery = shrink_model(model, pruned, example)
+    return pruned, {
         "max_abs_diff": surgery.max_abs_diff,
         "output_scale": surgery.output_scale,
         "rolled_back": surgery.rolled_back,
@@ -309,7 +309,7 @@ def _finish(
             onnx_export.add_metadata(verified.temp_path, nm_metadata(pruned.nm.n, pruned.nm.m, pruned.nm.layers))
         report.warnings += list(verified.warnings)
         report.verification = verified.as_dict()
-        fails = acceptance.failures(verified.verification, pruned, config, report.macs)
+        fails = acceptance.failures(verified.verification, pruned, config.stages.prune, report.macs)
         if pruned.nm is not None:
             nm_fails, figures = acceptance.nm_failures(verified.temp_path, pruned)
             report.pruning.setdefault("nm", {}).update(figures)

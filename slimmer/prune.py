@@ -8,7 +8,7 @@ the masked one. Methods run in the order given (``channel,nm`` prunes channels f
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,22 +49,41 @@ NM_CPU_NOTE = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class PruneResult:
-    """What pruning chose and achieved; ``plan`` is set for channel pruning (removed in ``shrink``)."""
+    """What pruning chose and achieved (immutable: every step returns a new one).
+
+    ``plan`` is set for channel pruning (removed by :func:`shrink_model`); ``masks`` holds unstructured
+    masks, ``nm`` an N:M pattern; ``fold`` what BatchNorm/layer folding did and ``model`` the rebuilt
+    model to export when folding replaced it (a traced GraphModule). ``per_layer`` maps a layer to
+    its sparsity (unstructured) or removed-channel fraction (channel); ``dense`` keeps the weights a
+    mask zeroed, for ``--regrow``."""
 
     masks: MaskSet | None = None
     nm: NMResult | None = None
     fold: dict | None = None
-    model: nn.Module | None = None  # the model to export when layer folding rebuilt it (a traced GraphModule)
+    model: nn.Module | None = None
     plan: PruningPlan | None = None
     groups: GroupSet | None = None
     sparsity_requested: float | None = None
     sparsity_achieved: float | None = None
     per_layer: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    warnings: tuple[str, ...] = ()
     details: dict = field(default_factory=dict)
-    dense: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # --regrow: masked weights, before
+    dense: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def but(self, **changes: Any) -> PruneResult:
+        """A copy with ``changes`` (field values)."""
+        return replace(self, **changes)
+
+    def warn(self, *messages: str) -> PruneResult:
+        """A copy with ``messages`` added to ``warnings`` (each once, in order)."""
+        new = tuple(dict.fromkeys(m for m in messages if m and m not in self.warnings))
+        return replace(self, warnings=self.warnings + new) if new else self
+
+    def detail(self, **items: Any) -> PruneResult:
+        """A copy with ``items`` set in ``details``."""
+        return replace(self, details={**self.details, **items})
 
 
 def prune(model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None) -> PruneResult:
@@ -77,7 +96,7 @@ def prune(model: nn.Module, config: CompressConfig, example: tuple, data: DataSp
     for method in config.methods:
         handler = METHODS.get(method)
         if not handler.after_shrink:  # nm and fold act on the physically pruned model: after_shrink()
-            handler.apply(model, config, example, data, result)
+            result = handler.apply(model, config, example, data, result)
     return result
 
 
@@ -85,13 +104,13 @@ def prune(model: nn.Module, config: CompressConfig, example: tuple, data: DataSp
 class MethodHandler:
     """One ``--method``: how it prunes, and whether it acts before or after channel surgery.
 
-    ``apply(model, config, example, data, result)`` changes ``model`` in place and records what it
-    did in ``result``. Handlers with ``after_shrink`` run on the physically pruned model, in
-    ``order``."""
+    ``apply(model, config, example, data, result) -> PruneResult`` changes ``model`` in place and
+    returns ``result`` with what it did added (results are immutable). Handlers with ``after_shrink``
+    run on the physically pruned model, in ``order``."""
 
     name: str
     description: str
-    apply: Callable[..., None]
+    apply: Callable[..., PruneResult]
     after_shrink: bool = False
     order: int = 0
 
@@ -148,20 +167,19 @@ def unstructured_masks_for(
 
 def _unstructured(
     model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None, result: PruneResult
-) -> None:
+) -> PruneResult:
     scope = unstructured_scope(model, as_args(example))
     masks = unstructured_masks_for(model, config, example, data, config.target_sparsity, scope)
-    apply_masks(model, masks, config, result)
-    result.details["scope"] = scope.as_dict()
-    result.warnings += [w for w in [scope.note(masks.sparsity)] if w]
+    result = apply_masks(model, masks, config, result)
+    return result.detail(scope=scope.as_dict()).warn(scope.note(masks.sparsity) or "")
 
 
-def apply_masks(model: nn.Module, masks: MaskSet, config: CompressConfig, result: PruneResult) -> None:
-    """Zero ``masks`` in ``model`` and record them in ``result`` (with ``--regrow``, the weights as they were)."""
+def apply_masks(model: nn.Module, masks: MaskSet, config: CompressConfig, result: PruneResult) -> PruneResult:
+    """Zero ``masks`` in ``model``; ``result`` with them recorded (with ``--regrow``, the weights as they were)."""
     if config.regrow:
-        result.dense = weights_before_masking(model, masks)
+        result = result.but(dense=weights_before_masking(model, masks))
     masks.apply(model)
-    record_masks(masks, config, result)
+    return record_masks(masks, config, result)
 
 
 def weights_before_masking(model: nn.Module, masks: MaskSet) -> dict[str, torch.Tensor]:
@@ -173,13 +191,16 @@ def weights_before_masking(model: nn.Module, masks: MaskSet) -> dict[str, torch.
 def record_masks(masks: MaskSet, config: CompressConfig, result: PruneResult | None = None) -> PruneResult:
     """``result`` (a new one when None) with ``masks`` and what they achieve; nothing is zeroed."""
     result = PruneResult() if result is None else result
-    result.masks = masks
-    result.sparsity_requested = config.target_sparsity
-    result.sparsity_achieved = masks.sparsity
-    result.per_layer = masks.per_layer_sparsity()
-    result.warnings += masks.warnings
-    result.details["criterion"] = config.criterion
-    return result
+    return (
+        result.but(
+            masks=masks,
+            sparsity_requested=config.target_sparsity,
+            sparsity_achieved=masks.sparsity,
+            per_layer=masks.per_layer_sparsity(),
+        )
+        .warn(*masks.warnings)
+        .detail(criterion=config.criterion)
+    )
 
 
 def channel_plan(
@@ -268,26 +289,28 @@ def schedule_hooks(
     return (ScheduledMaskHook(build_schedule(config.schedule, schedule_final(config), interval=interval), recompute),)
 
 
-def schedule_outcome(hooks: tuple[ScheduledMaskHook, ...], pruned: PruneResult, config: CompressConfig) -> dict:
+def schedule_outcome(
+    hooks: tuple[ScheduledMaskHook, ...], pruned: PruneResult, config: CompressConfig
+) -> tuple[PruneResult, dict]:
     """After fine-tuning: the schedule's last masks become the pruning result (a channel plan is then
-    removed once by :func:`shrink_model`). Returns the figures for the report's ``finetune``."""
+    removed once by :func:`shrink_model`). Returns that result and the figures for the report's
+    ``finetune``."""
     done: dict = {}
     for hook in hooks:
         if isinstance(hook.masks, ChannelMasks):
-            pruned.plan = hook.masks.plan
-            if pruned.plan is not None:
-                pruned.details["channels_pruned"] = pruned.plan.channels_pruned
-            pruned.per_layer = hook.masks.per_layer_sparsity()
+            plan = hook.masks.plan
+            pruned = pruned.but(plan=plan, per_layer=hook.masks.per_layer_sparsity())
+            if plan is not None:
+                pruned = pruned.detail(channels_pruned=plan.channels_pruned)
             if config.macs_target is None:
-                pruned.sparsity_achieved = hook.masks.sparsity
-            pruned.warnings += [w for w in hook.warnings if w not in pruned.warnings]
+                pruned = pruned.but(sparsity_achieved=hook.masks.sparsity)
+            pruned = pruned.warn(*hook.warnings)
         elif hook.masks is not None:
-            pruned.masks = hook.masks
-            pruned.sparsity_achieved = hook.masks.sparsity
-            pruned.per_layer = hook.masks.per_layer_sparsity()
-            pruned.warnings += hook.warnings
+            pruned = pruned.but(
+                masks=hook.masks, sparsity_achieved=hook.masks.sparsity, per_layer=hook.masks.per_layer_sparsity()
+            ).warn(*hook.warnings)
         done["schedule_updates"] = len(hook.updates)
-    return done
+    return pruned, done
 
 
 def schedule_final(config: CompressConfig) -> float:
@@ -325,7 +348,7 @@ def channel_masks_for(
 
 def _channel(
     model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None, result: PruneResult
-) -> None:
+) -> PruneResult:
     plan, groups, kind, speedup = channel_plan(
         model,
         config,
@@ -336,15 +359,15 @@ def _channel(
     )
     round_to = config.round_to or DEFAULT_ROUND_TO
     mask_model(model, plan)
-    result.plan, result.groups = plan, groups
-    result.warnings += plan.notes
     found = blockers(groups, model, batch_of(example, 1))  # largest first
-    result.warnings += [f"not pruned: {b.describe()}" for b in found if not by_design(b)]
+    result = result.but(plan=plan, groups=groups, per_layer=removed_per_layer(plan, model))
+    result = result.warn(*plan.notes, *(f"not pruned: {b.describe()}" for b in found if not by_design(b)))
     if config.macs_target is None and speedup is None:
-        result.sparsity_requested = config.target_sparsity
-        result.sparsity_achieved = plan.channels_pruned / max(1, plan.channels_total)
-    result.per_layer = removed_per_layer(plan, model)
-    result.details = {
+        result = result.but(
+            sparsity_requested=config.target_sparsity,
+            sparsity_achieved=plan.channels_pruned / max(1, plan.channels_total),
+        )
+    details = {
         "criterion": kind,
         "groups": len(groups.groups),
         "prunable_groups": len(groups.prunable),
@@ -357,12 +380,13 @@ def _channel(
         "blocked": [b.as_dict() for b in found],
     }
     if speedup is not None:
-        result.details["speedup"] = {
+        details["speedup"] = {
             "requested": config.speedup,
             "measured": speedup.speedup,
             "reached": speedup.reached,
             "trials": [t.__dict__ for t in speedup.trials],
         }
+    return result.but(details=details)
 
 
 def _plan_for_speedup(model, groups, config, example, round_to, kind, channel_scores):
@@ -389,26 +413,28 @@ def _plan_for_speedup(model, groups, config, example, round_to, kind, channel_sc
         )
 
 
-def shrink_model(model: nn.Module, result: PruneResult, example: tuple) -> SurgeryResult | None:
-    """Physically remove the planned channels; ``result.plan`` becomes what was really applied."""
+def shrink_model(model: nn.Module, result: PruneResult, example: tuple) -> tuple[PruneResult, SurgeryResult | None]:
+    """Physically remove the planned channels. Returns ``result`` with ``plan`` set to what was really
+    applied (rolled-back groups named in the warnings), and the surgery's result (None without a plan)."""
     if result.plan is None:
-        return None
+        return result, None
     surgery = shrink(model, result.plan, as_args(example))
-    for gid, why in surgery.rolled_back.items():
-        result.warnings.append(f"group {gid} was rolled back (kept whole): {why}")
-    result.plan = surgery.plan
-    return surgery
+    rolled = (f"group {gid} was rolled back (kept whole): {why}" for gid, why in surgery.rolled_back.items())
+    return result.but(plan=surgery.plan).warn(*rolled), surgery
 
 
-def after_shrink(model: nn.Module, config: CompressConfig, example: tuple, result: PruneResult) -> None:
+def after_shrink(model: nn.Module, config: CompressConfig, example: tuple, result: PruneResult) -> PruneResult:
     """Methods applied to the physically pruned model, in their handlers' order (N:M masks, then folding)."""
     handlers = sorted((METHODS.get(m) for m in config.methods), key=lambda h: h.order)
     for handler in handlers:
         if handler.after_shrink:
-            handler.apply(model, config, example, None, result)
+            result = handler.apply(model, config, example, None, result)
+    return result
 
 
-def _nm(model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None, result: PruneResult) -> None:
+def _nm(
+    model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None, result: PruneResult
+) -> PruneResult:
     n, m = parse_nm(config.nm)
     nm = nm_masks(model, n, m)
     if not nm.layers:
@@ -420,19 +446,17 @@ def _nm(model: nn.Module, config: CompressConfig, example: tuple, data: DataSpli
         )
     nm.dense = weights_before_masking(model, nm.masks)
     nm.masks.apply(model)
-    result.nm = nm
-    result.warnings += [f"N:M skipped {layer}: {why}" for layer, why in nm.skipped.items()]
-    result.warnings.append(NM_CPU_NOTE)
+    result = result.but(nm=nm).warn(*(f"N:M skipped {layer}: {why}" for layer, why in nm.skipped.items()), NM_CPU_NOTE)
     if result.masks is None and result.plan is None:
-        result.sparsity_requested = 1 - n / m
-        result.sparsity_achieved = nm.masks.sparsity
-        result.per_layer = nm.masks.per_layer_sparsity()
-    result.details["nm"] = {"pattern": f"{n}:{m}", "layers": nm.layers, "skipped": nm.skipped}
+        result = result.but(
+            sparsity_requested=1 - n / m, sparsity_achieved=nm.masks.sparsity, per_layer=nm.masks.per_layer_sparsity()
+        )
+    return result.detail(nm={"pattern": f"{n}:{m}", "layers": nm.layers, "skipped": nm.skipped})
 
 
 def _fold(
     model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None, result: PruneResult
-) -> None:
+) -> PruneResult:
     from slimmer.folding import fold_batchnorm, functional_activations, merge_model
     from slimmer.runplan import RunPlan
 
@@ -442,21 +466,22 @@ def _fold(
                 f"--method fold with fine-tuning cannot follow --schedule {config.schedule}",
                 hint="use --schedule oneshot with --method fold",
             )
-        return  # layer folding runs inside the recovery stage (slimmer.folding.phase)
+        return result  # layer folding runs inside the recovery stage (slimmer.folding.phase)
     folded = fold_batchnorm(model, example)
     merged = merge_model(model, example)
     not_foldable = functional_activations(model, example)
-    result.fold = {
+    fold = {
         "batchnorm_folded": [f"{a} <- {b}" for a, b in folded.folded],
         "batchnorm_skipped": folded.skipped,
         "merge": merged.as_dict(),
         "activations_not_foldable": not_foldable,
     }
-    result.details["fold"] = result.fold
+    result = result.but(fold=fold).detail(fold=fold)
     if not_foldable:
-        result.warnings.append(
+        result = result.warn(
             f"{len(not_foldable)} activations are called as functions in forward() and cannot be linearized"
         )
+    return result
 
 
 METHODS.register(

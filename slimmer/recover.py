@@ -9,6 +9,7 @@ a few training batches before fine-tuning (or instead of it when no steps are as
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -32,6 +33,22 @@ from slimmer.train.srste import SRSTEHook
 Say = Callable[[str, str], None]
 
 
+@dataclass(frozen=True)
+class Recovered:
+    """What the recovery stage did.
+
+    ``model``: the model to carry on with (after layer folding a new traced GraphModule, else the
+    model given, fine-tuned in place). ``pruned``: the pruning result as recovery leaves it (the
+    regrown masks of ``--regrow``, layer folding's record). ``finetune``: the figures for the
+    report's ``finetune`` section, None when there was no training data. ``accuracy_after_reconstruct``:
+    top-1 in % after least-squares reconstruction, when it ran and labels exist."""
+
+    model: nn.Module
+    pruned: PruneResult
+    finetune: dict | None
+    accuracy_after_reconstruct: float | None = None
+
+
 def scheduled(config: CompressConfig) -> bool:
     """The run plan's decision (:class:`slimmer.runplan.RunPlan`): a schedule prunes during fine-tuning."""
     return RunPlan.resolve(config).scheduled
@@ -47,7 +64,9 @@ def _hooks(model: nn.Module, config: CompressConfig, pruned: PruneResult, strate
         hooks.append(SRSTEHook(counts, {name: partial(largest_mask, keep=k) for name, k in counts.items()}))
     elif not strategy and pruned.masks is not None:
         hooks.append(MaskHook(pruned.masks))
-    if pruned.nm is not None:
+    if pruned.nm is not None and config.nm_fixed_mask:  # the one-shot N:M pattern held, as unstructured masks are
+        hooks.append(MaskHook(pruned.nm.masks))
+    elif pruned.nm is not None:
         restore_dense(model, pruned.nm.dense)
         hooks.append(SRSTEHook(pruned.nm.layers, partial(nm_mask, n=pruned.nm.n, m=pruned.nm.m)))
     return hooks
@@ -139,15 +158,16 @@ def recover(
     say: Say,
     evaluate: Callable[[nn.Module], float] | None = None,
     strategy: tuple[TrainHook, ...] = (),
-) -> dict | None:
-    """Re-estimate BN statistics after surgery and fine-tune; return what was done (or None).
+) -> Recovered:
+    """Reconstruct or re-estimate BN statistics after surgery, and fine-tune (``model`` in place).
 
     ``strategy`` holds the pruning stage's hooks for the loop (a schedule's
     :class:`~slimmer.schedules.ScheduledMaskHook`, from :func:`slimmer.prune.schedule_hooks`):
     recovery runs them and never calls back into pruning."""
     if data is None or not len(data.train):
-        return None
+        return Recovered(model, pruned, None)
     done: dict = {}
+    after_reconstruct = None
     if reconstructs(config, pruned):
         say(
             "reconstruct",
@@ -156,35 +176,25 @@ def recover(
         )
         done["reconstruction"] = _reconstruct(model, teacher, config, data, pruned, say).to_dict()
         if evaluate is not None:
-            done["accuracy_after_reconstruct"] = evaluate(model)
+            after_reconstruct = evaluate(model)
     if pruned.plan is not None and not scheduled(config):  # a schedule removes channels after fine-tuning
         say("recalibrate", "re-estimating BatchNorm statistics after channel removal")
         recalibrate_bn(model, data.train, batches=20, batch_size=min(128, len(data.train)), seed=config.seed)
         done["bn_recalibrated"] = True
     if config.finetune_steps == 0:
-        return done
+        return Recovered(model, pruned, done, after_reconstruct)
     hooks = _hooks(model, config, pruned, list(strategy))
-    cfg = finetune_config(config, example, len(data.train), config.finetune_steps)
-    teacher_or_none = distillation_teacher(teacher, config, data)
+    cfg = finetune_config(config.stages.recover, example, len(data.train), config.finetune_steps)
+    teacher_or_none = distillation_teacher(teacher, config.stages.recover, data)
     layered = layer_distillation(model, teacher_or_none, config, pruned)
     if layered is not None:
         hooks.append(layered)
         done["kd_layers"] = {"weight": config.kd_layers, "layers": len(layered.layers)}
-
+    say("finetune", f"fine-tuning {config.finetune_steps} steps ({_how(config, data, cfg, layered, pruned)})")
     progress = step_printer(say, "finetune", "fine-tune")
-    how = "distilling from the original" if config.kd else "labels only"
-    if config.kd and data.train.y is not None:
-        how += f" at weight {config.kd_weight:g}, the rest cross-entropy"
-    if cfg.augment is not None:
-        how += ", pad-crop-flip augmentation"
-    if layered is not None:
-        how += f", layer by layer over {len(layered.layers)} layers"
-    if regrows(config, pruned):
-        how += ", the mask may move (--regrow)"
-    say("finetune", f"fine-tuning {config.finetune_steps} steps ({how})")
     info = init_from_env()
     if RunPlan.resolve(config).fold_phase:  # linearize, fold, merge (Ben Dror et al.)
-        result = fold_phase.finetune_with_folding(
+        result, pruned = fold_phase.finetune_with_folding(
             model,
             teacher_or_none,
             data.train,
@@ -197,14 +207,39 @@ def recover(
             gate=config.fold_latency_gate,
             alpha_start=config.fold_alpha_start,
         )
+        model = pruned.model
     else:
         student = wrap_ddp(model, info) if info.world_size > 1 else model
         result = finetune(student, teacher_or_none, data.train, cfg, hooks, progress=progress if info.is_main else None)
     done.update(result.to_dict())
+    if pruned.nm is not None:
+        done["nm"] = {"mask_held": config.nm_fixed_mask, "mask_changed": nm_mask_changed(model, pruned.nm.masks)}
     for hook in hooks:
         if isinstance(hook, SRSTEHook) and regrows(config, pruned):
             final = hook.masks()
             moved = sum(int((final[n] != m).sum()) for n, m in pruned.masks.masks.items())
             done["regrow"] = {"mask_changed": moved / max(1, pruned.masks.total)}
-            pruned.masks = MaskSet(final, warnings=pruned.masks.warnings)
-    return done
+            pruned = pruned.but(masks=MaskSet(final, warnings=pruned.masks.warnings))
+    return Recovered(model, pruned, done, after_reconstruct)
+
+
+def nm_mask_changed(model: nn.Module, masks: MaskSet) -> float:
+    """Fraction of the one-shot N:M pattern's entries (kept or zeroed) that fine-tuning changed: SR-STE
+    may swap a pruned weight in when it outgrows a kept one; 0.0 when the mask was held."""
+    params = dict(model.named_parameters())
+    flips = sum(int(((params[n].detach() != 0) != m).sum()) for n, m in masks.masks.items() if n in params)
+    return flips / max(1, masks.total)
+
+
+def _how(config: CompressConfig, data: DataSplits, cfg, layered: FeatureDistillHook | None, pruned: PruneResult) -> str:
+    """The fine-tuning recipe in words, for the progress line."""
+    how = "distilling from the original" if config.kd else "labels only"
+    if config.kd and data.train.y is not None:
+        how += f" at weight {config.kd_weight:g}, the rest cross-entropy"
+    if cfg.augment is not None:
+        how += ", pad-crop-flip augmentation"
+    if layered is not None:
+        how += f", layer by layer over {len(layered.layers)} layers"
+    if regrows(config, pruned):
+        how += ", the mask may move (--regrow)"
+    return how

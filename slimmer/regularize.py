@@ -23,6 +23,7 @@ import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,9 +54,9 @@ GREG_RAMP = 0.8
 """Fraction of the phase over which GReg's λ grows to its cap (the rest holds it there)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Regularized:
-    """What the phase did; ``chosen`` is set when the removal was fixed before it (greg, greg2)."""
+    """What the phase did (immutable); ``chosen`` is set when the removal was fixed before it (greg, greg2)."""
 
     name: str
     steps: int
@@ -79,22 +80,25 @@ def regularize(
     name, steps = config.regularizer, config.regularize_steps
     if name is None:
         raise ConfigError("regularize() needs config.regularizer")
-    result = Regularized(name=name, steps=steps, prune_config=config)
-    hook, finish = _setup(name, model, config, example, data, steps, result)
+    hook, finish, prune_config, details = _setup(name, model, config, example, data, steps)
     say("regularize", f"regularizing with {name} for {steps} steps before the final pruning")
     info = init_from_env()
     student = wrap_ddp(model, info) if info.world_size > 1 else model
     done = finetune(
         student,
-        distillation_teacher(teacher, config, data),
+        distillation_teacher(teacher, config.stages.recover, data),
         data.train,
-        finetune_config(config, example, len(data.train), steps),
+        finetune_config(config.stages.recover, example, len(data.train), steps),
         [hook],
         progress=step_printer(say, "regularize", "regularize") if info.is_main else None,
     )
-    result.details.update(regularizer=name, steps=steps, final_loss=done.final_loss)
-    finish()
-    return result
+    extra, chosen = finish()
+    details = {**details, "regularizer": name, "steps": steps, "final_loss": done.final_loss, **extra}
+    return Regularized(name=name, steps=steps, prune_config=prune_config, details=details, chosen=chosen)
+
+
+Finish = Callable[[], tuple[dict[str, Any], "PruneResult | None"]]
+"""Run once the phase is over: ``(figures for the report, the removal fixed beforehand or None)``."""
 
 
 def _setup(
@@ -104,37 +108,33 @@ def _setup(
     example: tuple,
     data: DataSplits,
     steps: int,
-    result: Regularized,
-) -> tuple[TrainHook, Callable[[], None]]:
-    """The hook for ``name`` and what to do once the phase is over."""
+) -> tuple[TrainHook, Finish, CompressConfig, dict[str, Any]]:
+    """The hook for ``name``, what to do once the phase is over, the final pruning's config and the
+    figures known before the phase."""
     if name == "slimming":
         lam = SLIMMING_LAMBDA * max(1.0, SLIMMING_REFERENCE_STEPS / steps)
         hook = SlimmingRegularizer(lam=lam)
-        result.prune_config = dataclasses.replace(config, criterion="bn-scale")
-        result.details["lambda"] = lam
 
-        def finish() -> None:
+        def finish() -> tuple[dict[str, Any], None]:
             gammas = torch.cat([g.detach().abs().flatten() for g in hook.gammas(model).values()])
-            result.details["gamma_below_1e-2"] = float((gammas < 1e-2).float().mean())
+            return {"gamma_below_1e-2": float((gammas < 1e-2).float().mean())}, None
 
-        return hook, finish
+        return hook, finish, dataclasses.replace(config, criterion="bn-scale"), {"lambda": lam}
 
     if name == "halo":
         convs = [n for n, w in prunable_weights(model).items() if w.ndim > 2]  # the paper: Conv only
         halo = HaloRegularizer(convs)
 
-        def finish() -> None:
+        def finish() -> tuple[dict[str, Any], None]:
             scales = torch.cat([s.detach().flatten() for s in halo.scales().values()])
             weights = torch.cat([model.get_parameter(n).detach().abs().flatten() for n in convs])
-            result.details.update(
-                {
-                    "penalty_scale": halo.scale,
-                    "scale_mean": float(scales.mean()),
-                    "weights_below_1e-3": float((weights < 1e-3).float().mean()),
-                }
-            )
+            return {
+                "penalty_scale": halo.scale,
+                "scale_mean": float(scales.mean()),
+                "weights_below_1e-3": float((weights < 1e-3).float().mean()),
+            }, None
 
-        return halo, finish
+        return halo, finish, config, {}
 
     # greg, greg2: choose what to remove before the phase, on a copy (the model stays dense)
     chosen = prune(copy.deepcopy(model), config, example, data)
@@ -143,11 +143,10 @@ def _setup(
         keep = _keep_masks(model, chosen)
         greg = GrowingRegularizer(keep, lam_step=1.0 / ramp, update_every=1, lam_max=1.0)
 
-        def finish() -> None:
-            result.details.update(lambda_final=greg.lam, **_pushed_magnitude(model, keep))
-            result.chosen = chosen
+        def finish() -> tuple[dict[str, Any], PruneResult]:
+            return {"lambda_final": greg.lam, **_pushed_magnitude(model, keep)}, chosen
 
-        return greg, finish
+        return greg, finish, config, {}
 
     half = max(1, steps // 2)
     ratios = chosen.masks.per_layer_sparsity()
@@ -155,25 +154,25 @@ def _setup(
         ratios, pick_lam_step=1e-2 / half, lam_step=1.0 / max(1, round(GREG_RAMP * (steps - half))), update_every=1
     )
 
-    def finish_pick() -> None:
+    def finish_pick() -> tuple[dict[str, Any], PruneResult]:
         if not greg2.picked:
             greg2.pick(model)
-        result.details.update(lambda_final=greg2.lam, **_pushed_magnitude(model, greg2.keep_masks))
         masks = MaskSet({n: m.clone() for n, m in greg2.keep_masks.items()})
-        result.chosen = record_masks(masks, config)
+        return {"lambda_final": greg2.lam, **_pushed_magnitude(model, greg2.keep_masks)}, record_masks(masks, config)
 
-    return greg2, finish_pick
+    return greg2, finish_pick, config, {}
 
 
-def apply_chosen(model: nn.Module, chosen: PruneResult, keep_dense: bool = False) -> None:
-    """Zero what greg chose (its channel plan or weight masks) in ``model``; ``keep_dense`` (``--regrow``)
-    first keeps the weights that are zeroed."""
+def apply_chosen(model: nn.Module, chosen: PruneResult, keep_dense: bool = False) -> PruneResult:
+    """Zero what greg chose (its channel plan or weight masks) in ``model``. Returns ``chosen``, with
+    the weights that were zeroed kept in ``dense`` when ``keep_dense`` (``--regrow``)."""
     if chosen.plan is not None:
         mask_model(model, chosen.plan)
     if chosen.masks is not None:
         if keep_dense:
-            chosen.dense = weights_before_masking(model, chosen.masks)
+            chosen = chosen.but(dense=weights_before_masking(model, chosen.masks))
         chosen.masks.apply(model)
+    return chosen
 
 
 def _keep_masks(model: nn.Module, chosen: PruneResult) -> dict[str, torch.Tensor]:

@@ -295,8 +295,9 @@ def finetune_with_folding(
 
     ``cfg`` is the loop's :class:`~slimmer.train.finetune.FinetuneConfig` for the whole budget,
     ``hooks`` the pruning hooks (kept for both parts; their layers are protected from merging).
-    ``pruned.fold`` and ``pruned.details["fold"]`` receive :meth:`FoldPhase.as_dict`. Returns one
-    :class:`~slimmer.train.finetune.FinetuneResult` covering both parts.
+    Returns one :class:`~slimmer.train.finetune.FinetuneResult` covering both parts, and ``pruned``
+    (a :class:`~slimmer.prune.PruneResult`) with ``fold`` and ``details["fold"]`` set to
+    :meth:`FoldPhase.as_dict` and ``model`` to the folded model.
     """
     from dataclasses import replace
 
@@ -331,19 +332,18 @@ def finetune_with_folding(
     student = wrap_ddp(model, info) if info.world_size > 1 else model
     results.append(finetune(student, teacher, train, replace(cfg, steps=rest), hooks, progress))
     finish(state, model, example)
-    pruned.fold = state.as_dict()
-    pruned.model = model
-    pruned.fold["finetune_steps"] = {"alpha": alpha_steps, "after_folding": rest}
+    record = state.as_dict()
+    record["finetune_steps"] = {"alpha": alpha_steps, "after_folding": rest}
     if alpha_steps:
-        pruned.fold["loss_alpha_phase"] = {"initial": results[0].initial_loss, "final": results[0].final_loss}
-    pruned.details["fold"] = pruned.fold
+        record["loss_alpha_phase"] = {"initial": results[0].initial_loss, "final": results[0].final_loss}
+    pruned = pruned.but(fold=record, model=model).detail(fold=record)
     if not state.wrapped:
-        pruned.warnings.append(
+        pruned = pruned.warn(
             "layer folding linearized no activation (see pruning.fold.activations_not_wrapped for why)"
         )
     last = results[-1]
     if len(results) == 1:
-        return last
+        return last, pruned
     first = results[0]
     return replace(
         last,
@@ -354,4 +354,4 @@ def finetune_with_folding(
         seconds=first.seconds + last.seconds,
         samples_per_s=(first.samples_per_s * first.seconds + last.samples_per_s * last.seconds)
         / max(first.seconds + last.seconds, 1e-9),
-    )
+    ), pruned

@@ -171,7 +171,7 @@ def test_finetune_with_folding_when_the_gate_refuses_every_merge(monkeypatch) ->
     data = Dataset(torch.randn(16, 3, 12, 12), torch.randint(0, 4, (16,)), "test")
     pruned = PruneResult()
     cfg = FinetuneConfig(steps=4, batch_size=8, lr=0.01)
-    result = fold_phase.finetune_with_folding(
+    result, pruned = fold_phase.finetune_with_folding(
         net, None, data, cfg, [], data.x[:2], pruned, lambda *a: None, gate="measure"
     )
     assert result.steps_done == 4
@@ -189,7 +189,7 @@ def test_finetune_with_folding_merges_and_keeps_the_whole_budget(monkeypatch) ->
     data = Dataset(torch.randn(16, 3, 12, 12), torch.randint(0, 4, (16,)), "test")
     pruned = PruneResult()
     cfg = FinetuneConfig(steps=4, batch_size=8, lr=1e-6)
-    result = fold_phase.finetune_with_folding(
+    result, pruned = fold_phase.finetune_with_folding(
         net, None, data, cfg, [], data.x[:2], pruned, lambda *a: None, gate="off", alpha_start=1.0
     )
     assert result.steps_done == 4 and len(result.loss_curve) == 4

@@ -113,8 +113,7 @@ def test_srste_fine_tuning_starts_from_the_weights_before_masking(resnet20_state
     dense = copy.deepcopy(net.state_dict())
     cfg = CompressConfig(model=Path("m.pt"), methods=("nm",), nm="2:4", data="d.npz", finetune_steps=2)
     x = torch.randn(2, 1, 28, 28)
-    pruned = PruneResult()
-    after_shrink(net, cfg, x, pruned)
+    pruned = after_shrink(net, cfg, x, PruneResult())
     layer = "layer2.0.conv2.weight"
     assert layer in pruned.nm.layers and check_nm(net.state_dict()[layer].numpy(), 2, 4)
     hooks = _hooks(net, cfg, pruned, [])

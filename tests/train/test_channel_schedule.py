@@ -11,7 +11,7 @@ import torch
 
 from slimmer.config import CompressConfig
 from slimmer.errors import ConfigError
-from slimmer.prune import channel_masks_for, schedule_final, shrink_model
+from slimmer.prune import PruneResult, channel_masks_for, schedule_final, shrink_model
 from slimmer.schedules import ScheduledMaskHook, build_schedule
 from slimmer.surgery import mask_model
 from slimmer.train.data import Dataset
@@ -77,8 +77,8 @@ def test_gradual_channel_masks_grow_stay_zero_and_shrink_exactly(resnet20_state)
     net.eval()
     with torch.no_grad():
         before = net(x)
-    pruned = type("P", (), {"plan": hook.masks.plan, "warnings": []})()
-    surgery = shrink_model(net, pruned, x)
+    pruned, surgery = shrink_model(net, PruneResult(plan=hook.masks.plan), x)
+    assert pruned.plan is surgery.plan
     assert surgery.rolled_back == {} and surgery.plan.channels_pruned == hook.masks.plan.channels_pruned > 0
     with torch.no_grad():
         torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-5)
