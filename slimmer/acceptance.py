@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slimmer.config import CompressConfig
 from slimmer.export.verify import Verification
 from slimmer.prune import PruneResult
+from slimmer.stage_config import PruneConfig
 
 
-def failures(v: Verification, pruned: PruneResult, config: CompressConfig, macs: dict) -> list[str]:
+def failures(v: Verification, pruned: PruneResult, config: PruneConfig, macs: dict) -> list[str]:
     """Why the run fails (empty when it passes): verification, MACs target, speedup, sparsity."""
     out = []
     if config.macs_target is not None and macs.get("before"):

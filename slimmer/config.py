@@ -8,18 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from slimmer.errors import ConfigError
-from slimmer.paths import check_output_names
-from slimmer.registry import did_you_mean
+from slimmer.stage_config import REGULARIZER_METHODS, SCOPES, Stages
 
-SCOPES = ("global", "layer")
-REGULARIZER_METHODS = {
-    "slimming": ("channel",),
-    "greg": ("unstructured", "channel"),
-    "greg2": ("unstructured",),
-    "halo": ("unstructured",),
-}
-"""Which pruning each ``--regularizer`` prepares (see :mod:`slimmer.regularize`)."""
-
+__all__ = ["REGULARIZER_METHODS", "SCOPES", "CompressConfig", "parse_floats", "parse_shape"]
 
 _PATH_FIELDS = ("model", "example_inputs", "output", "report", "save_pretrained")
 
@@ -53,15 +44,6 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     return dims
 
 
-def _check_fraction(name: str, value: float, *, low_open: bool, high_open: bool) -> None:
-    bad = not isinstance(value, (int, float)) or not math.isfinite(value)
-    if not bad:
-        bad = (value <= 0 if low_open else value < 0) or (value >= 1 if high_open else value > 1)
-    if bad:
-        interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
-        raise ConfigError(f"{name} must be a number in {interval}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class CompressConfig:
     """Every option of ``slimmer compress``; built by the CLI (or directly by library users)."""
@@ -91,6 +73,7 @@ class CompressConfig:
     kd_weight: float = 0.5  # distillation's share of the loss when labels exist; the rest is cross-entropy
     kd_layers: float = 0.0  # weight of layer-wise distillation (train/feature_kd.py); 0 = logits only
     regrow: bool = False  # dense straight-through fine-tuning of a one-shot unstructured mask (recover.regrows)
+    nm_fixed_mask: bool = False  # N:M: hold the one-shot pattern fixed while fine-tuning instead of SR-STE
     reconstruct: bool | None = None  # None: only when no fine-tuning follows (measured: see recover.reconstructs)
     amp: bool = True
     augment: bool = False  # pad-crop-flip while fine-tuning; off: brief fine-tuning recovers more without (recover.py)
@@ -133,147 +116,27 @@ class CompressConfig:
     fold_alpha_start: float = 0.05  # layer folding: the linearized activations' starting α (folding/phase.py)
 
     def __post_init__(self) -> None:
-        check_output_names(self.output, self.report)  # issue 19: before output_path/report_path are derived
-        if self.sparsity is not None:
-            _check_fraction("--sparsity", self.sparsity, low_open=False, high_open=True)
-        _check_fraction("--sparsity-tolerance", self.sparsity_tolerance, low_open=False, high_open=True)
-        if self.macs_target is not None:
-            _check_fraction("--macs-target", self.macs_target, low_open=True, high_open=False)
-        if self.speedup is not None:
-            if not (isinstance(self.speedup, (int, float)) and math.isfinite(self.speedup) and self.speedup > 1):
-                raise ConfigError(f"--speedup must be a number > 1, got {self.speedup!r}")
-            if "channel" not in self.methods:
-                raise ConfigError("--speedup applies to --method channel", hint="add --method channel")
-            if self.macs_target is not None or self.sparsity is not None:
-                raise ConfigError("--speedup chooses the MACs target itself: drop --macs-target and --sparsity")
-        if self.latency_aware and "channel" not in self.methods:
-            raise ConfigError("--latency-aware applies to --method channel", hint="add --method channel")
-        if self.latency_aware and self.scope != "global":
-            raise ConfigError("--latency-aware ranks channels across layers: use --scope global")
-        if self.macs_target is not None and "channel" not in self.methods:
-            raise ConfigError("--macs-target applies to --method channel", hint="add --method channel")
-        from slimmer import choices
-
-        methods = choices.methods()
-        if not self.methods:
-            raise ConfigError("--method: give at least one of " + ", ".join(methods))
-        for m in self.methods:
-            if m not in methods:
-                raise ConfigError(f"--method {m!r} is not one of {', '.join(methods)}.{did_you_mean(m, methods)}")
-        if len(set(self.methods)) != len(self.methods):
-            raise ConfigError(f"--method {','.join(self.methods)}: a method is named twice")
-        if self.exporter not in choices.exporters():
-            raise ConfigError(f"--exporter {self.exporter!r} is not one of {', '.join(choices.exporters())}")
-        if self.criterion not in choices.criteria():
-            known = choices.criteria()
-            raise ConfigError(
-                f"--criterion {self.criterion!r} is not one of {', '.join(known)}.{did_you_mean(self.criterion, known)}"
-            )
-        if "nm" in self.methods:
-            from slimmer.structures.nm import parse_nm
-
-            n, m = parse_nm(self.nm)
-            if self.sparsity is not None and not {"unstructured", "channel"} & set(self.methods):
-                raise ConfigError(
-                    f"--sparsity {self.sparsity:g} does not apply to --method nm: the pattern {n}:{m} sets the "
-                    f"sparsity of every pruned layer to {1 - n / m:g}",
-                    hint="drop --sparsity, or choose the pattern with --nm (e.g. --nm 1:4 for 75%)",
-                )
-        if self.scope not in SCOPES:
-            raise ConfigError(f"--scope {self.scope!r} is not one of {', '.join(SCOPES)}")
-        if self.schedule not in choices.schedules():
-            raise ConfigError(f"--schedule {self.schedule!r} is not one of {', '.join(choices.schedules())}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"--lr must be a finite number > 0, got {self.lr!r}")  # as FinetuneConfig
-        for name, value in (
-            ("--atol", self.atol),
-            ("--rtol", self.rtol),
-            ("--kd-layers", self.kd_layers),
-        ):
-            if not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be a finite number ≥ 0, got {value!r}")
-        if self.finetune_steps < 0:
-            raise ConfigError(f"--finetune-steps must be ≥ 0, got {self.finetune_steps}")
-        _check_fraction("--kd-weight", self.kd_weight, low_open=True, high_open=False)
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be ≥ 1, got {self.batch_size}")
-        if self.round_to is not None and self.round_to < 1:
-            raise ConfigError(f"--round-to must be ≥ 1, got {self.round_to}")
-        if self.opset is not None and not 7 <= self.opset <= 30:
-            raise ConfigError(f"--opset {self.opset} is not a valid ONNX opset")
-        if self.expect_sha256 is not None:
-            h = self.expect_sha256.strip().lower()
-            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
-                raise ConfigError(f"--expect-sha256 {self.expect_sha256!r}: expected 64 hexadecimal digits")
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be ≥ 0, got {self.seed}")
-        if self.fold_latency_gate not in ("measure", "off"):
-            raise ConfigError(f"--fold-latency-gate {self.fold_latency_gate!r} is not one of measure, off")
-        _check_fraction("--fold-alpha-start", self.fold_alpha_start, low_open=True, high_open=False)
-        if not isinstance(self.latency_pairs, int) or self.latency_pairs < 1:
-            raise ConfigError(f"--latency-pairs must be an integer ≥ 1, got {self.latency_pairs!r}")
+        """Build the stage configs (each validates its own options), then check the rules that span stages."""
+        object.__setattr__(self, "_stages", Stages.of(self))
         if self.quantize is not None:
             self.quantize_config  # noqa: B018 - validates the int8 options once, before any work
-        if self.recon_samples < 1:
-            raise ConfigError(f"--recon-samples must be ≥ 1, got {self.recon_samples}")
-        self._check_inputs()
-        if self.eval_samples < 1:
-            raise ConfigError(f"--eval-samples must be ≥ 1, got {self.eval_samples}")
-        if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction <= 1):
-            raise ConfigError(f"--val-fraction must be in (0, 1], got {self.val_fraction!r}")
-        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
-            raise ConfigError(f"--device {self.device!r}: expected auto, cpu, cuda or cuda:N")
-        for name, values in (("--mean", self.mean), ("--std", self.std)):
-            if values is not None and not all(math.isfinite(v) for v in values):
-                raise ConfigError(f"{name} must hold finite numbers")
-        if self.std is not None and any(v == 0 for v in self.std):
-            raise ConfigError("--std must not contain 0")
-        if self.optimizer not in choices.optimizers():
-            raise ConfigError(f"--optimizer {self.optimizer!r} is not one of {', '.join(choices.optimizers())}")
-        if self.schedule != "oneshot":
-            if self.finetune_steps == 0:
-                raise ConfigError(f"--schedule {self.schedule} spreads pruning over fine-tuning: pass --finetune-steps")
-            if tuple(self.methods) not in (("unstructured",), ("channel",)):
-                raise ConfigError(
-                    f"--schedule {self.schedule} works with --method unstructured or --method channel alone",
-                    hint="use --schedule oneshot to combine methods (e.g. channel,nm) or with nm and fold",
-                )
-            if self.speedup is not None:
-                raise ConfigError(
-                    f"--speedup measures one plan; --schedule {self.schedule} changes the plan during fine-tuning",
-                    hint="use --macs-target with a schedule, or --schedule oneshot with --speedup",
-                )
+        if self.schedule != "oneshot" and self.finetune_steps == 0:
+            raise ConfigError(f"--schedule {self.schedule} spreads pruning over fine-tuning: pass --finetune-steps")
         if self.finetune_steps > 0 and self.data is None:
             raise ConfigError("--finetune-steps needs --data to train on")
+        if self.nm_fixed_mask and "nm" not in self.methods:
+            raise ConfigError("--nm-fixed-mask holds an N:M pattern: it applies to --method nm", hint="add --method nm")
         if self.regrow:
             self._check_regrow()
         if self.kd_layers > 0:
             self._check_kd_layers()
         if self.regularizer is not None:
             self._check_regularizer()
-        elif self.reg_steps is not None:
-            raise ConfigError("--reg-steps applies to --regularizer", hint="add --regularizer slimming, greg or halo")
 
-    def _check_inputs(self) -> None:
-        from slimmer.inputs import parse_dynamic_axis, parse_input_spec
-
-        specs = [parse_input_spec(t) for t in self.inputs]
-        for t in self.dynamic_axes:
-            parse_dynamic_axis(t)
-        if self.input_shape is not None and (specs or self.example_inputs is not None):
-            raise ConfigError(
-                "--input-shape gives one float input; --input and --example-inputs name the inputs themselves",
-                hint="drop --input-shape (or give the float input as --input NAME:float32[SHAPE])",
-            )
-        if specs and self.example_inputs is not None:
-            raise ConfigError("give the inputs either with --input or with --example-inputs, not both")
-        if self.data is not None and len(specs) > 1:
-            raise ConfigError(
-                f"--data feeds one tensor per sample; this run names {len(specs)} inputs ("
-                + ", ".join(s.name for s in specs)
-                + ")",
-                hint="fine-tuning and accuracy on --data need a model with one input",
-            )
+    @property
+    def stages(self) -> Stages:
+        """The per-stage configs (:mod:`slimmer.stage_config`), validated when this config was made."""
+        return self._stages  # type: ignore[attr-defined]
 
     def _check_kd_layers(self) -> None:
         if self.finetune_steps == 0:
@@ -299,24 +162,9 @@ class CompressConfig:
                 f"--regrow moves a one-shot mask; --schedule {self.schedule} already re-prunes on its own",
                 hint="drop --regrow, or use --schedule oneshot",
             )
-        if self.reconstruct:
-            raise ConfigError(
-                "--regrow fine-tunes from the weights before masking, which would undo --reconstruct",
-                hint="choose one of --regrow and --reconstruct",
-            )
 
     def _check_regularizer(self) -> None:
         name = self.regularizer
-        if name not in REGULARIZER_METHODS:
-            known = list(REGULARIZER_METHODS)
-            raise ConfigError(f"--regularizer {name!r} is not one of {', '.join(known)}.{did_you_mean(name, known)}")
-        if self.reg_steps is not None and self.reg_steps < 1:
-            raise ConfigError(f"--reg-steps must be ≥ 1, got {self.reg_steps}")
-        if self.regularize_steps < 1:
-            raise ConfigError(
-                f"--regularizer {name} trains with a penalty before pruning: give it steps",
-                hint="pass --reg-steps N (it defaults to --finetune-steps)",
-            )
         if self.data is None:
             raise ConfigError(f"--regularizer {name} trains before pruning: pass --data to train on")
         allowed = REGULARIZER_METHODS[name]
@@ -365,12 +213,12 @@ class CompressConfig:
     @property
     def target_sparsity(self) -> float:
         """The sparsity asked for, or the default 0.5 when none was given."""
-        return 0.5 if self.sparsity is None else self.sparsity
+        return self.stages.prune.target_sparsity
 
     @property
     def regularize_steps(self) -> int:
         """Steps of the regularized phase: ``--reg-steps``, else as many as ``--finetune-steps``."""
-        return self.finetune_steps if self.reg_steps is None else self.reg_steps
+        return self.stages.regularize.steps
 
     @property
     def output_path(self) -> Path:

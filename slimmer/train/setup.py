@@ -8,8 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from slimmer.config import CompressConfig
 from slimmer.inputs import as_args
+from slimmer.stage_config import RecoverConfig
 from slimmer.train.data import DataSplits, pad_crop_flip
 from slimmer.train.distributed import init_from_env, resolve_device
 from slimmer.train.finetune import FinetuneConfig
@@ -17,8 +17,9 @@ from slimmer.train.finetune import FinetuneConfig
 Say = Callable[[str, str], None]
 
 
-def finetune_config(config: CompressConfig, example: tuple, n_train: int, steps: int) -> FinetuneConfig:
-    """The loop settings of ``compress`` for ``steps`` optimizer steps (fine-tuning or regularizing).
+def finetune_config(config: RecoverConfig, example: tuple, n_train: int, steps: int) -> FinetuneConfig:
+    """The loop settings of the recovery stage's options for ``steps`` optimizer steps (fine-tuning or
+    regularizing), on ``n_train`` training samples shaped like ``example``.
 
     Pad-crop-flip augmentation only with ``--augment``, and distillation weighted ``--kd-weight`` (0.5)
     against cross-entropy: a brief fine-tune from a trained model recovers more on the images as they
@@ -56,6 +57,6 @@ def step_printer(say: Say, stage: str, label: str) -> Callable[[dict], None]:
     return progress
 
 
-def distillation_teacher(teacher: nn.Module, config: CompressConfig, data: DataSplits) -> nn.Module | None:
+def distillation_teacher(teacher: nn.Module, config: RecoverConfig, data: DataSplits) -> nn.Module | None:
     """The original model with ``--kd``, and always when the data has no labels (the only signal)."""
     return teacher if config.kd or data.train.y is None else None

@@ -1,0 +1,86 @@
+"""The per-stage configs (slimmer/stage_config.py): built from CompressConfig by name, with the same
+defaults, each validating its own options (issue 14, item 4)."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, FrozenInstanceError, fields
+from pathlib import Path
+
+import pytest
+
+from slimmer.config import CompressConfig
+from slimmer.errors import ConfigError
+from slimmer.stage_config import (
+    STAGE_CONFIGS,
+    ExportConfig,
+    InputConfig,
+    PruneConfig,
+    RecoverConfig,
+    RegularizeConfig,
+    VerifyConfig,
+)
+
+
+def _default(f):
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def test_every_option_belongs_to_a_stage_with_the_same_default() -> None:
+    flat = {f.name: f for f in fields(CompressConfig)}
+    owned = set()
+    for stage in STAGE_CONFIGS:
+        for f in fields(stage):
+            assert f.name in flat, f"{stage.__name__}.{f.name} is not an option of CompressConfig"
+            assert _default(f) == _default(flat[f.name]), f"{stage.__name__}.{f.name}: default differs"
+            owned.add(f.name)
+    # read by the orchestrator or by the int8 step (QuantizeConfig), not by one stage
+    outside = {"trust_remote_code"} | {n for n in flat if n.startswith(("quantize", "calibration", "min_", "max_q"))}
+    assert set(flat) - owned <= outside, sorted(set(flat) - owned - outside)
+
+
+def test_stage_configs_are_built_once_from_the_options_and_frozen() -> None:
+    cfg = CompressConfig(model=Path("m.pt"), methods=("channel",), macs_target=0.4, lr=0.05, atol=1e-3, opset=18)
+    stages = cfg.stages
+    assert stages.prune == PruneConfig(methods=("channel",), macs_target=0.4)
+    assert stages.recover.lr == 0.05 and stages.verify.atol == 1e-3 and stages.export.opset == 18
+    assert stages.input.model == Path("m.pt")
+    assert cfg.stages is stages  # built once, in __post_init__
+    with pytest.raises(FrozenInstanceError):
+        stages.prune.criterion = "l2"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("stage", "kwargs", "message"),
+    [
+        (PruneConfig, {"sparsity": 1.0}, "--sparsity must be a number in [0, 1)"),
+        (PruneConfig, {"methods": ("unstructured",), "macs_target": 0.5}, "--macs-target applies to --method channel"),
+        (PruneConfig, {"criterion": "magnitud"}, "--criterion 'magnitud' is not one of"),
+        (PruneConfig, {"methods": ("channel", "nm"), "schedule": "gradual"}, "works with --method unstructured or"),
+        (RecoverConfig, {"lr": 0.0}, "--lr must be a finite number > 0"),
+        (RecoverConfig, {"regrow": True, "reconstruct": True}, "which would undo --reconstruct"),
+        (RecoverConfig, {"kd_weight": 0.0}, "--kd-weight must be a number in (0, 1]"),
+        (RegularizeConfig, {"regularizer": "greg", "finetune_steps": 0}, "give it steps"),
+        (RegularizeConfig, {"reg_steps": 5}, "--reg-steps applies to --regularizer"),
+        (ExportConfig, {"opset": 3}, "--opset 3 is not a valid ONNX opset"),
+        (ExportConfig, {"exporter": "tvm"}, "--exporter 'tvm' is not one of"),
+        (VerifyConfig, {"atol": -1.0}, "--atol must be a finite number ≥ 0"),
+        (VerifyConfig, {"latency_pairs": 0}, "--latency-pairs must be an integer ≥ 1"),
+        (InputConfig, {"input_shape": (1, 3), "inputs": ("x:float32[1,3]",)}, "--input-shape gives one float input"),
+        (InputConfig, {"eval_samples": 0}, "--eval-samples must be ≥ 1"),
+    ],
+)
+def test_each_stage_validates_its_own_options(stage, kwargs, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        stage(**kwargs)
+    assert message in str(info.value)
+    with pytest.raises(ConfigError) as via_flat:  # the same error through the command line's config
+        CompressConfig(model=Path("m.pt"), **kwargs)
+    assert message in str(via_flat.value)
+
+
+def test_rules_spanning_stages_stay_on_the_run_config() -> None:
+    PruneConfig(schedule="gradual")  # a schedule alone is a valid pruning config ...
+    with pytest.raises(ConfigError, match="pass --finetune-steps"):  # ... but the run must fine-tune
+        CompressConfig(model=Path("m.pt"), schedule="gradual")
+    with pytest.raises(ConfigError, match="needs --data"):
+        CompressConfig(model=Path("m.pt"), finetune_steps=3)
