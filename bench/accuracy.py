@@ -24,7 +24,6 @@ Needs ``apt-get install dataset-fashion-mnist`` and, for the Torch-Pruning row, 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shlex
 import statistics
@@ -40,9 +39,6 @@ import _common  # noqa: E402
 
 from slimmer.bundled import DEMO_WEIGHTS, bundled_file  # noqa: E402
 from slimmer.config import CompressConfig  # noqa: E402
-from slimmer.prune import after_shrink, prune, schedule_hooks, schedule_outcome, shrink_model  # noqa: E402
-from slimmer.recover import recover  # noqa: E402
-from slimmer.regularize import apply_chosen, regularize  # noqa: E402
 from slimmer.stats import accuracy, count_macs  # noqa: E402
 from slimmer.structures.unstructured import MaskSet, prunable_weights  # noqa: E402
 from slimmer.train.data import load_data, pad_crop_flip  # noqa: E402
@@ -75,75 +71,55 @@ def peer_finetune(model, data, steps: int, seed: int, hooks, augment: bool = Tru
 
 
 def slimmer_row(data, test, steps, seed, fixed_nm_mask: bool = False, **opts) -> dict:
-    """The compress flow on the bundled model (prune, regularize when asked, shrink, fine-tune).
+    """The compress flow on the bundled model, through the public API (:func:`slimmer.compress`):
+    prune, regularize when asked, shrink, fine-tune, export and verify; accuracy on the whole test split.
 
-    ``fixed_nm_mask`` fine-tunes an N:M run with its one-shot mask held fixed instead of SR-STE."""
+    ``data`` and ``test`` are unused (the API reads ``fashion-mnist`` itself; its evaluation split is
+    the same 10k test images); ``fixed_nm_mask`` is ``--nm-fixed-mask``."""
+    import tempfile
+
+    import slimmer
+
     opts.setdefault("reconstruct", False)  # rows before least-squares reconstruction existed keep their meaning
     opts.setdefault("augment", True)  # so do the rows from when compress augmented by default ("no augmentation" rows)
     opts.setdefault("kd_weight", 0.9)  # and distilled with weight 0.9 ("KD"; "KD 0.5" rows use today's default)
-    model = base_model()
-    original = copy.deepcopy(model)
-    cfg = CompressConfig(
-        model=Path("bundled"),
-        data="fashion-mnist",
-        finetune_steps=steps,
-        batch_size=128,
-        lr=LR,
-        seed=seed,
-        device="cpu",
-        progress_every_s=1e9,
-        **opts,
-    )
-    x = torch.randn(2, *SHAPE[1:])
-    torch.manual_seed(seed)
-    extra = {}
-    prune_cfg = cfg
-    if cfg.regularizer is not None:
-        done = regularize(model, original, cfg, x, data, lambda *a: None)
-        extra["after_regularize"] = accuracy(model, *test)
-        extra["regularizer"] = done.details
-        prune_cfg = done.prune_config
-        if done.chosen is not None:
-            pruned = done.chosen
-            apply_chosen(model, pruned)
-        else:
-            pruned = prune(model, prune_cfg, x, data)
-    else:
-        pruned = prune(model, cfg, x, data)
-    if cfg.schedule != "oneshot":  # the one-shot result is reported; the schedule restarts from dense
-        after_prune = accuracy(model, *test)
-        model.load_state_dict(original.state_dict())
-    if cfg.schedule == "oneshot":
-        shrink_model(model, pruned, x)
-    after_shrink(model, cfg, x, pruned)
-    if cfg.schedule == "oneshot":
-        after_prune = accuracy(model, *test)
-    one_shot = {n: m.clone() for n, m in pruned.nm.masks.masks.items()} if pruned.nm is not None else None
-    if fixed_nm_mask and pruned.nm is not None:
-        pruned.masks, pruned.nm = pruned.nm.masks, None  # MaskHook instead of SR-STE
-    if steps:
-        strategy = schedule_hooks(cfg, (x,), data, pruned)
-        recovered = recover(
-            model, original, cfg, (x,), data, pruned, lambda *a: None, lambda m: accuracy(m, *test), strategy
+    with tempfile.TemporaryDirectory(prefix="slimmer-bench-") as tmp:
+        cfg = CompressConfig(
+            data="fashion-mnist",
+            mean=FMNIST_MEAN,
+            std=FMNIST_STD,
+            eval_samples=len(test[1]),
+            finetune_steps=steps,
+            batch_size=128,
+            lr=LR,
+            seed=seed,
+            device="cpu",
+            progress_every_s=1e9,
+            nm_fixed_mask=fixed_nm_mask,
+            output=Path(tmp) / "model.onnx",
+            **opts,
         )
-        if recovered is not None and strategy:
-            recovered.update(schedule_outcome(strategy, pruned, cfg))
-        if recovered and "regrow" in recovered:
-            extra["mask_changed"] = recovered["regrow"]["mask_changed"]
-        if recovered and "accuracy_after_reconstruct" in recovered:
-            extra["after_reconstruct"] = recovered["accuracy_after_reconstruct"]
-        model = pruned.model if pruned.model is not None else model
-        if cfg.schedule != "oneshot":  # a channel schedule's last masks are removed once, at the end
-            shrink_model(model, pruned, x)
-    if one_shot:  # how much of the one-shot N:M mask fine-tuning changed (SR-STE can swap weights)
-        params = dict(model.named_parameters())
-        flips = sum(int(((params[n].detach() != 0) != m).sum()) for n, m in one_shot.items())
-        extra["nm_mask_changed"] = flips / sum(m.numel() for m in one_shot.values())
+        result = slimmer.compress(base_model(), torch.randn(1, *SHAPE[1:]), cfg)
+    rep = result.report
+    if rep.status != "ok":
+        raise SystemExit(f"compress failed: {rep.error}")
+    acc, finetune = rep.accuracy, rep.finetune or {}
+    extra = {
+        key: value
+        for key, value in (
+            ("after_regularize", acc.get("after_regularize")),
+            ("regularizer", rep.pruning.get("regularizer")),
+            ("after_reconstruct", acc.get("after_reconstruct")),
+            ("mask_changed", finetune.get("regrow", {}).get("mask_changed")),
+            ("nm_mask_changed", finetune.get("nm", {}).get("mask_changed")),
+        )
+        if value is not None
+    }
     return {
-        "after_prune": after_prune,
-        "after_finetune": accuracy(model, *test),
-        "macs_kept": count_macs(model, x) / count_macs(original, x),
-        "sparsity": pruned.sparsity_achieved,
+        "after_prune": acc["after_prune"],
+        "after_finetune": acc["after_finetune"] if steps else acc["after_prune"],
+        "macs_kept": rep.macs["after"] / rep.macs["before"],
+        "sparsity": rep.sparsity["achieved"],
         **extra,
     }
 

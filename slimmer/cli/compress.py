@@ -74,7 +74,8 @@ def run_compress(json_output: bool, debug: bool, replay: Path | None = None, giv
                     "missing the MODEL argument (a model checkpoint path)", hint="or pass --replay REPORT.json"
                 )
             config = build_config(**opts)
-        return run(config, progress=stage_printer(json_output))
+        with stage_printer(json_output) as say:
+            return run(config, progress=say)
 
     report = run_guarded(go, debug=debug, json_mode=json_output)
     emit_report(report, json_output)
@@ -289,6 +290,12 @@ def compress_command(
         "weights every step (pruned by mistake can come back; counts per layer stay)",
         rich_help_panel=RECOVERY,
     ),
+    nm_fixed_mask: bool = typer.Option(
+        False,
+        "--nm-fixed-mask",
+        help="N:M: hold the one-shot pattern fixed while fine-tuning (default: SR-STE may move it)",
+        rich_help_panel=RECOVERY,
+    ),
     reconstruct: bool | None = typer.Option(
         None,
         "--reconstruct/--no-reconstruct",
@@ -466,6 +473,7 @@ def compress_command(
         kd_weight=kd_weight,
         kd_layers=kd_layers,
         regrow=regrow,
+        nm_fixed_mask=nm_fixed_mask,
         reconstruct=reconstruct,
         recon_samples=recon_samples,
         fold_latency_gate=fold_latency_gate,
