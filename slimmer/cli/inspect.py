@@ -39,7 +39,6 @@ def inspect_command(
         from slimmer.inspection import inspect_model
         from slimmer.limit import LimitConfig
 
-        say = stage_printer(json_output)
         cfg = (
             LimitConfig(
                 lanczos_steps=lanczos_steps, probes=probes, batch_size=batch_size, hessian_samples=hessian_samples
@@ -47,17 +46,18 @@ def inspect_command(
             if limit
             else None
         )
-        return inspect_model(
-            model,
-            arch=arch,
-            input_shape=input_shape,
-            trust_remote_code=trust_remote_code,
-            inputs=tuple(input_spec or ()),
-            example_inputs=example_inputs,
-            limit=cfg,
-            data=data,
-            progress=lambda message: say("limit", message),
-        )
+        with stage_printer(json_output) as say:
+            return inspect_model(
+                model,
+                arch=arch,
+                input_shape=input_shape,
+                trust_remote_code=trust_remote_code,
+                inputs=tuple(input_spec or ()),
+                example_inputs=example_inputs,
+                limit=cfg,
+                data=data,
+                progress=lambda message: say("limit", message),
+            )
 
     info = run_guarded(go, debug=debug, json_mode=json_output)
     if json_output:

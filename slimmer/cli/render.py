@@ -8,7 +8,8 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import typer
@@ -22,14 +23,34 @@ from slimmer.report import Report
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def stage_printer(json_mode: bool) -> Callable[[str, str], None]:
-    """Progress as one plain line per stage on stderr (readable in CI logs and on terminals)."""
+class _Current:
+    """The live status line's text, rendered afresh at every refresh: the stage, its message and the
+    seconds since the stage began."""
+
+    def __init__(self) -> None:
+        self.stage, self.message, self.since = "", "starting", time.perf_counter()
+
+    def __rich__(self) -> str:
+        elapsed = time.perf_counter() - self.since
+        return f"[bold]{escape(self.stage)}[/bold] {escape(self.message)} [dim]{elapsed:.0f}s[/dim]"
+
+
+@contextmanager
+def stage_printer(json_mode: bool) -> Iterator[Callable[[str, str], None]]:
+    """Progress on stderr, one plain line per message with the run's elapsed time (what CI logs
+    keep). On a terminal, also a live status line under them: a spinner, the current stage and how
+    long it has been running, refreshed while a long stage (export included) works. The live line is
+    gone when the block exits, before the report is rendered."""
     start = time.perf_counter()
+    current = _Current()
+    status = err_console.status(current, spinner="dots") if err_console.is_terminal else nullcontext()
 
     def say(stage: str, message: str) -> None:
         err_console.print(f"[dim]\\[{time.perf_counter() - start:6.1f}s][/dim] {escape(message)}")
+        current.stage, current.message, current.since = stage, message, time.perf_counter()
 
-    return say
+    with status:
+        yield say
 
 
 def emit_report(report: Report, json_mode: bool) -> None:
