@@ -164,9 +164,12 @@ def _restore(model: nn.Module, original: nn.Module) -> None:
 
 
 def _attempt(
-    model: nn.Module, original: nn.Module, plan: PruningPlan, example_inputs: Sequence[Any], rtol: float
+    model: nn.Module, plan: PruningPlan, example_inputs: Sequence[Any], rtol: float
 ) -> tuple[float, float, str | None]:
-    reference = _outputs(mask_model(copy.deepcopy(original), plan), example_inputs)
+    """Remove ``plan``'s channels from ``model`` (the original, unpruned) and compare with the masked
+    original, which is ``model`` itself masked in place first: the masked slices are the ones removed,
+    so no second copy of the model is needed."""
+    reference = _outputs(mask_model(model, plan), example_inputs)
     try:
         remove_channels(model, plan)
         pruned = _outputs(model, example_inputs)
@@ -200,7 +203,7 @@ def shrink(
             plan.bind(build_groups(model, example_inputs))
         before = _param_count(model)
         original = copy.deepcopy(model)
-        diff, scale, failure = _attempt(model, original, plan, example_inputs, rtol)
+        diff, scale, failure = _attempt(model, plan, example_inputs, rtol)
         rolled_back: dict[str, str] = {}
         applied = plan
         if failure is not None:
@@ -210,7 +213,7 @@ def shrink(
                 if not planned.pruned:
                     continue
                 trial = plan.restricted(accepted | {planned.id})
-                d, s, reason = _attempt(model, original, trial, example_inputs, rtol)
+                d, s, reason = _attempt(model, trial, example_inputs, rtol)
                 _restore(model, original)
                 if reason is None:
                     accepted.add(planned.id)
@@ -218,7 +221,7 @@ def shrink(
                     rolled_back[planned.id] = reason
             applied = plan.restricted(accepted)
             applied.notes.extend(f"group {gid} rolled back: {why}" for gid, why in rolled_back.items())
-            diff, scale, failure = _attempt(model, original, applied, example_inputs, rtol)
+            diff, scale, failure = _attempt(model, applied, example_inputs, rtol)
             if failure is not None:  # cannot happen unless the forward is non-deterministic
                 _restore(model, original)
                 raise RuntimeError(f"surgery check failed after rollback: {failure}")

@@ -24,9 +24,27 @@ def count_macs(model: nn.Module, example_inputs: Sequence[Any]) -> int:
     return int(counter.get_total_flops()) // 2
 
 
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers are on the ``meta`` device (eval mode).
+
+    The weights are never copied: each parameter and buffer is mapped to its meta twin before the
+    module tree is deep-copied (tied weights stay tied), so the copy costs the module objects only,
+    not the model's bytes (issue 20: a deep copy first and ``.to("meta")`` after held a second full
+    model in memory for a moment)."""
+    memo: dict[int, Any] = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if id(tensor) not in memo:
+            meta = tensor.detach().to("meta")
+            if isinstance(tensor, nn.Parameter):
+                meta = nn.Parameter(meta, requires_grad=tensor.requires_grad)
+            memo[id(tensor)] = meta
+    return copy.deepcopy(model, memo).eval()
+
+
 def to_meta(model: nn.Module, example_inputs: Sequence[Any]) -> tuple[nn.Module, tuple[Any, ...]]:
-    """A ``meta``-device copy of the model (eval mode) and of its inputs, for shape-only counting."""
-    meta_model = copy.deepcopy(model).to("meta").eval()
+    """A ``meta``-device copy of the model (eval mode, see :func:`meta_copy`) and of its inputs, for
+    shape-only counting."""
+    meta_model = meta_copy(model)
     meta_inputs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, tuple(example_inputs))
     return meta_model, meta_inputs
 
