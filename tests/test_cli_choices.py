@@ -43,11 +43,9 @@ def test_compress_help_lists_all_four_methods_and_every_criterion(cli):
         assert panel in run.stdout
 
 
-def test_replay_reproduces_the_onnx_file_byte_for_byte(cli, tiny_ckpt, tmp_path):
+def test_replay_reproduces_the_onnx_file_byte_for_byte(cli, r20, tmp_path):
     first = tmp_path / "a.onnx"
-    run = cli(
-        "compress", tiny_ckpt, "--arch", "toy_models:Tiny", "--method", "channel", "--sparsity", "0.5", "-o", first
-    )
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", "channel", "--sparsity", "0.5", "-o", first)
     assert run.code == 0, run.stderr
     second = tmp_path / "b.onnx"
     run = cli("compress", "--replay", first.with_name("a.onnx.report.json"), "-o", second, "--json")
