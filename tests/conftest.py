@@ -54,10 +54,8 @@ class Run:
         return json.loads(self.stdout)
 
 
-@pytest.fixture
-def cli(request):
+def _invoker(quick: bool):
     runner = CliRunner()
-    quick = "full_reconstruction" not in request.keywords
 
     def invoke(*args: str) -> Run:
         argv = [str(a) for a in args]
@@ -66,6 +64,18 @@ def cli(request):
         return Run(runner.invoke(app, argv))
 
     return invoke
+
+
+@pytest.fixture
+def cli(request):
+    return _invoker(quick="full_reconstruction" not in request.keywords)
+
+
+@pytest.fixture(scope="session")
+def shared_cli():
+    """``cli`` for module- or session-scoped fixtures: a file built once (an export, say) and shared by
+    tests that only read it."""
+    return _invoker(quick=True)
 
 
 @pytest.fixture

@@ -23,11 +23,13 @@ def test_inspect_refuses_unsafe_like_compress(cli, tmp_path):
     assert run.code == 3 and "slimmer.zoo.ResNet20" in run.stderr
 
 
-@pytest.fixture
-def two_graphs(cli, r20, tmp_path):
-    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
-    assert cli("compress", r20, "--arch", "resnet20-fmnist", "--sparsity", "0", "-o", a).code == 0
-    assert cli("compress", r20, "--arch", "resnet20-fmnist", "--sparsity", "0.5", "-o", b).code == 0
+@pytest.fixture(scope="module")
+def two_graphs(shared_cli, resnet20_state, tmp_path_factory):
+    """Two exports of the resnet20 checkpoint, built once; ``bench`` only reads them."""
+    folder = tmp_path_factory.mktemp("graphs")
+    a, b = folder / "a.onnx", folder / "b.onnx"
+    assert shared_cli("compress", resnet20_state, "--arch", "resnet20-fmnist", "--sparsity", "0", "-o", a).code == 0
+    assert shared_cli("compress", resnet20_state, "--arch", "resnet20-fmnist", "--sparsity", "0.5", "-o", b).code == 0
     return a, b
 
 

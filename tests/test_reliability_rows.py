@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,13 +77,16 @@ def test_row23_missing_onnxscript_fails_before_any_work(cli, r20, monkeypatch):
     assert run.code == 3 and "onnxscript is not installed" in run.stderr
 
 
-def test_row27_json_in_a_non_tty_subprocess(r20):
+def test_row27_json_in_a_non_tty_subprocess(tiny_ckpt):
+    tests = Path(__file__).parent  # the smallest classifier (toy_models.Tiny): the row is about the process
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)]))
     proc = subprocess.run(
-        [sys.executable, "-m", "slimmer", "compress", str(r20), "--arch", "resnet20-fmnist", "--json"],
+        [sys.executable, "-m", "slimmer", "compress", str(tiny_ckpt), "--arch", "toy_models:Tiny", "--json"],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=r20.parent,
+        cwd=tiny_ckpt.parent,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)  # exactly one JSON object, nothing else on stdout

@@ -41,10 +41,11 @@ def test_shape_mismatch_fails():
     assert not c.passed and "shape" in c.reason
 
 
-@pytest.fixture
-def exported(cli, r20, tmp_path):
-    out = tmp_path / "g.onnx"
-    assert cli("compress", r20, "--arch", "resnet20-fmnist", "--sparsity", "0.0", "-o", out).code == 0
+@pytest.fixture(scope="module")
+def exported(shared_cli, resnet20_state, tmp_path_factory):
+    """The resnet20 checkpoint (``r20`` holds the same bytes) exported once; the tests below only read it."""
+    out = tmp_path_factory.mktemp("exported") / "g.onnx"
+    assert shared_cli("compress", resnet20_state, "--arch", "resnet20-fmnist", "--sparsity", "0.0", "-o", out).code == 0
     return out
 
 
