@@ -157,6 +157,8 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
     measured = measure(model, example, out, data, config)
     evaluate = _evaluator(measured, config)
     acc = {"before": measured.accuracy, "after_prune": None, "after_finetune": None}
+    if measured.accuracy is not None:
+        acc["evaluation"] = measured.evaluation
     clock.lap("measure")
 
     regularized = None

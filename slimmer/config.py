@@ -117,7 +117,7 @@ class CompressConfig:
     trust_remote_code: bool = field(default=False, repr=False)
     task: str | None = None  # Hugging Face folders: feature-extraction or sequence-classification (slimmer/hf.py)
     save_pretrained: Path | None = None  # Hugging Face folders out (slimmer/hf_save.py)
-    eval_samples: int = 2000
+    eval_samples: int | None = None  # None: a whole official test split, else 2000 held-out samples
     val_fraction: float = 0.1
     recon_samples: int = 512  # training inputs of least-squares reconstruction (train/reconstruct.py)
     quantize: str | None = None  # "int8": static QDQ of the verified float file (slimmer.export.quantize)
@@ -217,7 +217,7 @@ class CompressConfig:
         if self.recon_samples < 1:
             raise ConfigError(f"--recon-samples must be ≥ 1, got {self.recon_samples}")
         self._check_inputs()
-        if self.eval_samples < 1:
+        if self.eval_samples is not None and self.eval_samples < 1:
             raise ConfigError(f"--eval-samples must be ≥ 1, got {self.eval_samples}")
         if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction <= 1):
             raise ConfigError(f"--val-fraction must be in (0, 1], got {self.val_fraction!r}")

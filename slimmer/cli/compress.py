@@ -159,8 +159,12 @@ def compress_command(
     std: str | None = typer.Option(
         None, "--std", help="input normalization std (one value or per channel)", rich_help_panel=INPUT
     ),
-    eval_samples: int = typer.Option(
-        2000, "--eval-samples", help="held-out samples used for accuracy", rich_help_panel=INPUT
+    eval_samples: int | None = typer.Option(
+        None,
+        "--eval-samples",
+        help="evaluation samples used for accuracy (default: the whole test split of fashion-mnist, an IDX folder "
+        "or an image folder's val/; 2000 of a split held out of --data)",
+        rich_help_panel=INPUT,
     ),
     val_fraction: float = typer.Option(
         0.1, "--val-fraction", help="fraction of a .npz held out for evaluation", rich_help_panel=INPUT
