@@ -118,6 +118,7 @@ class CompressConfig:
     task: str | None = None  # Hugging Face folders: feature-extraction or sequence-classification (slimmer/hf.py)
     save_pretrained: Path | None = None  # Hugging Face folders out (slimmer/hf_save.py)
     eval_samples: int | None = None  # None: a whole official test split, else 2000 held-out samples
+    max_accuracy_drop: float | None = None  # accuracy points the final model may lose (exit 5 beyond; acceptance.py)
     val_fraction: float = 0.1
     recon_samples: int = 512  # training inputs of least-squares reconstruction (train/reconstruct.py)
     quantize: str | None = None  # "int8": static QDQ of the verified float file (slimmer.export.quantize)
@@ -194,6 +195,14 @@ class CompressConfig:
                 raise ConfigError(f"{name} must be a finite number ≥ 0, got {value!r}")
         if self.finetune_steps < 0:
             raise ConfigError(f"--finetune-steps must be ≥ 0, got {self.finetune_steps}")
+        if self.max_accuracy_drop is not None:
+            if not math.isfinite(self.max_accuracy_drop) or self.max_accuracy_drop < 0:
+                raise ConfigError(f"--max-accuracy-drop must be a finite number ≥ 0, got {self.max_accuracy_drop!r}")
+            if self.data is None:
+                raise ConfigError(
+                    "--max-accuracy-drop needs labelled data to measure accuracy",
+                    hint="pass --data with labels (fashion-mnist, an IDX folder, an image folder or a .npz with y)",
+                )
         _check_fraction("--kd-weight", self.kd_weight, low_open=True, high_open=False)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be ≥ 1, got {self.batch_size}")

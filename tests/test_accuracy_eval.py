@@ -69,3 +69,59 @@ def test_a_held_out_split_is_capped_by_default(compress_json, tiny_ckpt, tmp_pat
         "split_size": 2250,
         "split": "held out (0.9 of --data)",
     }
+
+
+@pytest.fixture
+def own_labels_npz(tiny_ckpt, tmp_path) -> Path:
+    """400 images of varied brightness labelled with the Tiny checkpoint's own predictions (accuracy
+    before pruning: exactly 1.0), so pruning 70% of its weights visibly costs accuracy."""
+    model = toy_models.Tiny()
+    model.load_state_dict(torch.load(tiny_ckpt, weights_only=True))
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 256, (400, 8, 8)) * rng.uniform(0, 1, (400, 1, 1))).astype(np.uint8)
+    with torch.no_grad():
+        y = model.eval()(torch.from_numpy(x).float().div(255).unsqueeze(1)).argmax(1).numpy()
+    path = tmp_path / "own.npz"
+    np.savez(path, x=x, y=y)
+    return path
+
+
+GUARDED = ("--arch", "toy_models:Tiny", "--sparsity", "0.7", "--no-reconstruct")
+
+
+def test_max_accuracy_drop_passes_within_and_fails_beyond_with_nothing_written(cli, tiny_ckpt, own_labels_npz):
+    out = tiny_ckpt.parent / "out.onnx"
+    flags = [*GUARDED, "--data", own_labels_npz, "-o", out, "--json"]
+    ok = cli("compress", tiny_ckpt, *flags, "--max-accuracy-drop", "100")
+    assert ok.code == 0, ok.stderr
+    acc = ok.json()["accuracy"]
+    assert acc["before"] == 1.0 and acc["after_prune"] < 1.0
+    drop = 100 * (1.0 - acc["after_prune"])
+    assert acc["drop_points"] == pytest.approx(drop, abs=1e-3) and acc["max_drop_points"] == 100
+    assert out.is_file()
+
+    for f in (out, out.with_name(out.name + ".report.json")):
+        f.unlink()
+    limit = round(drop / 2, 2)
+    failed = cli("compress", tiny_ckpt, *flags, "--max-accuracy-drop", str(limit))
+    assert failed.code == 5, failed.stderr
+    rep = failed.json()
+    assert rep["status"] == "failed" and rep["exit_code"] == 5 and rep["onnx"]["path"] is None
+    assert f"accuracy dropped {drop:.2f} points" in rep["error"]
+    assert f"more than --max-accuracy-drop {limit:g} by {drop - limit:.2f}" in rep["error"]
+    assert rep["accuracy"]["drop_points"] == pytest.approx(drop, abs=1e-3)
+    assert rep["accuracy"]["max_drop_points"] == limit
+    # as for every acceptance failure: no ONNX file (nor its temporary), the report says why
+    assert sorted(p.name for p in tiny_ckpt.parent.iterdir()) == ["out.onnx.report.json", "own.npz", "tiny.pt"]
+
+
+@pytest.mark.parametrize("data", [None, "unlabelled"])
+def test_max_accuracy_drop_without_labelled_data_is_a_usage_error(cli, tiny_ckpt, tmp_path, data):
+    flags = ["--data", tmp_path / "x.npz"] if data else []
+    if data:
+        np.savez(tmp_path / "x.npz", x=np.zeros((64, 8, 8), dtype=np.uint8))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    run = cli("compress", tiny_ckpt, *GUARDED, *flags, "--max-accuracy-drop", "1", "-o", tmp_path / "o.onnx", "--json")
+    assert run.code == 2, run.stderr
+    assert "--max-accuracy-drop needs label" in run.json()["error"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -166,6 +166,13 @@ def compress_command(
         "or an image folder's val/; 2000 of a split held out of --data)",
         rich_help_panel=INPUT,
     ),
+    max_accuracy_drop: float | None = typer.Option(
+        None,
+        "--max-accuracy-drop",
+        help="exit 5, with no ONNX file written, when the final model's accuracy is more than this many points "
+        "below the original's (needs labelled --data)",
+        rich_help_panel=RECOVERY,
+    ),
     val_fraction: float = typer.Option(
         0.1, "--val-fraction", help="fraction of a .npz held out for evaluation", rich_help_panel=INPUT
     ),
@@ -484,6 +491,7 @@ def compress_command(
         mean=mean,
         std=std,
         eval_samples=eval_samples,
+        max_accuracy_drop=max_accuracy_drop,
         val_fraction=val_fraction,
         expect_sha256=expect_sha256,
         keep_failed=keep_failed,
