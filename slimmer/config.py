@@ -98,7 +98,7 @@ class CompressConfig:
     lr: float = 0.01
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    round_to: int | None = None
+    round_to: int | str | None = None  # None: prune.DEFAULT_ROUND_TO; "relative": slimmer/structures/rounding.py
     prune_parts: str | None = None  # channel: heads, ffn or heads,ffn (slimmer/graph/attention.py)
     latency_aware: bool = False
     speedup: float | None = None
@@ -206,7 +206,7 @@ class CompressConfig:
         _check_fraction("--kd-weight", self.kd_weight, low_open=True, high_open=False)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be ≥ 1, got {self.batch_size}")
-        if self.round_to is not None and self.round_to < 1:
+        if self.round_to is not None and self.round_to != "relative" and self.round_to < 1:
             raise ConfigError(f"--round-to must be ≥ 1, got {self.round_to}")
         if self.opset is not None and not 7 <= self.opset <= 30:
             raise ConfigError(f"--opset {self.opset} is not a valid ONNX opset")
