@@ -8,7 +8,14 @@ import torch
 from slimmer.errors import ConfigError
 from slimmer.graph.groups import build_groups
 from slimmer.structures.channel import plan_channels
-from slimmer.structures.rounding import RELATIVE, check_round_to, describe, multiple_for, relative_multiple
+from slimmer.structures.rounding import (
+    RELATIVE,
+    check_round_to,
+    describe,
+    multiple_for,
+    parse_round_to,
+    relative_multiple,
+)
 
 X = torch.randn(1, 1, 8, 8)
 
@@ -71,3 +78,23 @@ def test_an_explicit_round_to_keeps_its_fixed_meaning():
     assert all(k % 16 == 0 for k in kept.values())
     narrow = next(g for g in groups.prunable if g.channels == 16)
     assert kept[narrow.id] == 16
+
+
+@pytest.mark.parametrize("given, parsed", [(None, None), ("relative", "relative"), ("16", 16), (" 4 ", 4), (8, 8)])
+def test_round_to_option_values(given, parsed):
+    assert parse_round_to(given) == parsed
+
+
+@pytest.mark.parametrize("bad", ["abc", "0", "-4", "1.5", "", 0])
+def test_bad_round_to_option_values_are_usage_errors(bad):
+    with pytest.raises(ConfigError, match="--round-to must be an integer ≥ 1 or relative"):
+        parse_round_to(bad)
+
+
+def test_the_cli_takes_relative_and_refuses_other_words(cli, tiny_ckpt):
+    base = ("compress", tiny_ckpt, "--arch", "toy_models:Tiny", "--method", "channel", "--json")
+    bad = cli(*base, "--round-to", "wide")
+    assert bad.code == 2 and "--round-to must be an integer ≥ 1 or relative" in bad.json()["error"]
+    ok = cli(*base, "--sparsity", "0.25", "--round-to", "relative")
+    assert ok.code == 0, ok.stderr
+    assert ok.json()["pruning"]["round_to"] == "relative" and ok.json()["pruning"]["round_to_multiples"] == {"1": 1}

@@ -11,8 +11,12 @@ are rounded exactly as with 16; a narrow layer can lose a quarter of its channel
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from slimmer.errors import ConfigError
-from slimmer.graph.groups import ChannelGroup
+
+if TYPE_CHECKING:  # the CLI parses --round-to with this module; keep torch off its import path
+    from slimmer.graph.groups import ChannelGroup
 
 RELATIVE = "relative"
 MULTIPLES = (16, 8, 4, 2, 1)
@@ -28,6 +32,22 @@ def check_round_to(round_to: RoundTo) -> None:
         return
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ConfigError(f"round_to must be an integer >= 1 or {RELATIVE!r}, got {round_to!r}")
+
+
+def parse_round_to(value: object) -> RoundTo | None:
+    """``--round-to`` text (or an int) as a :data:`RoundTo`; None stays None (the default rule).
+
+    Raises :class:`ConfigError` for anything but an integer ≥ 1 or ``relative``."""
+    if value is None or value == RELATIVE or (isinstance(value, int) and not isinstance(value, bool)):
+        if isinstance(value, int) and value < 1:
+            raise ConfigError(f"--round-to must be an integer ≥ 1 or {RELATIVE}, got {value}")
+        return value
+    text = str(value).strip()
+    if text == RELATIVE:
+        return RELATIVE
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"--round-to must be an integer ≥ 1 or {RELATIVE}, got {value!r}")
+    return int(text)
 
 
 def relative_multiple(width: int) -> int:
