@@ -2,8 +2,9 @@
 
 Per model (random weights, 224×224, batch 1): the unpruned ONNX file against
 
-* slimmer channel pruning at ``macs_target`` 0.5 (L1, global) with ``round_to`` 1, 8 and 16, and
-  with ``round_to`` 16 plus the latency-aware ranking (``plan_channels(latency_aware=True)``);
+* slimmer channel pruning at ``macs_target`` 0.5 (L1, global) with ``round_to`` 1, 8, 16 and
+  ``"relative"`` (a multiple per layer from its width, ``slimmer/structures/rounding.py``), and with
+  ``round_to`` 16 plus the latency-aware ranking (``plan_channels(latency_aware=True)``);
 * Torch-Pruning 1.6.1 magnitude pruning at ratio 0.3 per layer, default and ``round_to=8``;
 * a control: the unpruned file against a second export of itself (speedup should be 1.00).
 
@@ -41,6 +42,7 @@ CONFIGS = (
     ("slimmer macs 0.5, round_to 1", "slimmer", 1),
     ("slimmer macs 0.5, round_to 8", "slimmer", 8),
     ("slimmer macs 0.5, round_to 16", "slimmer", 16),
+    ("slimmer macs 0.5, round_to relative", "slimmer", "relative"),
     ("slimmer macs 0.5, round_to 16, latency-aware", "slimmer-latency", 16),
     ("TP ratio 0.3, default", "tp", None),
     ("TP ratio 0.3, round_to 8", "tp", 8),

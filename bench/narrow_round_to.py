@@ -1,7 +1,7 @@
 """Does rounding matter for latency on a narrow model? resnet20-fmnist at half the MACs.
 
 Exports the bundled model unpruned and channel-pruned at ``--macs-target 0.5`` with round_to 1, 4
-8 and 16, and times each pruned file against the unpruned one with
+8, 16 and ``relative`` (slimmer/structures/rounding.py), and times each pruned file against the unpruned one with
 ``slimmer.export.bench.paired_latency`` (BENCHMARKS.md §2: onnxruntime CPU, 1 thread, batch 1,
 interleaved pairs, median ratio), plus an unpruned-vs-itself control row.
 
@@ -42,7 +42,7 @@ def export(model: torch.nn.Module, x: torch.Tensor, path: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=200)
-    ap.add_argument("--round-to", default="1,4,8,16", help="comma-separated round_to values")
+    ap.add_argument("--round-to", default="1,4,8,16", help="comma-separated round_to values (an int or relative)")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -53,7 +53,7 @@ def main() -> None:
         ref = export(base, x, Path(tmp) / "base.onnx")
         control = export(copy.deepcopy(base), x, Path(tmp) / "control.onnx")
         files = {"control (unpruned re-exported)": (control, 1.0)}
-        for round_to in map(int, args.round_to.split(",")):
+        for round_to in (r if r == "relative" else int(r) for r in args.round_to.split(",")):
             model = copy.deepcopy(base)
             plan = plan_channels(
                 build_groups(model, (x,)),

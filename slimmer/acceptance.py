@@ -2,7 +2,8 @@
 
 The orchestrator (:mod:`slimmer.api`) asks :func:`failures` once, after verification; every rule
 that turns a finished run into a failed one lives here: the MACs target, the measured speedup, the
-sparsity asked for, and the N:M pattern read back from the exported initializers.
+sparsity asked for, the accuracy drop allowed (``--max-accuracy-drop``), and the N:M pattern read
+back from the exported initializers.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from slimmer.export.verify import Verification
 from slimmer.prune import PruneResult
-from slimmer.stage_config import PruneConfig
+from slimmer.stage_config import PruneConfig, VerifyConfig
 
 
 def failures(v: Verification, pruned: PruneResult, config: PruneConfig, macs: dict) -> list[str]:
@@ -40,6 +41,37 @@ def failures(v: Verification, pruned: PruneResult, config: PruneConfig, macs: di
                 f"{pruned.sparsity_achieved:.4f} (tolerance {config.sparsity_tolerance:g})"
             )
     return out
+
+
+def final_accuracy(acc: dict) -> float | None:
+    """The accuracy of the model that is exported: after fine-tuning, else after reconstruction, else
+    right after pruning (fractions in [0, 1]; None without labelled data)."""
+    for key in ("after_finetune", "after_reconstruct", "after_prune"):
+        if acc.get(key) is not None:
+            return acc[key]
+    return None
+
+
+def accuracy_failures(acc: dict, config: VerifyConfig) -> tuple[list[str], dict]:
+    """``--max-accuracy-drop``: the failure (if the final model lost more points than allowed) and the
+    figures for the report's ``accuracy`` section: ``drop_points`` = 100 × (before − final), and
+    ``max_drop_points`` when the guard is set. ``acc`` is the report's ``accuracy`` dict."""
+    before, after = acc.get("before"), final_accuracy(acc)
+    if before is None or after is None:
+        return [], {}
+    drop = 100.0 * (before - after)
+    figures = {"drop_points": round(drop, 4)}
+    if config.max_accuracy_drop is None:
+        return [], figures
+    figures["max_drop_points"] = config.max_accuracy_drop
+    if drop <= config.max_accuracy_drop:
+        return [], figures
+    n = (acc.get("evaluation") or {}).get("samples")
+    on = f" on {n:,} evaluation samples" if n else ""
+    return [
+        f"accuracy dropped {drop:.2f} points ({before:.2%} → {after:.2%}{on}), more than --max-accuracy-drop "
+        f"{config.max_accuracy_drop:g} by {drop - config.max_accuracy_drop:.2f}"
+    ], figures
 
 
 def nm_failures(path: Path, pruned: PruneResult) -> tuple[list[str], dict]:

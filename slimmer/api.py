@@ -25,6 +25,7 @@ from torch import nn
 
 from slimmer import acceptance
 from slimmer.config import CompressConfig
+from slimmer.errors import ConfigError
 from slimmer.export import onnx as onnx_export
 from slimmer.paths import check_paths, compress_reads, compress_writes
 from slimmer.prune import PruneResult, after_shrink, prune, schedule_hooks, schedule_outcome, shrink_model
@@ -157,6 +158,13 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
     measured = measure(model, example, out, data, config)
     evaluate = _evaluator(measured, config)
     acc = {"before": measured.accuracy, "after_prune": None, "after_finetune": None}
+    if measured.accuracy is not None:
+        acc["evaluation"] = measured.evaluation
+    elif config.max_accuracy_drop is not None:
+        raise ConfigError(
+            f"--max-accuracy-drop needs labels: {config.data} has none",
+            hint="pass --data with labels (a .npz with an array y, an IDX folder with label files, an image folder)",
+        )
     clock.lap("measure")
 
     regularized = None
@@ -310,6 +318,9 @@ def _finish(
         report.warnings += list(verified.warnings)
         report.verification = verified.as_dict()
         fails = acceptance.failures(verified.verification, pruned, config.stages.prune, report.macs)
+        acc_fails, acc_figures = acceptance.accuracy_failures(report.accuracy, config.stages.verify)
+        report.accuracy.update(acc_figures)
+        fails += acc_fails
         if pruned.nm is not None:
             nm_fails, figures = acceptance.nm_failures(verified.temp_path, pruned)
             report.pruning.setdefault("nm", {}).update(figures)

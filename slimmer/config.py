@@ -81,7 +81,7 @@ class CompressConfig:
     lr: float = 0.01
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    round_to: int | None = None
+    round_to: int | str | None = None  # None: prune.DEFAULT_ROUND_TO; "relative": slimmer/structures/rounding.py
     prune_parts: str | None = None  # channel: heads, ffn or heads,ffn (slimmer/graph/attention.py)
     latency_aware: bool = False
     speedup: float | None = None
@@ -100,7 +100,8 @@ class CompressConfig:
     trust_remote_code: bool = field(default=False, repr=False)
     task: str | None = None  # Hugging Face folders: feature-extraction or sequence-classification (slimmer/hf.py)
     save_pretrained: Path | None = None  # Hugging Face folders out (slimmer/hf_save.py)
-    eval_samples: int = 2000
+    eval_samples: int | None = None  # None: a whole official test split, else 2000 held-out samples
+    max_accuracy_drop: float | None = None  # accuracy points the final model may lose (exit 5 beyond; acceptance.py)
     val_fraction: float = 0.1
     recon_samples: int = 512  # training inputs of least-squares reconstruction (train/reconstruct.py)
     quantize: str | None = None  # "int8": static QDQ of the verified float file (slimmer.export.quantize)
@@ -124,6 +125,11 @@ class CompressConfig:
             raise ConfigError(f"--schedule {self.schedule} spreads pruning over fine-tuning: pass --finetune-steps")
         if self.finetune_steps > 0 and self.data is None:
             raise ConfigError("--finetune-steps needs --data to train on")
+        if self.max_accuracy_drop is not None and self.data is None:
+            raise ConfigError(
+                "--max-accuracy-drop needs labelled data to measure accuracy",
+                hint="pass --data with labels (fashion-mnist, an IDX folder, an image folder or a .npz with y)",
+            )
         if self.nm_fixed_mask and "nm" not in self.methods:
             raise ConfigError("--nm-fixed-mask holds an N:M pattern: it applies to --method nm", hint="add --method nm")
         if self.regrow:

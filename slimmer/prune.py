@@ -29,6 +29,7 @@ from slimmer.structures.channel import plan_channels
 from slimmer.structures.channel_masks import ChannelMasks
 from slimmer.structures.nm import NMResult, nm_masks, parse_nm
 from slimmer.structures.plan import PruningPlan, removed_per_layer
+from slimmer.structures.rounding import describe as describe_rounding
 from slimmer.structures.scope import UnstructuredScope, unstructured_scope
 from slimmer.structures.unstructured import MaskSet, prunable_weights, unstructured_masks
 from slimmer.surgery import SurgeryResult, mask_model, shrink
@@ -373,6 +374,7 @@ def _channel(
         "prunable_groups": len(groups.prunable),
         "blocked_groups": len(groups.blocked),
         "round_to": round_to,
+        "round_to_multiples": describe_rounding(groups.prunable, round_to),  # multiple → prunable groups
         "channels_total": plan.channels_total,
         "channels_pruned": plan.channels_pruned,
         "macs_target": config.macs_target,

@@ -68,7 +68,7 @@ class InputConfig(StageConfig):
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     data: str | None = None
-    eval_samples: int = 2000
+    eval_samples: int | None = None  # None: a whole official test split, else 2000 held-out samples
     val_fraction: float = 0.1
     expect_sha256: str | None = None
     task: str | None = None
@@ -94,7 +94,7 @@ class InputConfig(StageConfig):
                 + ")",
                 hint="fine-tuning and accuracy on --data need a model with one input",
             )
-        if not isinstance(self.eval_samples, int) or self.eval_samples < 1:
+        if self.eval_samples is not None and (not isinstance(self.eval_samples, int) or self.eval_samples < 1):
             raise ConfigError(f"--eval-samples must be ≥ 1, got {self.eval_samples}")
         if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction <= 1):
             raise ConfigError(f"--val-fraction must be in (0, 1], got {self.val_fraction!r}")
@@ -121,7 +121,7 @@ class PruneConfig(StageConfig):
     criterion: str = "magnitude"
     scope: str = "global"
     schedule: str = "oneshot"
-    round_to: int | None = None
+    round_to: int | str | None = None  # None: prune.DEFAULT_ROUND_TO; "relative": slimmer/structures/rounding.py
     prune_parts: str | None = None
     latency_aware: bool = False
     speedup: float | None = None
@@ -167,7 +167,7 @@ class PruneConfig(StageConfig):
                 f"--schedule {self.schedule} works with --method unstructured or --method channel alone",
                 hint="use --schedule oneshot to combine methods (e.g. channel,nm) or with nm and fold",
             )
-        if self.round_to is not None and self.round_to < 1:
+        if self.round_to is not None and self.round_to != "relative" and self.round_to < 1:
             raise ConfigError(f"--round-to must be ≥ 1, got {self.round_to}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"--seed must be ≥ 0, got {self.seed}")
@@ -323,9 +323,12 @@ class VerifyConfig(StageConfig):
     measure_latency: bool = False
     latency_pairs: int = 30
     seed: int = 0
+    max_accuracy_drop: float | None = None  # accuracy points the final model may lose (acceptance.py)
 
     def __post_init__(self) -> None:
         _finite_at_least_zero("--atol", self.atol)
+        if self.max_accuracy_drop is not None:
+            _finite_at_least_zero("--max-accuracy-drop", self.max_accuracy_drop)
         _finite_at_least_zero("--rtol", self.rtol)
         if not isinstance(self.latency_pairs, int) or isinstance(self.latency_pairs, bool) or self.latency_pairs < 1:
             raise ConfigError(f"--latency-pairs must be an integer ≥ 1, got {self.latency_pairs!r}")

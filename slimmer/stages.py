@@ -24,7 +24,7 @@ from slimmer.inputs import ExampleInputs, InputSpec, load_example_file, parse_dy
 from slimmer.outputs import describe, logits_of, register_output_types
 from slimmer.runplan import RunPlan
 from slimmer.stats import accuracy, count_macs, count_nonzero, count_params
-from slimmer.train.data import DataSplits, load_data
+from slimmer.train.data import DataSplits, eval_count, load_data
 
 Progress = Callable[[str, str], None]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m|\[\d{1,2}(;\d{1,2})*m")
@@ -169,6 +169,7 @@ class Measured:
     accuracy: float | None
     eval_x: torch.Tensor | None = field(default=None, repr=False)
     eval_y: torch.Tensor | None = field(default=None, repr=False)
+    evaluation: dict[str, Any] | None = None  # the report's accuracy.evaluation: samples used, split size and kind
 
 
 def read_data(config: CompressConfig, loaded: Loaded) -> DataSplits | None:
@@ -196,10 +197,13 @@ def measure(
     model: nn.Module, args: tuple[Any, ...], out: Any, data: DataSplits | None, config: CompressConfig
 ) -> Measured:
     """Sizes, MACs at batch 1, the output leaves and accuracy before pruning."""
-    eval_x = eval_y = None
+    eval_x = eval_y = evaluation = None
     if data is not None:
-        eval_x = data.eval.x[: config.eval_samples]
-        eval_y = data.eval.y[: config.eval_samples] if data.eval.y is not None else None
+        n = eval_count(data, config.eval_samples)
+        eval_x = data.eval.x[:n]
+        eval_y = data.eval.y[:n] if data.eval.y is not None else None
+        split = "official test split" if data.official_split else f"held out ({config.val_fraction:g} of --data)"
+        evaluation = {"samples": n, "split_size": len(data.eval), "split": split}
     acc = None
     if eval_y is not None:
         logits_of(out, config.output_name)  # an unknown --output-name fails here, before any work
@@ -212,6 +216,7 @@ def measure(
         accuracy=acc,
         eval_x=eval_x,
         eval_y=eval_y,
+        evaluation=evaluation,
     )
 
 

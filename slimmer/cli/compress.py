@@ -17,6 +17,7 @@ from slimmer import choices
 from slimmer.cli.render import emit_report, run_guarded, stage_printer
 from slimmer.config import CompressConfig, parse_floats, parse_shape
 from slimmer.errors import ConfigError, InputError
+from slimmer.structures.rounding import parse_round_to
 
 INPUT, PRUNING, RECOVERY, EXPORT, OUTPUT = "Input", "Pruning", "Recovery", "Export and verification", "Output"
 
@@ -28,6 +29,7 @@ def _one_of(option: str) -> str:
 def build_config(**opts) -> CompressConfig:
     """Turn raw option values into the validated config (shared by compress and demo)."""
     opts["input_shape"] = parse_shape(opts.get("input_shape"))
+    opts["round_to"] = parse_round_to(opts.get("round_to"))
     opts["methods"] = tuple(m.strip() for m in str(opts.pop("method")).split(",") if m.strip())
     opts["mean"] = parse_floats(opts.get("mean"), "--mean")
     opts["std"] = parse_floats(opts.get("std"), "--std")
@@ -50,7 +52,7 @@ def replay_config(report_path: Path, overrides: dict[str, Any]) -> CompressConfi
         overrides["report"] = None  # beside the new output, not the recorded run's
     if "method" in overrides:
         overrides["methods"] = tuple(m.strip() for m in str(overrides.pop("method")).split(",") if m.strip())
-    for key, parse in (("input_shape", parse_shape),):
+    for key, parse in (("input_shape", parse_shape), ("round_to", parse_round_to)):
         if key in overrides:
             overrides[key] = parse(overrides[key])
     for key in ("mean", "std"):
@@ -160,8 +162,19 @@ def compress_command(
     std: str | None = typer.Option(
         None, "--std", help="input normalization std (one value or per channel)", rich_help_panel=INPUT
     ),
-    eval_samples: int = typer.Option(
-        2000, "--eval-samples", help="held-out samples used for accuracy", rich_help_panel=INPUT
+    eval_samples: int | None = typer.Option(
+        None,
+        "--eval-samples",
+        help="evaluation samples used for accuracy (default: the whole test split of fashion-mnist, an IDX folder "
+        "or an image folder's val/; 2000 of a split held out of --data)",
+        rich_help_panel=INPUT,
+    ),
+    max_accuracy_drop: float | None = typer.Option(
+        None,
+        "--max-accuracy-drop",
+        help="exit 5, with no ONNX file written, when the final model's accuracy is more than this many points "
+        "below the original's (needs labelled --data)",
+        rich_help_panel=RECOVERY,
     ),
     val_fraction: float = typer.Option(
         0.1, "--val-fraction", help="fraction of a .npz held out for evaluation", rich_help_panel=INPUT
@@ -212,10 +225,11 @@ def compress_command(
         help=f"{_one_of('--schedule')} (all but oneshot spread pruning over fine-tuning)",
         rich_help_panel=PRUNING,
     ),
-    round_to: int | None = typer.Option(
+    round_to: str | None = typer.Option(
         None,
         "--round-to",
-        help="channel: kept channel counts are multiples of this (default 16, measured fastest in onnxruntime)",
+        help="channel: kept channel counts are multiples of this (default 16, measured fastest in onnxruntime); "
+        "relative: each layer to the largest of 16/8/4/2/1 within a quarter of its width",
         rich_help_panel=PRUNING,
     ),
     prune_parts: str | None = typer.Option(
@@ -488,6 +502,7 @@ def compress_command(
         mean=mean,
         std=std,
         eval_samples=eval_samples,
+        max_accuracy_drop=max_accuracy_drop,
         val_fraction=val_fraction,
         expect_sha256=expect_sha256,
         keep_failed=keep_failed,

@@ -39,6 +39,7 @@ from slimmer.graph.groups import ChannelGroup, GroupSet
 from slimmer.graph.macs import MacsByWeight, count_macs, counting_copy, to_meta
 from slimmer.structures.latency_cost import LatencyByWeight
 from slimmer.structures.plan import PlannedGroup, PruningPlan
+from slimmer.structures.rounding import RoundTo, check_round_to, multiple_for
 from slimmer.surgery import remove_channels
 
 SCORE_KINDS = ("l1", "l2", "bn-scale", "random")
@@ -113,7 +114,7 @@ def _keep_count(n: int, pruned: int, round_to: int, max_ratio: float) -> int:
 def _validate(
     sparsity: float | None,
     macs_target: float | None,
-    round_to: int,
+    round_to: RoundTo,
     max_ratio: float,
     scope: str,
     criterion: str,
@@ -127,8 +128,7 @@ def _validate(
         raise ConfigError(f"macs_target must be in (0, 1], got {macs_target!r}")
     if macs_target is not None and example_inputs is None:
         raise ConfigError("macs_target needs example_inputs to count MACs")
-    if not isinstance(round_to, int) or round_to < 1:
-        raise ConfigError(f"round_to must be an integer >= 1, got {round_to!r}")
+    check_round_to(round_to)
     if not 0.0 < max_ratio < 1.0:
         raise ConfigError(f"max_ratio must be in (0, 1), got {max_ratio!r}")
     if scope not in SCOPES:
@@ -157,7 +157,7 @@ def plan_channels(
     *,
     sparsity: float | None = None,
     macs_target: float | None = None,
-    round_to: int = 1,
+    round_to: RoundTo = 1,
     max_ratio: float = 0.9,
     scope: str = "global",
     criterion: str = "l1",
@@ -173,7 +173,8 @@ def plan_channels(
     at ``max_ratio``, or too much is blocked) the plan prunes as far as allowed and says so in
     ``notes``; ``macs_after / macs_before`` is what was achieved. ``latency_aware`` ranks channels
     by importance per estimated time per MAC (global scope; needs ``example_inputs``; see the
-    module docstring).
+    module docstring). ``round_to`` is a fixed multiple or ``"relative"`` (a multiple per group from
+    its width, :mod:`slimmer.structures.rounding`).
     """
     if channel_scores is not None:  # scores from a weight criterion (SNIP, SynFlow, ...), summed per group
         _validate(sparsity, macs_target, round_to, max_ratio, scope, "l1", example_inputs)
@@ -205,7 +206,7 @@ def plan_channels(
     for rank, (_, g, _) in enumerate(normalized):
         pruned_in_group[g].append(rank)
 
-    steps_in_units = [unit_step(group, round_to) for group in groups]
+    steps_in_units = [unit_step(group, multiple_for(group, round_to)) for group in groups]
 
     def plan_for(counts: list[int]) -> PruningPlan:
         planned = [

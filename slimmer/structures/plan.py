@@ -46,7 +46,7 @@ class PruningPlan:
     scope: str = "global"
     sparsity: float | None = None
     macs_target: float | None = None
-    round_to: int = 1
+    round_to: int | str = 1  # a fixed multiple or "relative" (slimmer/structures/rounding.py)
     seed: int = 0
     macs_before: int | None = None
     macs_after: int | None = None

@@ -49,8 +49,29 @@ class Dataset:
 
 @dataclass
 class DataSplits:
+    """The training and evaluation splits. ``official_split`` is True when the evaluation split is
+    the source's own (IDX ``t10k`` files, ``fashion-mnist``, an image folder's ``val/``/``test/``),
+    False when it was held out of the training samples with ``val_fraction``."""
+
     train: Dataset
     eval: Dataset
+    official_split: bool = False
+
+
+HELD_OUT_EVAL_SAMPLES = 2000  # the default evaluation size on a held-out split (--eval-samples overrides)
+
+
+def eval_count(splits: DataSplits, requested: int | None) -> int:
+    """How many evaluation samples accuracy is measured on (the first ones of ``splits.eval``).
+
+    An explicit ``requested`` (``--eval-samples``) wins, capped at the split's size. Without it an
+    official test split is evaluated whole, so the figure is the one the split's users quote; a
+    split held out of the training samples is capped at :data:`HELD_OUT_EVAL_SAMPLES`.
+    """
+    n = len(splits.eval)
+    if requested is not None:
+        return min(n, requested)
+    return n if splits.official_split else min(n, HELD_OUT_EVAL_SAMPLES)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -364,6 +385,7 @@ def load_data(
     if not 0 < val_fraction <= 1:
         raise ConfigError(f"--val-fraction must be in (0, 1], got {val_fraction!r}")
     classes: tuple[str, ...] | None = None
+    official = True  # set to False where the evaluation split is held out of the training samples
     if spec == "fashion-mnist":
         folder = find_fashion_mnist()
         (xtr, ytr), (xte, yte) = load_idx_folder(folder)
@@ -383,9 +405,11 @@ def load_data(
             else:
                 x, y, classes = load_image_classes(split[0] if split else path, input_shape)
                 (xtr, ytr), (xte, yte) = _holdout(x, y, val_fraction, seed, src)
+                official = False
         elif path.suffix == ".npz":
             x, y = load_npz(path)
             (xtr, ytr), (xte, yte) = _holdout(x, y, val_fraction, seed, f"{path}: the array 'x'")
+            official = False
         else:
             raise ConfigError(
                 f"--data {spec}: unsupported data source",
@@ -395,4 +419,5 @@ def load_data(
     return DataSplits(
         train=Dataset(to_model_input(xtr, input_shape, mean, std, src), _labels(ytr), src, classes),
         eval=Dataset(to_model_input(xte, input_shape, mean, std, src), _labels(yte), src, classes),
+        official_split=official,
     )

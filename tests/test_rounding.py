@@ -1,0 +1,100 @@
+"""Kept-channel rounding: a fixed multiple, or a multiple relative to each layer's width."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slimmer.errors import ConfigError
+from slimmer.graph.groups import build_groups
+from slimmer.structures.channel import plan_channels
+from slimmer.structures.rounding import (
+    RELATIVE,
+    check_round_to,
+    describe,
+    multiple_for,
+    parse_round_to,
+    relative_multiple,
+)
+
+X = torch.randn(1, 1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "width, multiple",
+    [(1, 1), (3, 1), (4, 1), (8, 2), (15, 2), (16, 4), (31, 4), (32, 8), (63, 8), (64, 16), (2048, 16)],
+)
+def test_the_relative_multiple_is_the_largest_friendly_one_within_a_quarter_of_the_width(width, multiple):
+    assert relative_multiple(width) == multiple
+
+
+@pytest.mark.parametrize("bad", [0, -16, 2.5, "16", True, None])
+def test_round_to_must_be_a_positive_int_or_relative(bad):
+    with pytest.raises(ConfigError, match="round_to must be an integer >= 1 or 'relative'"):
+        check_round_to(bad)
+
+
+class Plain(torch.nn.Module):
+    """Convolutions 16, 32 and 64 channels wide (8×8 inputs): one narrow, one middle, one wide group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 16, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 32, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(32, 64, 3, padding=1),
+            torch.nn.ReLU(),
+        )
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.convs(x).mean((2, 3)))
+
+
+def _plan(round_to):
+    torch.manual_seed(0)
+    model = Plain().eval()
+    groups = build_groups(model, (X,))
+    plan = plan_channels(groups, model, macs_target=0.5, round_to=round_to, example_inputs=(X,))
+    return groups, {g.id: g.channels - len(g.pruned) for g in plan.groups}, plan
+
+
+def test_relative_rounding_prunes_each_layer_in_quarters_of_its_width():
+    groups, kept, plan = _plan(RELATIVE)
+    assert describe(groups.prunable, RELATIVE) == {"4": 1, "8": 1, "16": 1}  # widths 16, 32 and 64
+    assert sorted(multiple_for(g, RELATIVE) for g in groups.prunable) == [4, 8, 16]
+    for group in groups.prunable:
+        assert kept[group.id] % multiple_for(group, RELATIVE) == 0
+    narrow = next(g for g in groups.prunable if g.channels == 16)
+    assert kept[narrow.id] < 16  # with a fixed 16 this layer could only stay whole
+    assert plan.macs_after <= 0.5 * plan.macs_before and plan.round_to == RELATIVE
+
+
+def test_an_explicit_round_to_keeps_its_fixed_meaning():
+    groups, kept, _ = _plan(16)
+    assert describe(groups.prunable, 16) == {"16": 3}
+    assert all(k % 16 == 0 for k in kept.values())
+    narrow = next(g for g in groups.prunable if g.channels == 16)
+    assert kept[narrow.id] == 16
+
+
+@pytest.mark.parametrize("given, parsed", [(None, None), ("relative", "relative"), ("16", 16), (" 4 ", 4), (8, 8)])
+def test_round_to_option_values(given, parsed):
+    assert parse_round_to(given) == parsed
+
+
+@pytest.mark.parametrize("bad", ["abc", "0", "-4", "1.5", "", 0])
+def test_bad_round_to_option_values_are_usage_errors(bad):
+    with pytest.raises(ConfigError, match="--round-to must be an integer ≥ 1 or relative"):
+        parse_round_to(bad)
+
+
+def test_the_cli_takes_relative_and_refuses_other_words(cli, tiny_ckpt):
+    base = ("compress", tiny_ckpt, "--arch", "toy_models:Tiny", "--method", "channel", "--json")
+    bad = cli(*base, "--round-to", "wide")
+    assert bad.code == 2 and "--round-to must be an integer ≥ 1 or relative" in bad.json()["error"]
+    ok = cli(*base, "--sparsity", "0.25", "--round-to", "relative")
+    assert ok.code == 0, ok.stderr
+    assert ok.json()["pruning"]["round_to"] == "relative" and ok.json()["pruning"]["round_to_multiples"] == {"1": 1}
