@@ -119,6 +119,7 @@ class CompressConfig:
     save_pretrained: Path | None = None  # Hugging Face folders out (slimmer/hf_save.py)
     eval_samples: int = 2000
     val_fraction: float = 0.1
+    max_length: int | None = None  # text --data: tokens per text (None: min(128, the model's positions))
     recon_samples: int = 512  # training inputs of least-squares reconstruction (train/reconstruct.py)
     quantize: str | None = None  # "int8": static QDQ of the verified float file (slimmer.export.quantize)
     calibration_method: str = "minmax"
@@ -221,6 +222,10 @@ class CompressConfig:
             raise ConfigError(f"--eval-samples must be ≥ 1, got {self.eval_samples}")
         if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction <= 1):
             raise ConfigError(f"--val-fraction must be in (0, 1], got {self.val_fraction!r}")
+        if self.max_length is not None and (
+            isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2
+        ):
+            raise ConfigError(f"--max-length must be an integer ≥ 2, got {self.max_length!r}")
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"--device {self.device!r}: expected auto, cpu, cuda or cuda:N")
         for name, values in (("--mean", self.mean), ("--std", self.std)):
