@@ -170,6 +170,11 @@ class CompressConfig:
             raise ConfigError(
                 f"--criterion {self.criterion!r} is not one of {', '.join(known)}.{did_you_mean(self.criterion, known)}"
             )
+        if self.criterion == "head-importance" and "channel" not in self.methods:  # criteria/head_importance.py
+            raise ConfigError(
+                "--criterion head-importance gates whole heads and channels; it ranks for --method channel only",
+                hint="add --method channel, or choose another criterion",
+            )
         if "nm" in self.methods:
             from slimmer.structures.nm import parse_nm
 

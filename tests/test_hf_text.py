@@ -64,8 +64,10 @@ def test_text_without_labels_distils_the_embeddings(compress_json, text_folder, 
     run, report = compress_json(
         text_folder, "--method", "channel", "--macs-target", "0.5", "--data", texts, "--finetune-steps", "30",
         "--batch-size", "16", "--optimizer", "adamw", "--lr", "0.002", "--max-length", "16",
+        "--criterion", "head-importance",
     )  # fmt: skip
     assert run.code == 0, run.stderr
+    assert report["pruning"]["criterion"] == "head-importance"
     emb = report["embedding"]
     assert emb["held_out_texts"] == 8 and emb["pooling"] == "mean over the attention mask"
     cos = emb["cosine_to_original"]

@@ -18,10 +18,11 @@ several consumers are one shared tensor, so its gradient sums over them.
 
 A channel whose output is exactly zero (a dead head) gets importance 0 in both cases.
 
-Only for channel pruning (it needs ``ctx.extra["groups"]``). The scores are returned on one
-member tensor of each group that no other prunable group touches (a "carrier"), spread evenly
-over the channel's slice, so :func:`slimmer.criteria.channel.channel_scores_from` sums them back
-to exactly ``I_h``. The caller's model is not modified (hooks removed, modes restored).
+For channel pruning (the groups come from ``ctx.extra["groups"]``, else are captured on the
+example inputs). The scores are laid on one weight of each group that no other prunable group
+touches (a "carrier"), spread evenly over the channel's slice, every other weight scoring 0, so
+:func:`slimmer.criteria.channel.channel_scores_from` sums them back to exactly ``I_h``. The
+caller's model is not modified (hooks removed, modes restored).
 """
 
 from __future__ import annotations
@@ -57,13 +58,25 @@ def _gate_pre_hook(entries: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return hook
 
 
-def _carriers(groups: list) -> dict[str, object]:
-    """For each group, a member whose tensor no other scored group touches (None when there is none)."""
+def _groups(ctx: ScoreContext):
+    """The model's channel groups, captured on the example inputs (or zeros of the input shape)."""
+    from slimmer.graph import build_groups
+
+    example = ctx.extra.get("example_inputs")
+    if example is None and ctx.extra.get("input_shape") is not None:
+        example = (torch.zeros(tuple(ctx.extra["input_shape"]), device=model_device(ctx.model)),)
+    if example is None:
+        raise ConfigError(f"--criterion {NAME} needs the model's example inputs to find its heads and channels")
+    return build_groups(ctx.model, tuple(example))
+
+
+def _carriers(groups: list, scored: set[str]) -> dict[str, object]:
+    """For each group, a member among the ``scored`` tensors that no other group touches (or None)."""
     users: dict[str, set[str]] = defaultdict(set)
     for g in groups:
         for m in g.members:
             users[m.name].add(g.id)
-    return {g.id: next((m for m in g.members if users[m.name] == {g.id}), None) for g in groups}
+    return {g.id: next((m for m in g.members if m.name in scored and users[m.name] == {g.id}), None) for g in groups}
 
 
 def _spread(member, values: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -91,13 +104,10 @@ def score_head_importance(weights: dict[str, torch.Tensor], ctx: ScoreContext) -
     """Scores per channel of every prunable group, laid on each group's carrier tensor (see module
     docstring). Raises :class:`ConfigError` without channel groups or data, or when no group has a
     Linear/Conv consumer to gate."""
-    groupset = ctx.extra.get("groups")
-    if groupset is None:
-        raise ConfigError(f"--criterion {NAME} ranks heads and channels: use it with --method channel")
     batches = require_batches(ctx, NAME)
     model = ctx.model
+    groupset = ctx.extra.get("groups") or _groups(ctx)
     modules = dict(model.named_modules())
-    params = dict(model.named_parameters())
     groups = [g for g in groupset.prunable]
     gates: dict[str, torch.Tensor] = {}
     per_module: dict[str, list] = defaultdict(list)
@@ -113,7 +123,7 @@ def score_head_importance(weights: dict[str, torch.Tensor], ctx: ScoreContext) -
             per_module[m.module].append((gate, cols, chans))
     if not gates:
         raise ConfigError(f"--criterion {NAME}: no prunable group feeds a Linear or Conv layer whose input is gated")
-    carriers = _carriers(groups)
+    carriers = _carriers(groups, set(weights))
     order = sorted(gates)
     importance = {gid: torch.zeros(gates[gid].shape[0], dtype=torch.float64) for gid in order}
     generator = ctx.generator()
@@ -145,14 +155,9 @@ def score_head_importance(weights: dict[str, torch.Tensor], ctx: ScoreContext) -
     finally:
         for handle in handles:
             handle.remove()
-    scores: dict[str, torch.Tensor] = {}
+    scores = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
     for gid in order:
         carrier = carriers[gid]
-        if carrier is None:
-            continue
-        shape = tuple(params[carrier.name].shape) if carrier.name in params else None
-        if shape is None:
-            buffers = dict(model.named_buffers())
-            shape = tuple(buffers[carrier.name].shape)
-        scores[carrier.name] = _spread(carrier, importance[gid], shape).float()
+        if carrier is not None:
+            scores[carrier.name] = _spread(carrier, importance[gid], tuple(weights[carrier.name].shape)).float()
     return scores
