@@ -46,9 +46,10 @@ from slimmer.stages import (
     read_data,
 )
 from slimmer.stats import accuracy, count_macs, count_nonzero, count_params
-from slimmer.train.data import DataSplits
+from slimmer.train.data import DataSplits, eval_count
 from slimmer.train.distributed import barrier, init_from_env
 from slimmer.train.distributed import current as current_dist
+from slimmer.train.embedding import embedding_evaluator
 
 Progress = Callable[[str, str], None]
 __all__ = ["VERIFY_BATCHES", "CompressResult", "compress", "load", "plan_path", "run"]
@@ -156,7 +157,7 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
     check_sources(model, example, data, config.data)  # finite data and outputs, labels within the classes
     original = copy.deepcopy(model).eval()
     measured = measure(model, example, out, data, config)
-    evaluate = _evaluator(measured, config)
+    evaluate = _evaluator(measured, config, data)
     acc = {"before": measured.accuracy, "after_prune": None, "after_finetune": None}
     if measured.accuracy is not None:
         acc["evaluation"] = measured.evaluation
@@ -165,6 +166,9 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
             f"--max-accuracy-drop needs labels: {config.data} has none",
             hint="pass --data with labels (a .npz with an array y, an IDX folder with label files, an image folder)",
         )
+    limit = eval_count(data, config.eval_samples) if data is not None else 0
+    cosine = embedding_evaluator(original, data, config.output_name, limit)  # text --data
+    cosines: dict[str, float] = {}
     clock.lap("measure")
 
     regularized = None
@@ -195,6 +199,8 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
     pruned = after_shrink(model, config, example, pruned)
     if evaluate and not plan.scheduled:  # N:M masks and folding included
         acc["after_prune"] = evaluate(model)
+    if cosine and not plan.scheduled:
+        cosines["after_prune"] = cosine(model)
     clock.lap("prune")
 
     strategy = schedule_hooks(config, example, data, pruned)  # a schedule prunes inside the training loop
@@ -210,6 +216,8 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
     if finetune and finetune.get("steps_done"):
         if evaluate:
             acc["after_finetune"] = evaluate(model)
+        if cosine:
+            cosines["after_finetune"] = cosine(model)
         clock.lap("finetune")
 
     report = Report(config=config.to_dict())
@@ -221,6 +229,7 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
     report.surgery = surgery
     report.finetune = finetune
     report.accuracy = acc
+    report.embedding = cosine.describe(cosines) if cosine else None
     report.params = {
         "before": measured.params,
         "nonzero_before": measured.nonzero,
@@ -245,11 +254,14 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
     return report, model
 
 
-def _evaluator(measured: Measured, config: CompressConfig) -> Callable[[nn.Module], float] | None:
+def _evaluator(
+    measured: Measured, config: CompressConfig, data: DataSplits | None = None
+) -> Callable[[nn.Module], float] | None:
     if measured.eval_y is None:
         return None
     x, y = measured.eval_x, measured.eval_y
-    return lambda m: accuracy(m, x, y, output_name=config.output_name)
+    feed = data.eval.feed if data is not None else None  # text data packs several inputs per sample
+    return lambda m: accuracy(m, x, y, output_name=config.output_name, feed=feed)
 
 
 def _target(config: CompressConfig) -> str:

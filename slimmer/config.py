@@ -103,6 +103,7 @@ class CompressConfig:
     eval_samples: int | None = None  # None: a whole official test split, else 2000 held-out samples
     max_accuracy_drop: float | None = None  # accuracy points the final model may lose (exit 5 beyond; acceptance.py)
     val_fraction: float = 0.1
+    max_length: int | None = None  # text --data: tokens per text (None: min(128, the model's positions))
     recon_samples: int = 512  # training inputs of least-squares reconstruction (train/reconstruct.py)
     quantize: str | None = None  # "int8": static QDQ of the verified float file (slimmer.export.quantize)
     calibration_method: str = "minmax"

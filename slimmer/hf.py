@@ -175,7 +175,9 @@ def load_folder(config: CompressConfig) -> Loaded:
     task = getattr(config, "task", None) or default_task(raw)
     if task not in TASKS:
         raise ConfigError(f"--task {task}: unknown; use one of {', '.join(TASKS)}")
-    if raw.get("auto_map") and not config.trust_remote_code:
+    from slimmer.hf_save import is_pruned_folder
+
+    if raw.get("auto_map") and not config.trust_remote_code and not is_pruned_folder(folder):
         raise ConfigError(
             f"{folder}/config.json needs code from the model's repository (auto_map)",
             hint="pass --trust-remote-code only if you trust that code",
@@ -191,7 +193,7 @@ def load_folder(config: CompressConfig) -> Loaded:
             f"transformers cannot build a {task} model for {folder}: {str(error).splitlines()[0]}"
         ) from None
     path, fmt, state = _weights(folder, config.trust_remote_code)
-    from slimmer.hf_save import is_pruned_folder, load_pruned
+    from slimmer.hf_save import load_pruned
 
     if is_pruned_folder(folder):  # written by --save-pretrained: the plan rebuilds the pruned sizes
         model, notes, fmt = load_pruned(folder, task), [f"{folder}: a pruned model written by slimmer"], "hf-pruned"

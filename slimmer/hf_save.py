@@ -1,19 +1,24 @@
 """Hugging Face folders out: ``--save-pretrained DIR`` and reading such a folder back.
 
 transformers (5.x) has no config field for per-layer head counts or feed-forward widths (head
-pruning, ``pruned_heads``, was removed), so a pruned BERT cannot be described by ``config.json``
-alone and ``AutoModel.from_pretrained(DIR)`` would rebuild the original sizes. The folder therefore
-holds what rebuilds it exactly, and says so:
+pruning, ``pruned_heads``, was removed), so ``config.json`` alone cannot describe a pruned BERT.
+The folder holds what rebuilds it exactly, two ways:
 
-- ``config.json`` — the original model's config, unchanged;
+- ``config.json`` — the original config plus ``slimmer_pruned`` (the layers whose shapes and head
+  counts changed) and an ``auto_map`` naming ``modeling_slimmer_pruned.py``;
+- ``modeling_slimmer_pruned.py`` — a subclass of the architecture class that applies
+  ``slimmer_pruned`` (:mod:`slimmer.hf_modeling`), so
+  ``AutoModel.from_pretrained(DIR, trust_remote_code=True)`` (or
+  ``AutoModelForSequenceClassification``) loads the pruned model with transformers alone;
 - ``model.safetensors`` — the pruned model's state_dict;
 - ``slimmer_plan.json`` — the :class:`~slimmer.structures.plan.PruningPlan` that was applied;
 - ``slimmer_pruned.json`` — task, per-module head counts and widths, and this note;
 - the tokenizer files of the source folder, copied.
 
-:func:`load_pruned` (and ``slimmer compress DIR``) rebuilds the model from the config, removes the
-plan's channels and loads the weights strictly. The folder is written to a temporary sibling and
-renamed into place, so nothing half-written is left.
+:func:`load_pruned` (and ``slimmer compress DIR``) rebuilds the model without running the folder's
+code: the original class from the config, the plan's channels removed, the weights loaded
+strictly. The folder is written to a temporary sibling and renamed into place, so nothing
+half-written is left.
 """
 
 from __future__ import annotations
@@ -43,10 +48,33 @@ TOKENIZER_FILES = (
     "added_tokens.json",
 )
 NOTE = (
-    "transformers has no config field for per-layer head counts or feed-forward widths, so "
-    "AutoModel.from_pretrained(DIR) cannot rebuild this pruned model from config.json; "
-    "slimmer.hf_save.load_pruned(DIR) rebuilds it from config.json + slimmer_plan.json + model.safetensors"
+    "transformers has no config field for per-layer head counts or feed-forward widths, so the folder "
+    "carries modeling_slimmer_pruned.py: load it with {auto}.from_pretrained(DIR, trust_remote_code=True), "
+    "or without running that code with slimmer.hf_save.load_pruned(DIR) (config.json + slimmer_plan.json + "
+    "model.safetensors)"
 )
+AUTO_CLASSES = {"feature-extraction": "AutoModel", "sequence-classification": "AutoModelForSequenceClassification"}
+
+
+def _config_with_class(model: nn.Module, source: Path, task: str) -> tuple[dict, str | None]:
+    """The source's config.json plus ``slimmer_pruned`` and the ``auto_map`` of the pruned class,
+    and that class's source (None when transformers does not export the architecture class)."""
+    from slimmer.hf import _transformers
+    from slimmer.hf_modeling import MODELING_FILE, modeling_source, pruned_sizes
+
+    transformers = _transformers()
+    raw = json.loads((source / "config.json").read_text())
+    base = type(model).__name__
+    if not hasattr(transformers, base):
+        return raw, None
+    hf_config = transformers.AutoConfig.from_pretrained(str(source), local_files_only=True)
+    fresh = getattr(transformers, base)(hf_config)
+    auto = AUTO_CLASSES[task]
+    cls, code = modeling_source(base, auto)
+    raw["slimmer_pruned"] = pruned_sizes(model, fresh)
+    raw["auto_map"] = {auto: f"{MODELING_FILE.removesuffix('.py')}.{cls}"}
+    raw["architectures"] = [cls]
+    return raw, code
 
 
 def _sizes(model: nn.Module) -> dict[str, dict[str, int]]:
@@ -74,13 +102,19 @@ def save_pretrained(model: nn.Module, plan: Any, source: Path, target: Path, tas
     try:
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        shutil.copyfile(source / "config.json", tmp / "config.json")
+        raw, code = _config_with_class(model, source, task)
+        (tmp / "config.json").write_text(json.dumps(raw, indent=2))
+        if code is not None:
+            from slimmer.hf_modeling import MODELING_FILE
+
+            (tmp / MODELING_FILE).write_text(code)
         if plan is not None:
             (tmp / PLAN_FILE).write_text(plan.to_json())
         copied = [n for n in TOKENIZER_FILES if (source / n).is_file()]
         for name in copied:
             shutil.copyfile(source / name, tmp / name)
-        info = {"format": "slimmer-pruned-hf", "task": task, "note": NOTE, "sizes": _sizes(model)}
+        note = NOTE.format(auto=AUTO_CLASSES[task])
+        info = {"format": "slimmer-pruned-hf", "task": task, "note": note, "sizes": _sizes(model)}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
         if target.exists():
             shutil.rmtree(target)
@@ -92,7 +126,9 @@ def save_pretrained(model: nn.Module, plan: Any, source: Path, target: Path, tas
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     tokenizer = f"tokenizer files copied: {', '.join(copied)}" if copied else "no tokenizer files in the source folder"
-    return [f"--save-pretrained {target}: {NOTE}; {tokenizer}"]
+    if code is None:
+        note = f"{type(model).__name__} is not a transformers class: load the folder with slimmer.hf_save.load_pruned"
+    return [f"--save-pretrained {target}: {note}; {tokenizer}"]
 
 
 def check_target(config: Any) -> None:
@@ -139,6 +175,9 @@ def load_pruned(folder: Path, task: str | None = None) -> nn.Module:
     info = json.loads((folder / INFO_FILE).read_text())
     task = task or info.get("task", "feature-extraction")
     config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    for key in ("auto_map", "slimmer_pruned", "architectures"):  # the original class, never the folder's code
+        if hasattr(config, key):
+            delattr(config, key)
     auto = transformers.AutoModel if task == "feature-extraction" else transformers.AutoModelForSequenceClassification
     model = auto.from_config(config).eval()
     if (folder / PLAN_FILE).is_file():

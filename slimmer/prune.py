@@ -141,6 +141,7 @@ def score_context(model: nn.Module, config: CompressConfig, example: tuple, data
         "scope": config.scope,
         "output_name": config.output_name,
         "example_inputs": batch_of(args, 1),
+        "feed": data.train.feed if data is not None else None,  # text data packs several inputs per sample
     }
     return ScoreContext(model=model, seed=config.seed, batches=batches, extra=extra)
 
@@ -221,6 +222,7 @@ def channel_plan(
     """
     kind = CHANNEL_CRITERIA.get(config.criterion)
     channel_scores = None
+    groups = build_groups(model, as_args(example)) if groups is None else groups
     if kind is None:  # a weight criterion (lamp, snip, taylor, synflow, ...): its scores summed per group
         if config.criterion not in CRITERIA or config.criterion in ("bn-scale",):
             known = sorted(set(CHANNEL_CRITERIA) | set(CRITERIA.names()))
@@ -231,14 +233,15 @@ def channel_plan(
         crit = get_criterion(config.criterion)
         if crit.needs != "none" and (data is None or not len(data.train)):
             raise ConfigError(f"--criterion {crit.name} needs --data (it scores weights on training batches)")
-        weight_scores = crit.score(dict(prunable_weights(model)), score_context(model, config, example, data))
+        ctx = score_context(model, config, example, data)
+        ctx.extra["groups"] = groups  # a group-aware criterion (head-importance) gates whole channels
+        weight_scores = crit.score(dict(prunable_weights(model)), ctx)
         kind = crit.name
 
         def channel_scores(group):
             return channel_scores_from(weight_scores, group)
 
     example = as_args(example)
-    groups = build_groups(model, example) if groups is None else groups
     groups = select_parts(groups, config.prune_parts)  # --prune heads,ffn
     if not groups.prunable:
         raise ConfigError(

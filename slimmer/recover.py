@@ -168,7 +168,9 @@ def recover(
         return Recovered(model, pruned, None)
     done: dict = {}
     after_reconstruct = None
-    if reconstructs(config, pruned):
+    if reconstructs(config, pruned) and data.train.feed is not None:  # text: several inputs per sample
+        done["reconstruction"] = {"skipped": "layer-wise reconstruction reads one float input; not run on text data"}
+    elif reconstructs(config, pruned):
         say(
             "reconstruct",
             f"re-solving the pruned layers by least squares on {min(config.recon_samples, len(data.train))} "
@@ -234,6 +236,8 @@ def nm_mask_changed(model: nn.Module, masks: MaskSet) -> float:
 def _how(config: CompressConfig, data: DataSplits, cfg, layered: FeatureDistillHook | None, pruned: PruneResult) -> str:
     """The fine-tuning recipe in words, for the progress line."""
     how = "distilling from the original" if config.kd else "labels only"
+    if data.train.feed is not None and data.train.y is None:
+        how = "distilling the original's mean-pooled embeddings and hidden states: cosine + MSE"
     if config.kd and data.train.y is not None:
         how += f" at weight {config.kd_weight:g}, the rest cross-entropy"
     if cfg.augment is not None:

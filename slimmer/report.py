@@ -49,6 +49,7 @@ class Report:
     error: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
     run_plan: dict[str, Any] | None = None
+    embedding: dict[str, Any] | None = None  # text --data: held-out cosine to the original (train/embedding.py)
     quantization: dict[str, Any] | None = None  # with --quantize / `slimmer quantize`: QuantizeResult.to_dict()
 
     def to_dict(self) -> dict[str, Any]:

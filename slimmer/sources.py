@@ -88,7 +88,7 @@ def check_sources(model: nn.Module, example: Any, data: Any, data_spec: str | No
     if len(sample):
         try:
             with torch.no_grad():
-                on_data = model(sample)
+                on_data = model(*data.eval.args(sample) if len(data.eval) else data.train.args(sample))
         except Exception:  # noqa: BLE001 - e.g. a model fixed to one batch size: the later stages say so
             on_data = None
         if on_data is not None:

@@ -73,6 +73,7 @@ class InputConfig(StageConfig):
     expect_sha256: str | None = None
     task: str | None = None
     dynamic_batch: bool = True
+    max_length: int | None = None  # text --data: tokens per text (None: min(128, the model's positions))
 
     def __post_init__(self) -> None:
         from slimmer.inputs import parse_dynamic_axis, parse_input_spec
@@ -98,6 +99,10 @@ class InputConfig(StageConfig):
             raise ConfigError(f"--eval-samples must be ≥ 1, got {self.eval_samples}")
         if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction <= 1):
             raise ConfigError(f"--val-fraction must be in (0, 1], got {self.val_fraction!r}")
+        if self.max_length is not None and (
+            isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2
+        ):
+            raise ConfigError(f"--max-length must be an integer ≥ 2, got {self.max_length!r}")
         for name, values in (("--mean", self.mean), ("--std", self.std)):
             if values is not None and not all(math.isfinite(v) for v in values):
                 raise ConfigError(f"{name} must hold finite numbers")
@@ -155,6 +160,11 @@ class PruneConfig(StageConfig):
             known = choices.criteria()
             raise ConfigError(
                 f"--criterion {self.criterion!r} is not one of {', '.join(known)}.{did_you_mean(self.criterion, known)}"
+            )
+        if self.criterion == "head-importance" and "channel" not in self.methods:  # criteria/head_importance.py
+            raise ConfigError(
+                "--criterion head-importance gates whole heads and channels; it ranks for --method channel only",
+                hint="add --method channel, or choose another criterion",
             )
         if "nm" in self.methods:
             self._check_nm()

@@ -170,6 +170,7 @@ class Measured:
     eval_x: torch.Tensor | None = field(default=None, repr=False)
     eval_y: torch.Tensor | None = field(default=None, repr=False)
     evaluation: dict[str, Any] | None = None  # the report's accuracy.evaluation: samples used, split size and kind
+    eval_feed: Callable[[torch.Tensor], tuple] | None = field(default=None, repr=False)  # text: packed inputs
 
 
 def read_data(config: CompressConfig, loaded: Loaded) -> DataSplits | None:
@@ -177,6 +178,10 @@ def read_data(config: CompressConfig, loaded: Loaded) -> DataSplits | None:
     architecture's). Raises :class:`ConfigError` for a model with other inputs."""
     if config.data is None:
         return None
+    from slimmer.train.text import is_text_source
+
+    if is_text_source(config.data):  # .txt / .jsonl, tokenized with the model folder's tokenizer
+        return _read_text(config, loaded)
     if not loaded.inputs.single_float:
         raise ConfigError(
             "--data feeds one float tensor per sample; this model takes "
@@ -190,6 +195,33 @@ def read_data(config: CompressConfig, loaded: Loaded) -> DataSplits | None:
     std = config.std or loaded.std or (1.0,)
     return load_data(
         config.data, loaded.inputs.first.shape, mean, std, seed=config.seed, val_fraction=config.val_fraction
+    )
+
+
+def _read_text(config: CompressConfig, loaded: Loaded) -> DataSplits:
+    """Text ``--data`` for a Hugging Face folder (:mod:`slimmer.train.text`). Raises :class:`ConfigError`
+    for a model that is not a folder with a tokenizer or a ``--max-length`` beyond its positions."""
+    from slimmer.hf import is_folder
+    from slimmer.train.text import DEFAULT_MAX_LENGTH, load_text_data
+
+    folder = Path(str(loaded.source.get("path") or ""))
+    if not is_folder(folder):
+        raise ConfigError(
+            f"text --data {config.data} is tokenized with the model folder's tokenizer; the model is not a "
+            "Hugging Face folder",
+            hint="give the model as its Hugging Face folder (config.json, weights and tokenizer files)",
+        )
+    positions = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    length = config.max_length or min(DEFAULT_MAX_LENGTH, positions if isinstance(positions, int) else 10**9)
+    if isinstance(positions, int) and length > positions:
+        raise ConfigError(f"--max-length {length}: the model has {positions} positions", hint=f"use ≤ {positions}")
+    return load_text_data(
+        config.data,
+        folder,
+        loaded.inputs,
+        max_length=length,
+        seed=config.seed,
+        val_fraction=config.val_fraction,
     )
 
 
@@ -207,7 +239,7 @@ def measure(
     acc = None
     if eval_y is not None:
         logits_of(out, config.output_name)  # an unknown --output-name fails here, before any work
-        acc = accuracy(model, eval_x, eval_y, output_name=config.output_name)
+        acc = accuracy(model, eval_x, eval_y, output_name=config.output_name, feed=data.eval.feed)
     return Measured(
         params=count_params(model),
         nonzero=count_nonzero(model),
@@ -217,6 +249,7 @@ def measure(
         eval_x=eval_x,
         eval_y=eval_y,
         evaluation=evaluation,
+        eval_feed=data.eval.feed if data is not None else None,
     )
 
 
@@ -281,6 +314,8 @@ def export_and_verify(
         verification = verify_onnx(exported.temp_path, model, batches, atol=config.atol, rtol=config.rtol)
         if measured.eval_x is not None:
             compare: Any = measured.eval_x[:256]
+            if measured.eval_feed is not None:
+                compare = measured.eval_feed(compare)
         else:
             same = [b for b, s in zip(batches, _scales(plan), strict=True) if s == 1.0]
             compare = tuple(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -45,13 +47,20 @@ def count_macs(model: nn.Module, example: torch.Tensor | tuple) -> int:
 
 @torch.no_grad()
 def accuracy(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500, output_name: str | None = None
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 500,
+    output_name: str | None = None,
+    feed: Callable[[torch.Tensor], tuple] | None = None,
 ) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``, evaluated in batches in eval mode, read from the
-    logits leaf of the output (:func:`slimmer.outputs.logits_of`)."""
+    logits leaf of the output (:func:`slimmer.outputs.logits_of`). ``feed`` unpacks a batch into
+    ``forward``'s arguments (text data: :class:`slimmer.train.text.TextFeed`)."""
     model.eval()
     correct = 0
     for i in range(0, len(x), batch_size):
-        out = logits_of(model(x[i : i + batch_size]), output_name)
+        batch = x[i : i + batch_size]
+        out = logits_of(model(*feed(batch)) if feed is not None else model(batch), output_name)
         correct += int((out.argmax(1) == y[i : i + batch_size]).sum())
     return correct / max(1, len(x))

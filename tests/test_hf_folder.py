@@ -15,6 +15,7 @@ pytest.importorskip("transformers")
 
 import hf_models  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
+from transformers import AutoModel  # noqa: E402
 
 from slimmer.hf_save import load_pruned  # noqa: E402
 
@@ -50,23 +51,31 @@ def test_a_folder_is_compressed_without_input_options(compress_json, bert_folder
     assert len({k.split(".attention")[0] for k in heads}) == 2 and max(heads.values()) > 0
     verified = {c["input_shapes"] for c in report["verification"]["outputs"]}
     assert {"(1, 64), (1, 64), (1, 64)", "(3, 32), (3, 32), (3, 32)"} <= verified
-    # the saved folder rebuilds the pruned model, which gives what the ONNX file gives
-    model = load_pruned(saved)
+    # the saved folder rebuilds the pruned model, in transformers (its class in the folder) and in
+    # slimmer (from the plan, without running the folder's code); both give what the ONNX file gives
     assert sorted(p.name for p in saved.iterdir()) == [
-        "config.json", "model.safetensors", "slimmer_plan.json", "slimmer_pruned.json"
+        "config.json", "model.safetensors", "modeling_slimmer_pruned.py", "slimmer_plan.json", "slimmer_pruned.json"
     ]  # fmt: skip
-    assert any("--save-pretrained" in w and "AutoModel.from_pretrained" in w for w in report["warnings"])
-    attention = [layer.attention.self for layer in model.encoder.layer]
-    assert all(a.num_attention_heads * 8 == a.query.out_features for a in attention)
-    assert min(a.num_attention_heads for a in attention) < 4
+    assert any(
+        "--save-pretrained" in w and "AutoModel.from_pretrained(DIR, trust_remote_code=True)" in w
+        for w in report["warnings"]
+    )
     ids = np.random.default_rng(0).integers(0, hf_models.VOCAB, (2, 12)).astype(np.int64)
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    feed["attention_mask"][1, 7:] = 0
     session = ort.InferenceSession(report["onnx"]["path"])
     names = [o.name for o in session.get_outputs()]
     onnx_hidden = session.run(None, feed)[names.index("last_hidden_state")]
-    with torch.no_grad():
-        torch_hidden = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).last_hidden_state.numpy()
-    assert np.abs(onnx_hidden - torch_hidden).max() <= 1e-4
+    for model in (AutoModel.from_pretrained(saved, trust_remote_code=True), load_pruned(saved)):
+        attention = [layer.attention.self for layer in model.encoder.layer]
+        assert all(a.num_attention_heads * 8 == a.query.out_features for a in attention)
+        assert min(a.num_attention_heads for a in attention) < 4
+        with torch.no_grad():
+            torch_hidden = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).last_hidden_state.numpy()
+        assert np.abs(onnx_hidden - torch_hidden).max() <= 1e-4
+    assert type(AutoModel.from_pretrained(saved, trust_remote_code=True)).__name__ == "SlimmerPrunedBertModel"
+    with pytest.raises(RuntimeError, match="mismatched"):  # without the folder's class: refused, never reinitialized
+        AutoModel.from_pretrained(saved, trust_remote_code=False)
 
 
 def test_weights_that_do_not_match_the_config_are_refused(compress_json, bert_folder, tmp_path):

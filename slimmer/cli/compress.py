@@ -153,7 +153,8 @@ def compress_command(
         None,
         "--data",
         help="fine-tuning / calibration / evaluation data: a .npz (x, y), a folder of IDX files, a folder of "
-        "class subfolders of images, or fashion-mnist",
+        "class subfolders of images, fashion-mnist, or text for a Hugging Face folder (.txt: one text per line; "
+        ".jsonl: text and optional label)",
         rich_help_panel=INPUT,
     ),
     mean: str | None = typer.Option(
@@ -178,6 +179,13 @@ def compress_command(
     ),
     val_fraction: float = typer.Option(
         0.1, "--val-fraction", help="fraction of a .npz held out for evaluation", rich_help_panel=INPUT
+    ),
+    max_length: int | None = typer.Option(
+        None,
+        "--max-length",
+        help="text --data (.txt / .jsonl): tokens per text, longer texts are truncated (default: 128 or the "
+        "model's positions if fewer)",
+        rich_help_panel=INPUT,
     ),
     expect_sha256: str | None = typer.Option(
         None, "--expect-sha256", help="refuse a checkpoint whose sha256 differs", rich_help_panel=INPUT
@@ -504,6 +512,7 @@ def compress_command(
         eval_samples=eval_samples,
         max_accuracy_drop=max_accuracy_drop,
         val_fraction=val_fraction,
+        max_length=max_length,
         expect_sha256=expect_sha256,
         keep_failed=keep_failed,
         output=output,

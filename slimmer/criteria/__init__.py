@@ -3,6 +3,7 @@
 from slimmer.criteria import (  # noqa: F401  (registration)
     bn_scale,
     grasp,
+    head_importance,
     lamp,
     magnitude,
     random,

@@ -62,10 +62,18 @@ def eval_with_grads(model: nn.Module, params: Iterable[nn.Parameter]) -> Iterato
             p.requires_grad_(flag)
 
 
+def forward(model: nn.Module, x: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
+    """The logits leaf of ``model`` on a data batch ``x`` (unpacked by ``ctx.extra["feed"]``, the
+    dataset's :attr:`~slimmer.train.data.Dataset.feed`, when the data packs several inputs)."""
+    feed = ctx.extra.get("feed")
+    out = model(*feed(x)) if feed is not None else model(x)
+    return logits_of(out, ctx.extra.get("output_name"))
+
+
 def labelled_batches(ctx: ScoreContext, name: str, model: nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Up to :func:`max_batches` batches on the model's device. A batch without labels is labelled
     with the model's own prediction (argmax), so the loss measures sensitivity around what the
-    model currently outputs."""
+    model currently outputs. Raises :class:`ConfigError` for a model without class logits."""
     batches = require_batches(ctx, name)
     limit = max_batches(ctx)
     device = model_device(model)
@@ -76,7 +84,14 @@ def labelled_batches(ctx: ScoreContext, name: str, model: nn.Module) -> Iterator
         x = x.to(device)
         if y is None:
             with torch.no_grad():
-                y = logits_of(model(x), ctx.extra.get("output_name")).argmax(1)
+                logits = forward(model, x, ctx)
+            if logits.ndim != 2:
+                raise ConfigError(
+                    f"--criterion {name} needs labels or (batch, classes) logits; the model gives "
+                    f"{tuple(logits.shape)} (hidden states)",
+                    hint="use --criterion head-importance (it distils without labels), magnitude or l2",
+                )
+            y = logits.argmax(1)
         yield x, y.to(device).long()
         count += 1
     if count == 0:
@@ -92,7 +107,7 @@ def weight_grads_per_batch(
     model = ctx.model
     with eval_with_grads(model, params):  # type: ignore[arg-type]
         for x, y in labelled_batches(ctx, name, model):
-            loss = F.cross_entropy(logits_of(model(x), ctx.extra.get("output_name")), y)
+            loss = F.cross_entropy(forward(model, x, ctx), y)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             yield {
                 n: (torch.zeros_like(p) if g is None else g).detach()

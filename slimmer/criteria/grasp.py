@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimmer.criteria._scoring import labelled_batches, parameters_by_name
+from slimmer.criteria._scoring import forward, labelled_batches, parameters_by_name
 from slimmer.criteria.base import ScoreContext, register_criterion
 from slimmer.errors import ConfigError
-from slimmer.outputs import logits_of
 
 DEFAULT_SAMPLES_PER_CLASS = 10
 DEFAULT_TEMPERATURE = 200.0
@@ -50,7 +49,7 @@ def class_balanced_batch(
     for x, y in labelled_batches(ctx, "grasp", net):
         if num_classes is None:
             with torch.no_grad():
-                num_classes = int(logits_of(net(x[:1]), ctx.extra.get("output_name")).shape[1])
+                num_classes = int(forward(net, x[:1], ctx).shape[1])
         for label in range(num_classes):
             have = sum(len(part[0]) for part in per_class.get(label, []))
             if have >= samples_per_class:
@@ -86,7 +85,7 @@ def score_grasp(weights: dict[str, torch.Tensor], ctx: ScoreContext) -> dict[str
     halves = [(x[:half], y[:half]), (x[half:], y[half:])]
 
     def grads(xh: torch.Tensor, yh: torch.Tensor, create_graph: bool) -> list[torch.Tensor | None]:
-        loss = F.cross_entropy(logits_of(net(xh), ctx.extra.get("output_name")) / temperature, yh)
+        loss = F.cross_entropy(forward(net, xh, ctx) / temperature, yh)
         return list(torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True))
 
     g_stop = [torch.zeros_like(p) for p in params]

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,9 +42,16 @@ class Dataset:
     y: torch.Tensor | None
     source: str
     classes: tuple[str, ...] | None = None
+    feed: Callable[[torch.Tensor], tuple] | None = field(default=None, compare=False, repr=False)
+    """How a batch of ``x`` becomes ``forward``'s positional arguments; None: ``(x,)``. Text data
+    (:mod:`slimmer.train.text`) packs token ids, attention mask and token types in one tensor."""
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    def args(self, x: torch.Tensor) -> tuple:
+        """The positional arguments of ``forward`` for a batch ``x`` of this dataset."""
+        return (x,) if self.feed is None else self.feed(x)
 
 
 @dataclass

@@ -3,8 +3,9 @@
 A pruned network recovers best when it learns to match the network it was cut from: the default
 loss is Hinton, Vinyals and Dean's distillation ("Distilling the Knowledge in a Neural Network",
 2015), ``alpha·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha)·CE(s, y)``, and pure distillation
-when the data has no labels. The learning rate follows a linear warm-up (Goyal et al., "Accurate,
-Large Minibatch SGD", 2017) then a cosine decay (Loshchilov & Hutter, "SGDR", ICLR 2017).
+when the data has no labels (text without labels: the embedding loss of :mod:`slimmer.train.embedding`,
+cosine + MSE to the original's states). The learning rate follows a linear warm-up (Goyal et al.,
+"Accurate, Large Minibatch SGD", 2017) then a cosine decay (Loshchilov & Hutter, "SGDR", ICLR 2017).
 
 The loop knows nothing of how masks are chosen: masks, schedules and regularizers are
 :class:`~slimmer.train.hooks.TrainHook` objects, called at ``on_start``, ``loss``,
@@ -28,6 +29,7 @@ from slimmer.outputs import logits_of
 from slimmer.train import distributed
 from slimmer.train.data import Augment, Dataset, iterate_batches
 from slimmer.train.distributed import cuda_index, resolve_device
+from slimmer.train.embedding import embedding_distillation_loss
 from slimmer.train.hooks import TrainHook
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -255,6 +257,7 @@ def _loop(
     optimizer = _optimizer(params, extra, cfg)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp else None
     alpha = cfg.kd_alpha if train.y is not None else 1.0
+    embedding = train.feed is not None and train.y is None  # slimmer.train.embedding: cosine + MSE
     batches = iterate_batches(
         train, cfg.batch_size, cfg.seed, augment=cfg.augment, rank=info.rank, world_size=info.world_size
     )
@@ -276,15 +279,19 @@ def _loop(
         x, y = next(batches)
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True) if y is not None else None
+        args = train.args(x)
         with torch.autocast(device.type, dtype=torch.float16, enabled=cfg.amp):
-            out = logits_of(student(x), cfg.output_name)
+            out = logits_of(student(*args), cfg.output_name)
             t_out = None
             if teacher is not None:
                 with torch.no_grad():
-                    t_out = logits_of(teacher(x), cfg.output_name)
-        if step == 0:
-            _check_logits(out, y)
-        loss = distillation_loss(out, t_out, y, cfg.kd_temperature, alpha)
+                    t_out = logits_of(teacher(*args), cfg.output_name)
+        if embedding and t_out is not None:  # text without labels: the original's embeddings and states
+            loss = embedding_distillation_loss(out, t_out, train.feed.mask(x))  # type: ignore[union-attr]
+        else:
+            if step == 0:
+                _check_logits(out, y)
+            loss = distillation_loss(out, t_out, y, cfg.kd_temperature, alpha)
         for hook in hooks:
             term = hook.loss(module, step)
             if term is not None:
@@ -371,7 +378,7 @@ def recalibrate_bn(
         stream = iterate_batches(data, min(batch_size, len(data)), seed, drop_last=False)
         with torch.no_grad():
             for _, (x, _y) in zip(range(batches), stream, strict=False):
-                module(x.to(dev))
+                module(*data.args(x.to(dev)))
     finally:
         for m, momentum in zip(norms, saved, strict=True):
             m.momentum = momentum
