@@ -83,6 +83,7 @@ class CompressConfig:
     schedule: str = "oneshot"
     regularizer: str | None = None
     reg_steps: int | None = None
+    search_steps: int = 200  # --method search: bi-level search steps (slimmer/search_run.py)
     data: str | None = None
     finetune_steps: int = 0
     batch_size: int = 128
@@ -150,8 +151,8 @@ class CompressConfig:
             raise ConfigError("--latency-aware applies to --method channel", hint="add --method channel")
         if self.latency_aware and self.scope != "global":
             raise ConfigError("--latency-aware ranks channels across layers: use --scope global")
-        if self.macs_target is not None and "channel" not in self.methods:
-            raise ConfigError("--macs-target applies to --method channel", hint="add --method channel")
+        if self.macs_target is not None and not {"channel", "search"} & set(self.methods):
+            raise ConfigError("--macs-target applies to --method channel or search", hint="add --method channel")
         from slimmer import choices
 
         methods = choices.methods()
@@ -245,6 +246,8 @@ class CompressConfig:
                 )
         if self.finetune_steps > 0 and self.data is None:
             raise ConfigError("--finetune-steps needs --data to train on")
+        if "search" in self.methods:
+            self._check_search()
         if self.regrow:
             self._check_regrow()
         if self.kd_layers > 0:
@@ -273,6 +276,24 @@ class CompressConfig:
                 + ", ".join(s.name for s in specs)
                 + ")",
                 hint="fine-tuning and accuracy on --data need a model with one input",
+            )
+
+    def _check_search(self) -> None:
+        if not isinstance(self.search_steps, int) or self.search_steps < 1:
+            raise ConfigError(f"--search-steps must be an integer ≥ 1, got {self.search_steps!r}")
+        if {"channel", "unstructured"} & set(self.methods):
+            raise ConfigError(
+                f"--method {','.join(self.methods)}: search chooses the channels itself",
+                hint="use --method search alone (or with nm / fold)",
+            )
+        if self.macs_target is None:
+            raise ConfigError("--method search searches under a MACs target: pass --macs-target, e.g. 0.5")
+        if self.sparsity is not None:
+            raise ConfigError("--method search prunes to --macs-target, not --sparsity", hint="drop --sparsity")
+        if self.data is None:
+            raise ConfigError(
+                "--method search trains the weights and the architecture on --data: pass labelled data",
+                hint="e.g. --data fashion-mnist, an IDX folder or an .npz with x and y",
             )
 
     def _check_kd_layers(self) -> None:

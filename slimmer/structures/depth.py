@@ -53,8 +53,19 @@ class ResidualBlock:
     modules: tuple[str, ...]  # qualified names of the modules the branch calls
     params: tuple[str, ...]  # parameter names the branch uses
 
+    @property
+    def label(self) -> str:
+        """The modules' common qualified-name prefix (e.g. ``layer1.1``), else the sum's node name."""
+        parts = [m.split(".") for m in self.modules]
+        common = []
+        for level in zip(*parts, strict=False):
+            if len(set(level)) != 1:
+                break
+            common.append(level[0])
+        return ".".join(common) or self.add
+
     def as_dict(self) -> dict[str, Any]:
-        return {"add": self.add, "modules": list(self.modules)}
+        return {"block": self.label, "add": self.add, "modules": list(self.modules)}
 
 
 @dataclass(frozen=True)

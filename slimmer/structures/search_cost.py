@@ -167,7 +167,7 @@ def derive(
     plan.macs_after = int(round(final * cost.total))
     if dropped:
         plan.notes.append(
-            f"depth searched: {len(dropped)} residual blocks dropped (" + ", ".join(b.add for b in dropped) + "); "
+            f"depth searched: {len(dropped)} residual blocks dropped (" + ", ".join(b.label for b in dropped) + "); "
             "this plan records the channels only"
         )
     result = SearchResult(
@@ -181,7 +181,7 @@ def derive(
         raised=raised,
         depths=[
             {
-                "blocks": [b.add for b in d.stage.blocks],
+                "blocks": [b.label for b in d.stage.blocks],
                 "depth": d.depths[index[n + j]],
                 "probabilities": [round(float(v), 4) for v in probs[n + j]],
             }
