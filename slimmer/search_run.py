@@ -79,7 +79,7 @@ def search(model: nn.Module, config: CompressConfig, example: tuple, data: DataS
     plan, found = search_plan(model, one, groups, train, val, scfg)
     mask_model(model, plan)
     result.plan, result.groups = plan, groups
-    result.warnings += plan.notes
+    result.warnings += [n for n in plan.notes if n.startswith("MACs target")]  # the others: details["search"]
     result.per_layer = removed_per_layer(plan, model)
     record = found.to_dict()
     history = record.pop("history")
@@ -91,7 +91,13 @@ def search(model: nn.Module, config: CompressConfig, example: tuple, data: DataS
         "macs_target": scfg.macs_target,
         "channels_total": plan.channels_total,
         "channels_pruned": plan.channels_pruned,
-        "search": {"steps": scfg.steps, "train_batches": len(train), "val_batches": len(val), **record},
+        "search": {
+            "steps": scfg.steps,
+            "train_batches": len(train),
+            "val_batches": len(val),
+            "notes": list(plan.notes),
+            **record,
+        },
     }
 
 

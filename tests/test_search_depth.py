@@ -165,3 +165,28 @@ def test_compress_method_search_drops_a_block_exports_and_verifies(tmp_path):
     with torch.no_grad():
         want = result.model.eval()(X).numpy()
     np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: X.numpy()})[0], want, atol=1e-4)
+
+
+def test_cli_compress_method_search_exits_0_and_the_onnx_verifies(cli, tmp_path):
+    model = tmp_path / "toy.pt"
+    torch.save(ResidualToy().state_dict(), model)
+    rng = np.random.default_rng(1)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.standard_normal((64, 3, 5, 5)).astype(np.float32), y=rng.integers(0, 2, 64))
+    out = tmp_path / "toy.onnx"
+    run = cli(
+        "compress", model, "--arch", "test_search:ResidualToy", "--input-shape", "1,3,5,5", "--method", "search",
+        "--macs-target", "0.5", "--search-steps", "4", "--data", data, "--finetune-steps", "2", "--batch-size", "16",
+        "-o", out, "--json",
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    report = run.json()
+    assert report["status"] == "ok" and report["verification"]["passed"] and out.exists()
+    search = report["pruning"]["search"]
+    assert search["steps"] == 4 and set(search["widths"]) == set(search["channels"])
+    assert len(search["depths"]) == 1 and search["depths"][0]["depth"] in (0, 1)
+    kept = report["macs"]["after"] / report["macs"]["before"]
+    assert kept <= 0.5 + report["sparsity"]["tolerance"] and kept == pytest.approx(search["final_macs"])
+    assert report["finetune"]["kd_weight"] == 0.9  # TAS's transfer: the CLI default for search
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.run(None, {session.get_inputs()[0].name: X.numpy()})[0].shape == (1, 2)

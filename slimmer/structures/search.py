@@ -1,4 +1,4 @@
-"""Width search under a MACs target: the search core of TAS.
+"""Width and depth search under a MACs target: the search core of TAS.
 
 Dong and Yang, "Network Pruning via Transformable Architecture Search", NeurIPS 2019 (official code:
 D-X-Y/AutoDL-Projects, ``exps/TAS`` and ``xautodl/models/shape_searchs``).
