@@ -197,6 +197,8 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
     elif pruned.plan is not None:
         pruned, surgery = _shrink(model, pruned, example, say)
     pruned = after_shrink(model, config, example, pruned)
+    if pruned.model is not None:  # --method search dropped residual blocks: a traced GraphModule without them
+        model = pruned.model
     if evaluate and not plan.scheduled:  # N:M masks and folding included
         acc["after_prune"] = evaluate(model)
     if cosine and not plan.scheduled:

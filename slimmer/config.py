@@ -65,6 +65,7 @@ class CompressConfig:
     schedule: str = "oneshot"
     regularizer: str | None = None
     reg_steps: int | None = None
+    search_steps: int = 200  # --method search: bi-level search steps (slimmer/search_run.py)
     data: str | None = None
     finetune_steps: int = 0
     batch_size: int = 128
@@ -133,6 +134,11 @@ class CompressConfig:
             )
         if self.nm_fixed_mask and "nm" not in self.methods:
             raise ConfigError("--nm-fixed-mask holds an N:M pattern: it applies to --method nm", hint="add --method nm")
+        if "search" in self.methods and self.data is None:
+            raise ConfigError(
+                "--method search trains the weights and the architecture on --data: pass labelled data",
+                hint="e.g. --data fashion-mnist, an IDX folder or an .npz with x and y",
+            )
         if self.regrow:
             self._check_regrow()
         if self.kd_layers > 0:

@@ -107,13 +107,16 @@ class MethodHandler:
 
     ``apply(model, config, example, data, result) -> PruneResult`` changes ``model`` in place and
     returns ``result`` with what it did added (results are immutable). Handlers with ``after_shrink``
-    run on the physically pruned model, in ``order``."""
+    run on the physically pruned model, in ``order``; ``finish(model, config, example, result) ->
+    PruneResult``, when set, is a before-surgery handler's second step on the physically pruned model
+    (search: dropping residual blocks, ``result.model``)."""
 
     name: str
     description: str
     apply: Callable[..., PruneResult]
     after_shrink: bool = False
     order: int = 0
+    finish: Callable[..., None] | None = None
 
 
 METHODS: Registry[MethodHandler] = Registry("method")
@@ -434,6 +437,8 @@ def after_shrink(model: nn.Module, config: CompressConfig, example: tuple, resul
     for handler in handlers:
         if handler.after_shrink:
             result = handler.apply(model, config, example, None, result)
+        elif handler.finish is not None:
+            result = handler.finish(model, config, example, result)
     return result
 
 
@@ -457,6 +462,20 @@ def _nm(
             sparsity_requested=1 - n / m, sparsity_achieved=nm.masks.sparsity, per_layer=nm.masks.per_layer_sparsity()
         )
     return result.detail(nm={"pattern": f"{n}:{m}", "layers": nm.layers, "skipped": nm.skipped})
+
+
+def _search(
+    model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None, result: PruneResult
+) -> None:
+    from slimmer.search_run import search
+
+    search(model, config, example, data, result)
+
+
+def _drop_searched_blocks(model: nn.Module, config: CompressConfig, example: tuple, result: PruneResult) -> None:
+    from slimmer.search_run import drop_searched_blocks
+
+    drop_searched_blocks(model, config, example, result)
 
 
 def _fold(
@@ -494,6 +513,15 @@ METHODS.register(
     MethodHandler("unstructured", "individual weights zeroed (global or per-layer ranking)", _unstructured),
 )
 METHODS.register("channel", MethodHandler("channel", "whole channels removed: a smaller, faster dense model", _channel))
+METHODS.register(
+    "search",
+    MethodHandler(
+        "search",
+        "width and depth searched under --macs-target on --data (TAS), then removed",
+        _search,
+        finish=_drop_searched_blocks,
+    ),
+)
 METHODS.register("nm", MethodHandler("nm", "N of every M weights kept along the input dimension (--nm)", _nm, True, 1))
 METHODS.register(
     "fold",

@@ -132,6 +132,7 @@ class PruneConfig(StageConfig):
     speedup: float | None = None
     seed: int = 0
     output_name: str | None = None
+    search_steps: int = 200  # --method search: bi-level search steps (slimmer/search_run.py)
 
     def __post_init__(self) -> None:
         from slimmer import choices
@@ -149,8 +150,8 @@ class PruneConfig(StageConfig):
         check_fraction("--sparsity-tolerance", self.sparsity_tolerance, low_open=False, high_open=True)
         if self.macs_target is not None:
             check_fraction("--macs-target", self.macs_target, low_open=True, high_open=False)
-            if "channel" not in self.methods:
-                raise ConfigError("--macs-target applies to --method channel", hint="add --method channel")
+            if not {"channel", "search"} & set(self.methods):
+                raise ConfigError("--macs-target applies to --method channel or search", hint="add --method channel")
         self._check_speedup()
         if self.latency_aware and "channel" not in self.methods:
             raise ConfigError("--latency-aware applies to --method channel", hint="add --method channel")
@@ -168,6 +169,8 @@ class PruneConfig(StageConfig):
             )
         if "nm" in self.methods:
             self._check_nm()
+        if "search" in self.methods:
+            self._check_search()
         if self.scope not in SCOPES:
             raise ConfigError(f"--scope {self.scope!r} is not one of {', '.join(SCOPES)}")
         if self.schedule not in choices.schedules():
@@ -196,6 +199,19 @@ class PruneConfig(StageConfig):
                 f"--speedup measures one plan; --schedule {self.schedule} changes the plan during fine-tuning",
                 hint="use --macs-target with a schedule, or --schedule oneshot with --speedup",
             )
+
+    def _check_search(self) -> None:
+        if not isinstance(self.search_steps, int) or self.search_steps < 1:
+            raise ConfigError(f"--search-steps must be an integer ≥ 1, got {self.search_steps!r}")
+        if {"channel", "unstructured"} & set(self.methods):
+            raise ConfigError(
+                f"--method {','.join(self.methods)}: search chooses the channels itself",
+                hint="use --method search alone (or with nm / fold)",
+            )
+        if self.macs_target is None:
+            raise ConfigError("--method search searches under a MACs target: pass --macs-target, e.g. 0.5")
+        if self.sparsity is not None:
+            raise ConfigError("--method search prunes to --macs-target, not --sparsity", hint="drop --sparsity")
 
     def _check_nm(self) -> None:
         from slimmer.structures.nm import parse_nm

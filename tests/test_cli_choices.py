@@ -29,7 +29,7 @@ def test_help_of_every_registry_backed_option_lists_exactly_the_registry(option)
 def test_method_choices_are_the_method_handlers_and_criteria_the_criterion_registry():
     from slimmer.criteria import CRITERIA
 
-    assert choices.methods() == METHODS.names() == ["channel", "fold", "nm", "unstructured"]
+    assert choices.methods() == METHODS.names() == ["channel", "fold", "nm", "search", "unstructured"]
     assert set(CRITERIA.names()) <= set(choices.criteria())
 
 

@@ -31,6 +31,8 @@ def build_config(**opts) -> CompressConfig:
     opts["input_shape"] = parse_shape(opts.get("input_shape"))
     opts["round_to"] = parse_round_to(opts.get("round_to"))
     opts["methods"] = tuple(m.strip() for m in str(opts.pop("method")).split(",") if m.strip())
+    if "kd_weight" in opts and opts["kd_weight"] is None:  # TAS transfers with α 0.9 (Dong & Yang 2019)
+        opts["kd_weight"] = 0.9 if "search" in opts["methods"] else 0.5
     opts["mean"] = parse_floats(opts.get("mean"), "--mean")
     opts["std"] = parse_floats(opts.get("std"), "--std")
     for key in ("inputs", "dynamic_axes"):
@@ -216,7 +218,10 @@ def compress_command(
         rich_help_panel=PRUNING,
     ),
     macs_target: float | None = typer.Option(
-        None, "--macs-target", help="channel: keep this fraction of the MACs, in (0, 1]", rich_help_panel=PRUNING
+        None,
+        "--macs-target",
+        help="channel, search: keep this fraction of the MACs, in (0, 1]",
+        rich_help_panel=PRUNING,
     ),
     nm: str = typer.Option("2:4", "--nm", help="N:M pattern for --method nm", rich_help_panel=PRUNING),
     criterion: str = typer.Option(
@@ -278,6 +283,12 @@ def compress_command(
         help="optimizer steps of the --regularizer phase (default: as many as --finetune-steps)",
         rich_help_panel=PRUNING,
     ),
+    search_steps: int = typer.Option(
+        200,
+        "--search-steps",
+        help="search: bi-level steps (one weight step on half of --data, one architecture step on the other)",
+        rich_help_panel=PRUNING,
+    ),
     finetune_steps: int = typer.Option(
         0, "--finetune-steps", help="optimizer steps of fine-tuning (needs --data)", rich_help_panel=RECOVERY
     ),
@@ -291,11 +302,11 @@ def compress_command(
     kd: bool = typer.Option(
         True, "--kd/--no-kd", help="distill from the original model while fine-tuning", rich_help_panel=RECOVERY
     ),
-    kd_weight: float = typer.Option(
-        0.5,
+    kd_weight: float | None = typer.Option(
+        None,
         "--kd-weight",
         help="with labels, distillation's share of the loss, in (0, 1]; the rest is cross-entropy "
-        "(without labels: distillation only)",
+        "(without labels: distillation only); default 0.5, 0.9 with --method search (TAS's transfer)",
         rich_help_panel=RECOVERY,
     ),
     kd_layers: float = typer.Option(
@@ -488,6 +499,7 @@ def compress_command(
         finetune_steps=finetune_steps,
         regularizer=regularizer,
         reg_steps=reg_steps,
+        search_steps=search_steps,
         batch_size=batch_size,
         lr=lr,
         optimizer=optimizer,

@@ -1,4 +1,4 @@
-"""Width search under a MACs target: the search core of TAS.
+"""Width and depth search under a MACs target: the search core of TAS.
 
 Dong and Yang, "Network Pruning via Transformable Architecture Search", NeurIPS 2019 (official code:
 D-X-Y/AutoDL-Projects, ``exps/TAS`` and ``xautodl/models/shape_searchs``).
@@ -30,22 +30,22 @@ statistics are those of the unmasked channels, which is what the pruned network 
 per-candidate BatchNorms of the paper exist to keep statistics of the *interpolated* features apart,
 which a mask never produces.
 
-Cost. ``E[c_g] = Σ_k softmax(α_g)_k · c_k`` (the softmax, not the Gumbel sample). A Conv/Linear
-layer's MACs scale with the expected kept fraction of its weight along each dimension
-(:class:`~slimmer.graph.macs.MacsByWeight`), other MACs are constant. The cost loss is the official
-code's: ``+log E[MACs]`` when the argmax architecture's MACs exceed the target, ``−log E[MACs]``
-when they are below ``target − band`` (fractions of the dense MACs), 0 inside the band; the
-architecture loss is ``CE(val) + cost_weight · cost`` (λ = 2).
+Depth. Residual blocks whose branch can be dropped are searched per stage
+(:mod:`slimmer.structures.depth`): in the search forward each branch output is multiplied by the
+sampled P(depth ≥ block) (a :class:`~slimmer.structures.depth.DepthGate` in a torch.fx trace of
+the model); ``SearchConfig.depth`` False, or a model torch.fx cannot trace, searches widths only.
+
+Cost. The expected MACs from the softmax, not the Gumbel sample (:mod:`slimmer.structures.search_cost`).
+The cost loss is the official code's: ``+log E[MACs]`` when the argmax architecture's MACs exceed the
+target, ``−log E[MACs]`` when they are below ``target − band`` (fractions of the dense MACs), 0
+inside the band; the architecture loss is ``CE(val) + cost_weight · cost`` (λ = 2).
 
 Bi-level optimisation: alternate a weight step (SGD Nesterov on a *copy* of the model, on
 ``train_batches``) and an architecture step (Adam lr 1e-3, betas (0.5, 0.999), weight decay 1e-3
 on the logits, on ``val_batches``); τ follows a cosine from 5 to 0.1 over ``steps``. The argmax
-widths become a :class:`~slimmer.structures.plan.PruningPlan`; if the argmax plan misses the target
-above the target or below ``target − band`` (the search was too short to settle; the official code
-keeps whatever the argmax gives), widths are moved one candidate at a time, each time in the group
-whose neighbouring candidate has the highest probability: down until the plan's counted MACs meet the
-target, then up while they stay within it (``SearchResult.lowered`` / ``raised`` count the moves).
-Depth (dropping residual blocks) is not searched here.
+widths and depths become a :class:`~slimmer.structures.plan.PruningPlan` and a list of dropped
+blocks, moved into [target − band, target] when the argmax misses it
+(:func:`~slimmer.structures.search_cost.derive`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -63,10 +63,11 @@ from torch.func import functional_call
 
 from slimmer.errors import ConfigError, InputError
 from slimmer.graph.groups import ChannelGroup, GroupSet
-from slimmer.graph.macs import MacsByWeight, count_macs, to_meta
+from slimmer.outputs import logits_of
 from slimmer.structures.channel import SCORE_KINDS, group_scores
+from slimmer.structures.depth import DepthSite, find_stages, gated
 from slimmer.structures.plan import PlannedGroup, PruningPlan
-from slimmer.surgery import remove_channels
+from slimmer.structures.search_cost import Cost, SearchResult, argmax_macs, derive, expected_macs
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 RATIOS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -91,6 +92,8 @@ class SearchConfig:
     cost_weight: float = 2.0
     band: float = 0.05
     seed: int = 0
+    depth: bool = True  # search the depth of residual stages too
+    output_name: str | None = None  # the output leaf read as logits (slimmer.outputs.logits_of)
 
     def __post_init__(self) -> None:
         if not isinstance(self.macs_target, (int, float)) or not 0 < self.macs_target <= 1:
@@ -113,24 +116,6 @@ class SearchConfig:
         for name in ("weight_decay", "arch_weight_decay", "cost_weight", "band"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be ≥ 0, got {getattr(self, name)!r}")
-
-
-@dataclass
-class SearchResult:
-    """What the search found: widths per group, expected and final MACs (fractions of dense)."""
-
-    widths: dict[str, int]
-    channels: dict[str, int]
-    probabilities: dict[str, list[float]]
-    expected_macs: float
-    argmax_macs: float
-    final_macs: float
-    lowered: int
-    raised: int
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 def candidate_widths(channels: int, ratios: Sequence[float], round_to: int) -> list[int]:
@@ -212,61 +197,19 @@ def _effective(model_params: dict[str, torch.Tensor], sites: list[_Site], masks:
     return out
 
 
-class _Cost:
-    """Expected MACs as a differentiable function of each group's kept fraction."""
-
-    def __init__(self, model: nn.Module, example_inputs: Sequence[Any], sites: list[_Site]) -> None:
-        meta_model, self.meta_inputs = to_meta(model, example_inputs)
-        self.meta_model = meta_model
-        counts = MacsByWeight(meta_model, self.meta_inputs)
-        self.total = float(counts.total)
-        if self.total <= 0:
-            raise InputError("the model's MACs count 0: there is no MACs target to search for")
-        # per weight: (macs, [(dim, size, [(site index, positions in that site)])])
-        self.terms: list[tuple[float, list[tuple[int, list[tuple[int, int]]]]]] = []
-        variable = 0.0
-        for name, (macs, shape) in counts.weights.items():
-            dims: dict[int, list[tuple[int, int]]] = {}
-            for s, site in enumerate(sites):
-                for member in site.group.members:
-                    if member.name == name:
-                        dims.setdefault(member.dim, []).append((s, sum(len(p) for p in member.indices)))
-            if dims:
-                self.terms.append((float(macs), [(d, shape[d], parts) for d, parts in dims.items()]))
-                variable += macs
-        self.constant = self.total - variable
-
-    def fraction(self, kept: list[torch.Tensor], sites: list[_Site]) -> torch.Tensor:
-        """MACs / dense MACs when site s keeps the fraction ``kept[s]`` of its channels."""
-        macs = torch.tensor(self.constant)
-        for weight_macs, dims in self.terms:
-            factor = torch.tensor(1.0)
-            for _, size, parts in dims:
-                covered = sum(n for _, n in parts)
-                factor = factor * (size - covered + sum(kept[s] * n for s, n in parts)) / size
-            macs = macs + weight_macs * factor
-        return macs / self.total
-
-    def counted(self, plan: PruningPlan) -> float:
-        pruned = remove_channels(copy.deepcopy(self.meta_model), plan)
-        return count_macs(pruned, self.meta_inputs) / self.total
-
-
-def expected_macs(sites: list[_Site], cost: _Cost) -> torch.Tensor:
-    """E[MACs]/dense from the softmax over each group's candidates (not from a Gumbel sample)."""
-    return cost.fraction([s.expected_width() / s.group.channels for s in sites], sites)
-
-
 def search_space(
     model: nn.Module, example_inputs: Sequence[Any], groups: GroupSet, config: SearchConfig, gen: torch.Generator
-) -> tuple[list[_Site], _Cost]:
+) -> tuple[list[_Site], Cost]:
     """The searched groups (prunable, with a tensor to mask and more than one candidate width), their
-    logits drawn from ``gen``, and the expected-MACs model. Raises :class:`InputError` when empty."""
+    logits drawn from ``gen``, and the expected-MACs model (its ``depth``: the searched stages, when
+    ``config.depth``). Raises :class:`InputError` when there is nothing to search."""
     sites = [_Site(g, model, config, gen) for g in groups.prunable]
     sites = [s for s in sites if s.masked and len(s.widths) > 1]
-    if not sites:
+    stages = find_stages(model, example_inputs)[0] if config.depth else []
+    depth = [DepthSite(stage, gen) for stage in stages]
+    if not sites and not depth:
         raise InputError("no prunable channel group has more than one width candidate: nothing to search")
-    return sites, _Cost(model, example_inputs, sites)
+    return sites, Cost(model, example_inputs, sites, depth)
 
 
 def _cycle(batches: Iterable[Batch]) -> Iterator[Batch]:
@@ -295,8 +238,9 @@ def search_plan(
     val_batches: Iterable[Batch],
     config: SearchConfig,
 ) -> tuple[PruningPlan, SearchResult]:
-    """Search the width of every prunable group of ``groups`` under ``config.macs_target`` and return
-    the bound plan of the argmax widths (moved into [target − band, target] if needed) and the search record.
+    """Search the width of every prunable group of ``groups`` and the depth of every residual stage
+    under ``config.macs_target``; return the bound plan of the derived widths and the search record
+    (``SearchResult.dropped``: the blocks to drop with :func:`~slimmer.structures.depth.drop_blocks`).
 
     ``train_batches`` / ``val_batches``: (inputs, int64 labels) pairs, the two halves of the data
     (weights train on the first, the architecture on the second; both are cycled). ``model`` is not
@@ -305,7 +249,9 @@ def search_plan(
     gen = torch.Generator().manual_seed(config.seed)
     work = copy.deepcopy(model).train()
     sites, cost = search_space(work, example_inputs, groups, config, gen)
-    arch_params = [s.logits for s in sites]
+    blocks = [b for d in cost.depth for b in d.stage.blocks]
+    net, gates = gated(work, blocks) if blocks else (work, [])
+    arch_params = [s.logits for s in sites] + [d.logits for d in cost.depth]
     weights = [p for p in work.parameters() if p.requires_grad]
     w_opt = torch.optim.SGD(weights, lr=config.weight_lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
     a_opt = torch.optim.Adam(
@@ -313,28 +259,31 @@ def search_plan(
     )
     train, val = _cycle(train_batches), _cycle(val_batches)
     history: list[dict[str, float]] = []
+
+    def forward(x: torch.Tensor, params: dict[str, torch.Tensor], tau: float, detach: bool) -> torch.Tensor:
+        masks = [s.soft_mask(tau, gen) for s in sites]
+        values = [g for d in cost.depth for g in d.soft_gates(tau, gen)] if gates else []
+        for gate, value in zip(gates, values, strict=True):
+            gate.value = value.detach() if detach else value
+        masks = [m.detach() for m in masks] if detach else masks
+        return logits_of(functional_call(net, {**params, **_effective(params, sites, masks)}, (x,)), config.output_name)
+
     for step in range(config.steps):
         progress = step / max(1, config.steps - 1)
         tau = config.tau_min + 0.5 * (config.tau_max - config.tau_min) * (1 + math.cos(math.pi * progress))
         for group in w_opt.param_groups:
             group["lr"] = config.weight_lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
         x, y = next(train)
-        params = dict(work.named_parameters())
-        masks = [s.soft_mask(tau, gen).detach() for s in sites]
-        out = functional_call(work, {**params, **_effective(params, sites, masks)}, (x,))
-        loss = F.cross_entropy(_logits(out), y)
+        loss = F.cross_entropy(forward(x, dict(work.named_parameters()), tau, detach=True), y)
         w_opt.zero_grad(set_to_none=True)
         loss.backward()
         w_opt.step()
 
         x, y = next(val)
         params = {k: v.detach() for k, v in work.named_parameters()}
-        masks = [s.soft_mask(tau, gen) for s in sites]
-        out = functional_call(work, {**params, **_effective(params, sites, masks)}, (x,))
-        ce = F.cross_entropy(_logits(out), y)
+        ce = F.cross_entropy(forward(x, params, tau, detach=False), y)
         expected = expected_macs(sites, cost)
-        with torch.no_grad():
-            argmax = float(cost.fraction([torch.tensor(s.argmax_width() / s.group.channels) for s in sites], sites))
+        argmax = argmax_macs(sites, cost)
         cost_loss = torch.zeros(())
         if argmax > config.macs_target:
             cost_loss = torch.log(expected)
@@ -345,61 +294,6 @@ def search_plan(
         a_opt.step()
         record = {"tau": tau, "loss": float(loss.detach()), "val_ce": float(ce.detach())}
         history.append({**record, "expected": float(expected.detach()), "argmax": argmax})
-    return _derive(sites, cost, config, history)
-
-
-def _logits(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _derive(
-    sites: list[_Site], cost: _Cost, config: SearchConfig, history: list[dict[str, float]]
-) -> tuple[PruningPlan, SearchResult]:
-    with torch.no_grad():
-        expected = float(expected_macs(sites, cost))
-        probs = [F.softmax(s.logits, 0) for s in sites]
-    index = [int(p.argmax()) for p in probs]
-    plan = _plan(sites, [s.widths[k] for s, k in zip(sites, index, strict=False)], config)
-    argmax = cost.counted(plan)
-    final, lowered, raised = argmax, 0, 0
-    while final > config.macs_target:
-        options = [(float(probs[i][k - 1]), i) for i, k in enumerate(index) if k > 0]
-        if not options:
-            plan.notes.append(f"MACs target {config.macs_target:g} not reached: every group is at its narrowest")
-            break
-        _, i = max(options)
-        index[i] -= 1
-        lowered += 1
-        plan = _plan(sites, [s.widths[k] for s, k in zip(sites, index, strict=False)], config)
-        final = cost.counted(plan)
-    blocked: set[int] = set()  # groups whose next wider candidate would overshoot the target
-    while final < config.macs_target - config.band:
-        options = [(float(probs[i][k + 1]), i) for i, k in enumerate(index) if k + 1 < len(sites[i].widths)]
-        options = [o for o in options if o[1] not in blocked]
-        if not options:
-            break
-        _, i = max(options)
-        wider = _plan(
-            sites, [s.widths[k + (j == i)] for j, (s, k) in enumerate(zip(sites, index, strict=False))], config
-        )
-        macs = cost.counted(wider)
-        if macs > config.macs_target:
-            blocked.add(i)
-            continue
-        index[i] += 1
-        raised += 1
-        plan, final = wider, macs
-    plan.macs_before = int(cost.total)
-    plan.macs_after = int(round(final * cost.total))
-    result = SearchResult(
-        widths={s.group.id: s.widths[k] for s, k in zip(sites, index, strict=False)},
-        channels={s.group.id: s.group.channels for s in sites},
-        probabilities={s.group.id: [round(float(v), 4) for v in p] for s, p in zip(sites, probs, strict=False)},
-        expected_macs=expected,
-        argmax_macs=argmax,
-        final_macs=final,
-        lowered=lowered,
-        raised=raised,
-        history=history,
-    )
-    return plan, result
+    for gate in gates:
+        gate.value = None
+    return derive(sites, cost, config, history, lambda widths: _plan(sites, widths, config))
