@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from slimmer import acceptance
+from slimmer.assemble import Scores, assemble
 from slimmer.config import CompressConfig
-from slimmer.errors import ConfigError
 from slimmer.export import onnx as onnx_export
 from slimmer.paths import check_paths, compress_reads, compress_writes
 from slimmer.prune import PruneResult, after_shrink, prune, schedule_hooks, schedule_outcome, shrink_model
@@ -45,11 +45,9 @@ from slimmer.stages import (
     onnx_info,
     read_data,
 )
-from slimmer.stats import accuracy, count_macs, count_nonzero, count_params
-from slimmer.train.data import DataSplits, eval_count
+from slimmer.train.data import DataSplits
 from slimmer.train.distributed import barrier, init_from_env
 from slimmer.train.distributed import current as current_dist
-from slimmer.train.embedding import embedding_evaluator
 
 Progress = Callable[[str, str], None]
 __all__ = ["VERIFY_BATCHES", "CompressResult", "compress", "load", "plan_path", "run"]
@@ -142,10 +140,10 @@ class _Clock:
 
 
 def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -> tuple[Report, nn.Module]:
+    """load → measure → (regularize) → prune → shrink → recover → report → export, verify, commit."""
     clock = _Clock(start)
     torch.manual_seed(config.seed)
-    inputs = loaded.inputs
-    model = loaded.model
+    inputs, model = loaded.inputs, loaded.model
     plan = RunPlan.resolve(config, dynamic_length=inputs.has_dynamic_length, batch=inputs.batch)
     if config.data is not None:
         say("data", f"reading {config.data}")
@@ -154,95 +152,30 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
 
     example = inputs.args(2 if config.dynamic_batch else inputs.batch, config.seed)
     out = check_forward(model, inputs, example)
-    check_sources(model, example, data, config.data)  # finite data and outputs, labels within the classes
+    check_sources(model, example, data, config.data, out)  # finite data and outputs, labels within the classes
     original = copy.deepcopy(model).eval()
     measured = measure(model, example, out, data, config)
-    evaluate = _evaluator(measured, config, data)
-    acc = {"before": measured.accuracy, "after_prune": None, "after_finetune": None}
-    if measured.accuracy is not None:
-        acc["evaluation"] = measured.evaluation
-    elif config.max_accuracy_drop is not None:
-        raise ConfigError(
-            f"--max-accuracy-drop needs labels: {config.data} has none",
-            hint="pass --data with labels (a .npz with an array y, an IDX folder with label files, an image folder)",
-        )
-    limit = eval_count(data, config.eval_samples) if data is not None else 0
-    cosine = embedding_evaluator(original, data, config.output_name, limit)  # text --data
-    cosines: dict[str, float] = {}
+    scores = Scores(measured, original, config, data)
     clock.lap("measure")
 
-    regularized = None
-    if plan.regularize:
-        from slimmer.regularize import regularize
-
-        regularized = regularize(model, original, config, example, data, say)
-        if evaluate:
-            acc["after_regularize"] = evaluate(model)
-        clock.lap("regularize")
-    prune_config = regularized.prune_config if regularized else config
-    say("prune", f"pruning: {','.join(config.methods)}, {prune_config.criterion}, {_target(config)}")
-    if regularized is not None and regularized.chosen is not None:
-        from slimmer.regularize import apply_chosen
-
-        pruned = apply_chosen(model, regularized.chosen, keep_dense=config.regrow)  # greg: exactly what was pushed
-    else:
-        pruned = prune(model, prune_config, example, data)
-    if regularized is not None:
-        pruned = pruned.detail(regularizer=regularized.details)
-    surgery = None
-    if plan.scheduled:  # the schedule prunes during fine-tuning, starting from the dense weights
-        if evaluate:
-            acc["after_prune"] = evaluate(model)  # what the one-shot prune would have given
-        model.load_state_dict(original.state_dict())
-    elif pruned.plan is not None:
-        pruned, surgery = _shrink(model, pruned, example, say)
-    pruned = after_shrink(model, config, example, pruned)
-    if pruned.model is not None:  # --method search dropped residual blocks: a traced GraphModule without them
-        model = pruned.model
-    if evaluate and not plan.scheduled:  # N:M masks and folding included
-        acc["after_prune"] = evaluate(model)
-    if cosine and not plan.scheduled:
-        cosines["after_prune"] = cosine(model)
+    model, pruned, surgery = _prune_stage(model, original, config, plan, example, data, scores, say, clock)
     clock.lap("prune")
 
     strategy = schedule_hooks(config, example, data, pruned)  # a schedule prunes inside the training loop
-    recovered = recover(model, original, config, example, data, pruned, say, evaluate, strategy)
+    recovered = recover(model, original, config, example, data, pruned, say, scores.evaluate, strategy)
     model, pruned, finetune = recovered.model, recovered.pruned, recovered.finetune
     if finetune is not None and strategy:
         pruned, figures = schedule_outcome(strategy, pruned, config)
         finetune.update(figures)
     if recovered.accuracy_after_reconstruct is not None:
-        acc["after_reconstruct"] = recovered.accuracy_after_reconstruct
+        scores.acc["after_reconstruct"] = recovered.accuracy_after_reconstruct
     if pruned.plan is not None and plan.scheduled:  # the schedule's last channel masks, removed once
         pruned, surgery = _shrink(model, pruned, example, say)
     if finetune and finetune.get("steps_done"):
-        if evaluate:
-            acc["after_finetune"] = evaluate(model)
-        if cosine:
-            cosines["after_finetune"] = cosine(model)
+        scores.record("after_finetune", model)
         clock.lap("finetune")
 
-    report = Report(config=config.to_dict())
-    report.input = {**loaded.source, "inputs": inputs.to_dict(), "outputs": measured.outputs}
-    if inputs.single_float and len(inputs.slots) == 1:
-        report.input["input_shape"] = list(inputs.first.shape)
-    report.warnings += list(loaded.notes)
-    _fill_pruning(report, pruned, config)
-    report.surgery = surgery
-    report.finetune = finetune
-    report.accuracy = acc
-    report.embedding = cosine.describe(cosines) if cosine else None
-    report.params = {
-        "before": measured.params,
-        "nonzero_before": measured.nonzero,
-        "after": count_params(model),
-        "nonzero_after": count_nonzero(model),
-    }
-    report.macs = {"before": measured.macs, "after": count_macs(model, example)}
-    if config.macs_target is not None:
-        report.macs["target"] = config.macs_target
-    report.run_plan = plan.to_dict()
-
+    report = assemble(loaded, config, plan, measured, pruned, surgery, finetune, scores, model, example)
     info = current_dist()
     if info.world_size > 1 and not info.is_main:  # rank 0 alone exports, verifies and writes
         barrier()
@@ -256,14 +189,50 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
     return report, model
 
 
-def _evaluator(
-    measured: Measured, config: CompressConfig, data: DataSplits | None = None
-) -> Callable[[nn.Module], float] | None:
-    if measured.eval_y is None:
-        return None
-    x, y = measured.eval_x, measured.eval_y
-    feed = data.eval.feed if data is not None else None  # text data packs several inputs per sample
-    return lambda m: accuracy(m, x, y, output_name=config.output_name, feed=feed)
+def _prune_stage(
+    model: nn.Module,
+    original: nn.Module,
+    config: CompressConfig,
+    plan: RunPlan,
+    example: tuple,
+    data: DataSplits | None,
+    scores: Scores,
+    say: Progress,
+    clock: _Clock,
+) -> tuple[nn.Module, PruneResult, dict | None]:
+    """The regularized phase when asked, then pruning and channel surgery (not under a schedule, which
+    starts again from the dense weights and removes channels after fine-tuning), then the after-surgery
+    methods. Returns the model to carry on with, the pruning result and what the surgery did."""
+    regularized = None
+    if plan.regularize:
+        from slimmer.regularize import regularize
+
+        regularized = regularize(model, original, config, example, data, say)
+        scores.record("after_regularize", model)
+        clock.lap("regularize")
+    prune_config = regularized.prune_config if regularized else config
+    say("prune", f"pruning: {','.join(config.methods)}, {prune_config.criterion}, {_target(config)}")
+    if regularized is not None and regularized.chosen is not None:
+        from slimmer.regularize import apply_chosen
+
+        pruned = apply_chosen(model, regularized.chosen, keep_dense=config.regrow)  # greg: exactly what was pushed
+    else:
+        pruned = prune(model, prune_config, example, data)
+    if regularized is not None:
+        pruned = pruned.detail(regularizer=regularized.details)
+    surgery = None
+    if plan.scheduled:  # the schedule prunes during fine-tuning, starting from the dense weights
+        if scores.evaluate:
+            scores.acc["after_prune"] = scores.evaluate(model)  # what the one-shot prune would have given
+        model.load_state_dict(original.state_dict())
+    elif pruned.plan is not None:
+        pruned, surgery = _shrink(model, pruned, example, say)
+    pruned = after_shrink(model, config, example, pruned)
+    if pruned.model is not None:  # --method search dropped residual blocks: a traced GraphModule without them
+        model = pruned.model
+    if not plan.scheduled:  # N:M masks and folding included
+        scores.record("after_prune", model)
+    return model, pruned, surgery
 
 
 def _target(config: CompressConfig) -> str:
@@ -285,23 +254,6 @@ def _shrink(model: nn.Module, pruned: PruneResult, example: tuple, say: Progress
         "rolled_back": surgery.rolled_back,
         "channels_removed": surgery.plan.channels_pruned,
     }
-
-
-def _fill_pruning(report: Report, pruned: PruneResult, config: CompressConfig) -> None:
-    report.sparsity = {
-        "requested": pruned.sparsity_requested,
-        "achieved": pruned.sparsity_achieved,
-        "per_layer": pruned.per_layer,
-        "tolerance": config.sparsity_tolerance,
-    }
-    report.warnings += [w for w in pruned.warnings if w not in report.warnings]
-    report.pruning = pruned.details
-    if "unstructured" in config.methods:
-        report.warnings.append(
-            "unstructured zeros do not reduce dense MACs or onnxruntime CPU latency; the file compresses better"
-        )
-    if config.finetune_steps == 0:
-        report.warnings.append("no fine-tuning was run (pass --data and --finetune-steps to recover accuracy)")
 
 
 def _finish(

@@ -56,11 +56,12 @@ def check_normalization(
             )
 
 
-def check_sources(model: nn.Module, example: Any, data: Any, data_spec: str | None) -> None:
+def check_sources(model: nn.Module, example: Any, data: Any, data_spec: str | None, out: Any = None) -> None:
     """Before any work: ``--data`` is finite, its labels fit the model's classes, and the original
     model's own outputs are finite on the example input and on a few data samples.
 
-    ``data`` is a :class:`slimmer.train.data.DataSplits` or ``None``. Raises :class:`InputError`
+    ``data`` is a :class:`slimmer.train.data.DataSplits` or ``None``; ``out``, when given, is the
+    model's output on ``example`` already computed (no second forward). Raises :class:`InputError`
     (exit 3) naming the data file or the model as the source of the fault.
     """
     if data is not None:
@@ -77,8 +78,9 @@ def check_sources(model: nn.Module, example: Any, data: Any, data_spec: str | No
     from slimmer.inputs import as_args
 
     args = as_args(example)
-    with torch.no_grad():
-        out = model(*args)
+    if out is None:
+        with torch.no_grad():
+            out = model(*args)
     shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
     _check_finite_outputs(out, f"a random input of shape {shapes}")
     logits = first_float_output(out)
