@@ -97,7 +97,15 @@ def prune(model: nn.Module, config: CompressConfig, example: tuple, data: DataSp
     for method in config.methods:
         handler = METHODS.get(method)
         if not handler.after_shrink:  # nm and fold act on the physically pruned model: after_shrink()
-            result = handler.apply(model, config, example, data, result)
+            result = _checked(handler, handler.apply(model, config, example, data, result))
+    return result
+
+
+def _checked(handler: MethodHandler, result: Any) -> PruneResult:
+    """A handler's step must return the new :class:`PruneResult` (results are immutable: a step that
+    changed one in place and returned None would lose what it did)."""
+    if not isinstance(result, PruneResult):
+        raise TypeError(f"method handler {handler.name!r} returned {type(result).__name__}, not a PruneResult")
     return result
 
 
@@ -436,9 +444,9 @@ def after_shrink(model: nn.Module, config: CompressConfig, example: tuple, resul
     handlers = sorted((METHODS.get(m) for m in config.methods), key=lambda h: h.order)
     for handler in handlers:
         if handler.after_shrink:
-            result = handler.apply(model, config, example, None, result)
+            result = _checked(handler, handler.apply(model, config, example, None, result))
         elif handler.finish is not None:
-            result = handler.finish(model, config, example, result)
+            result = _checked(handler, handler.finish(model, config, example, result))
     return result
 
 
@@ -466,16 +474,16 @@ def _nm(
 
 def _search(
     model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None, result: PruneResult
-) -> None:
+) -> PruneResult:
     from slimmer.search_run import search
 
-    search(model, config, example, data, result)
+    return search(model, config, example, data, result)
 
 
-def _drop_searched_blocks(model: nn.Module, config: CompressConfig, example: tuple, result: PruneResult) -> None:
+def _drop_searched_blocks(model: nn.Module, config: CompressConfig, example: tuple, result: PruneResult) -> PruneResult:
     from slimmer.search_run import drop_searched_blocks
 
-    drop_searched_blocks(model, config, example, result)
+    return drop_searched_blocks(model, config, example, result)
 
 
 def _fold(

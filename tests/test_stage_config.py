@@ -84,3 +84,22 @@ def test_rules_spanning_stages_stay_on_the_run_config() -> None:
         CompressConfig(model=Path("m.pt"), schedule="gradual")
     with pytest.raises(ConfigError, match="needs --data"):
         CompressConfig(model=Path("m.pt"), finetune_steps=3)
+
+
+def test_a_method_handler_that_returns_nothing_is_a_bug_named_at_once(monkeypatch) -> None:
+    """Results are immutable: a handler step that changed its result in place and returned None would
+    silently lose what it did, so the stage refuses it (the kind of bug the search handler had)."""
+    import torch
+    from torch import nn
+
+    from slimmer import prune as prune_stage
+
+    bad = prune_stage.MethodHandler("unstructured", "returns nothing", lambda *a: None)
+    monkeypatch.setattr(prune_stage.METHODS, "get", lambda name: bad)
+    cfg = CompressConfig(model=Path("m.pt"))
+    with pytest.raises(TypeError, match="method handler 'unstructured' returned NoneType, not a PruneResult"):
+        prune_stage.prune(nn.Linear(4, 2), cfg, (torch.randn(2, 4),), None)
+    after = prune_stage.MethodHandler("nm", "returns nothing", lambda *a: None, after_shrink=True)
+    monkeypatch.setattr(prune_stage.METHODS, "get", lambda name: after)
+    with pytest.raises(TypeError, match="returned NoneType"):
+        prune_stage.after_shrink(nn.Linear(4, 2), cfg, (torch.randn(2, 4),), prune_stage.PruneResult())
