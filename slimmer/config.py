@@ -206,8 +206,10 @@ class CompressConfig:
         _check_fraction("--kd-weight", self.kd_weight, low_open=True, high_open=False)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be ≥ 1, got {self.batch_size}")
-        if self.round_to is not None and self.round_to != "relative" and self.round_to < 1:
-            raise ConfigError(f"--round-to must be ≥ 1, got {self.round_to}")
+        if self.round_to is not None:
+            from slimmer.structures.rounding import check_round_to
+
+            check_round_to(self.round_to)  # an int ≥ 1 or "relative"; ConfigError otherwise
         if self.opset is not None and not 7 <= self.opset <= 30:
             raise ConfigError(f"--opset {self.opset} is not a valid ONNX opset")
         if self.expect_sha256 is not None:
