@@ -222,6 +222,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", default="resnet20-aug,mbv2,vgg", help="members to train (resnet20 is bundled)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--write-docs", action="store_true", help="write the members' table into docs/BENCHMARKS.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     (xtr, ytr), (xte, yte) = load_idx_folder(find_fashion_mnist())
@@ -249,6 +250,33 @@ def main() -> None:
         }
         _common.append_jsonl(OUT, record)
         print(json.dumps(record), flush=True)
+    if args.write_docs:
+        write_docs()
+
+
+def write_docs() -> None:
+    """The members' table (the last record of each) as the "Model set" section of docs/BENCHMARKS.md."""
+    last = {r["member"]: r for r in _common.read_jsonl(OUT)}
+    lines = [
+        "| member | recipe | params | MACs | test accuracy (10,000 images) | training time (threads) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, member in MEMBERS.items():
+        r = last.get(name)
+        if r is None:
+            lines.append(f"| {name} | {member.recipe} | | | not trained yet | |")
+            continue
+        took = f"{r['seconds']} s ({r['threads']})" if r.get("seconds") else "bundled"
+        lines.append(
+            f"| {name} | {r['recipe']} | {r['params']:,} | {r['macs']:,} | {r['test_accuracy']:.2%} | {took} |"
+        )
+    body = (
+        "The models `bench/model_set.py` trains for choosing defaults (issue 21); checkpoints in `bench/model_set/` "
+        "(not in the wheel), records in `bench/model_set.jsonl`. Command: "
+        "`OMP_NUM_THREADS=1 python bench/model_set.py --train resnet20-aug,mbv2,vgg --write-docs` "
+        f"({_common.today()}; training times on the shared 2-core machine, loaded).\n\n" + "\n".join(lines)
+    )
+    _common.write_section("Model set", body)
 
 
 if __name__ == "__main__":

@@ -180,8 +180,10 @@ class PruneConfig(StageConfig):
                 f"--schedule {self.schedule} works with --method unstructured or --method channel alone",
                 hint="use --schedule oneshot to combine methods (e.g. channel,nm) or with nm and fold",
             )
-        if self.round_to is not None and self.round_to != "relative" and self.round_to < 1:
-            raise ConfigError(f"--round-to must be ≥ 1, got {self.round_to}")
+        if self.round_to is not None:
+            from slimmer.structures.rounding import check_round_to
+
+            check_round_to(self.round_to)  # an int ≥ 1 or "relative"; ConfigError otherwise
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"--seed must be ≥ 0, got {self.seed}")
 

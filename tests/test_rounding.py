@@ -98,3 +98,12 @@ def test_the_cli_takes_relative_and_refuses_other_words(cli, tiny_ckpt):
     ok = cli(*base, "--sparsity", "0.25", "--round-to", "relative")
     assert ok.code == 0, ok.stderr
     assert ok.json()["pruning"]["round_to"] == "relative" and ok.json()["pruning"]["round_to_multiples"] == {"1": 1}
+
+
+@pytest.mark.parametrize("bad", [0, "16", "wide", 2.0])
+def test_the_config_refuses_other_round_to_values(bad):
+    from slimmer.config import CompressConfig
+
+    with pytest.raises(ConfigError, match="round_to must be an integer >= 1 or 'relative'"):
+        CompressConfig(methods=("channel",), round_to=bad)
+    assert CompressConfig(methods=("channel",), round_to="relative").round_to == "relative"
