@@ -121,7 +121,7 @@ def paired(original: Path, pruned: Path, pairs: int) -> dict[str, float]:
         sizes = {k: length for k in dims}
         base = paired_latency(original, pruned, pairs=pairs, threads=1, batch=batch, dims=sizes, warmup=5)
         out[f"b{batch}x{length}"] = round(float(base.speedup), 3)
-        out[f"b{batch}x{length}_ms"] = [round(base.a.median_ms, 2), round(base.b.median_ms, 2)]
+        out[f"b{batch}x{length}_ms"] = [round(base.a.p50_ms, 2), round(base.b.p50_ms, 2)]
     return out
 
 
