@@ -175,9 +175,10 @@ def load_pruned(folder: Path, task: str | None = None) -> nn.Module:
     info = json.loads((folder / INFO_FILE).read_text())
     task = task or info.get("task", "feature-extraction")
     config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    for key in ("auto_map", "slimmer_pruned", "architectures"):  # the original class, never the folder's code
+    for key in ("auto_map", "slimmer_pruned"):  # the original class, never the folder's code
         if hasattr(config, key):
             delattr(config, key)
+    config.architectures = None
     auto = transformers.AutoModel if task == "feature-extraction" else transformers.AutoModelForSequenceClassification
     model = auto.from_config(config).eval()
     if (folder / PLAN_FILE).is_file():

@@ -24,7 +24,7 @@ from slimmer.structures.unstructured import MaskSet, largest_mask
 from slimmer.train.data import DataSplits
 from slimmer.train.distributed import init_from_env, wrap_ddp
 from slimmer.train.feature_kd import FeatureDistillHook, matched_layers
-from slimmer.train.finetune import finetune, recalibrate_bn
+from slimmer.train.finetune import BN_TYPES, finetune, recalibrate_bn
 from slimmer.train.hooks import MaskHook, TrainHook
 from slimmer.train.reconstruct import ReconstructResult, reconstruct
 from slimmer.train.setup import distillation_teacher, finetune_config, step_printer
@@ -179,7 +179,8 @@ def recover(
         done["reconstruction"] = _reconstruct(model, teacher, config, data, pruned, say).to_dict()
         if evaluate is not None:
             after_reconstruct = evaluate(model)
-    if pruned.plan is not None and not scheduled(config):  # a schedule removes channels after fine-tuning
+    has_bn = any(isinstance(m, BN_TYPES) for m in model.modules())
+    if pruned.plan is not None and not scheduled(config) and has_bn:  # a schedule removes channels after fine-tuning
         say("recalibrate", "re-estimating BatchNorm statistics after channel removal")
         recalibrate_bn(model, data.train, batches=20, batch_size=min(128, len(data.train)), seed=config.seed)
         done["bn_recalibrated"] = True
