@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,6 +15,21 @@ from typer.testing import CliRunner
 
 from slimmer.cli import app
 from slimmer.zoo import ARCHITECTURES
+
+
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist (``-n``), each worker gets its share of the cores for torch's intra-op threads
+    (and, through OMP_NUM_THREADS, for the processes a test starts) instead of every worker using
+    them all; an OMP_NUM_THREADS the caller set is left alone."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+_share_the_cores_between_workers()
 
 QUICK_RECON = ("--recon-samples", "64")
 """``compress`` with ``--data`` and no fine-tuning reconstructs pruned layers by least squares; in-process

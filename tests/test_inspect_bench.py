@@ -2,6 +2,8 @@
 
 import pytest
 
+pytestmark = pytest.mark.xdist_group("test_inspect_bench")  # one worker builds the module's `two_graphs` once
+
 
 def test_inspect_lists_layers_params_and_macs(cli, r20):
     run = cli("inspect", r20, "--arch", "resnet20-fmnist", "--json")

@@ -10,6 +10,8 @@ from onnx import TensorProto, helper
 
 from slimmer.export.verify import compare
 
+pytestmark = pytest.mark.xdist_group("test_verify")  # one worker builds the module's `exported` once
+
 
 def test_nan_never_equals_nan():
     a = np.array([1.0, np.nan])
