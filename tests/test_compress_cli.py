@@ -211,12 +211,12 @@ def test_errors_have_no_traceback_unless_debug(cli, r20):
 
 
 def test_internal_error_exits_1_and_says_bug(cli, r20, monkeypatch):
-    import slimmer.api
+    import slimmer.assemble
 
     def broken(*a, **k):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(slimmer.api, "count_macs", broken)
+    monkeypatch.setattr(slimmer.assemble, "count_macs", broken)  # MACs after pruning, in the report assembly
     run = cli("compress", r20, "--arch", "resnet20-fmnist", "--json")
     assert run.code == 1
     assert "internal error" in run.stderr and "bug" in run.stderr
