@@ -47,6 +47,11 @@ from slimmer.train.hooks import MaskHook  # noqa: E402
 from slimmer.zoo import ARCHITECTURES, FMNIST_MEAN, FMNIST_STD  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "accuracy.jsonl"
+THROUGH_API = (
+    "Rows recorded before 2026-11-30 16:00 UTC ran an in-script copy of the compress flow; rows recorded after run "
+    "through `slimmer.compress` (export and verification included), so the two can differ by the seeding of the "
+    "stages around pruning."
+)
 LR = 0.01  # every row's learning rate (--lr); BENCHMARKS.md §3 uses 0.01
 SHAPE = (1, 1, 28, 28)
 
@@ -448,8 +453,8 @@ def write_docs(path: Path, command: str) -> None:
         f'Each row is the mean over its seeds of `python bench/accuracy.py --rows ROW --match "LABEL" '
         f"--seeds S [--lr LR] [--steps N]` (one run per seed, appended to bench/accuracy.jsonl); "
         f"the table was written by {command} ({_common.today()}; torch {v.get('torch')}, "
-        f"torch-pruning {v.get('torch-pruning', 'n/a')}).\n\nTest split: 10,000 Fashion-MNIST images.\n\n"
-        + "\n".join(lines)
+        f"torch-pruning {v.get('torch-pruning', 'n/a')}).\n\nTest split: 10,000 Fashion-MNIST images. "
+        f"{THROUGH_API}\n\n" + "\n".join(lines)
     )
     _common.write_section("Accuracy", body)
 
