@@ -28,7 +28,8 @@ from slimmer.assemble import Scores, assemble
 from slimmer.config import CompressConfig
 from slimmer.export import onnx as onnx_export
 from slimmer.paths import check_paths, compress_reads, compress_writes
-from slimmer.prune import PruneResult, after_shrink, prune, schedule_hooks, schedule_outcome, shrink_model
+from slimmer.prune import PruneResult, after_shrink, prune, shrink_model
+from slimmer.prune_schedule import schedule_hooks, schedule_outcome
 from slimmer.recover import recover
 from slimmer.report import Report
 from slimmer.runplan import VERIFY_BATCHES, RunPlan

@@ -7,8 +7,6 @@ the masked one. Methods run in the order given (``channel,nm`` prunes channels f
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +21,10 @@ from slimmer.graph.attention import select_parts
 from slimmer.graph.blockers import blockers, by_design, nothing_prunable_message
 from slimmer.graph.groups import GroupSet, build_groups
 from slimmer.inputs import as_args, batch_of
+from slimmer.prune_result import MethodHandler, PruneResult, checked
 from slimmer.registry import Registry, did_you_mean
-from slimmer.schedules import ScheduledMaskHook, build_schedule
 from slimmer.structures.channel import plan_channels
-from slimmer.structures.channel_masks import ChannelMasks
-from slimmer.structures.nm import NMResult, nm_masks, parse_nm
+from slimmer.structures.nm import nm_masks, parse_nm
 from slimmer.structures.plan import PruningPlan, removed_per_layer
 from slimmer.structures.rounding import describe as describe_rounding
 from slimmer.structures.scope import UnstructuredScope, unstructured_scope
@@ -50,43 +47,6 @@ NM_CPU_NOTE = (
 )
 
 
-@dataclass(frozen=True)
-class PruneResult:
-    """What pruning chose and achieved (immutable: every step returns a new one).
-
-    ``plan`` is set for channel pruning (removed by :func:`shrink_model`); ``masks`` holds unstructured
-    masks, ``nm`` an N:M pattern; ``fold`` what BatchNorm/layer folding did and ``model`` the rebuilt
-    model to export when folding replaced it (a traced GraphModule). ``per_layer`` maps a layer to
-    its sparsity (unstructured) or removed-channel fraction (channel); ``dense`` keeps the weights a
-    mask zeroed, for ``--regrow``."""
-
-    masks: MaskSet | None = None
-    nm: NMResult | None = None
-    fold: dict | None = None
-    model: nn.Module | None = None
-    plan: PruningPlan | None = None
-    groups: GroupSet | None = None
-    sparsity_requested: float | None = None
-    sparsity_achieved: float | None = None
-    per_layer: dict[str, float] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
-    details: dict = field(default_factory=dict)
-    dense: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-
-    def but(self, **changes: Any) -> PruneResult:
-        """A copy with ``changes`` (field values)."""
-        return replace(self, **changes)
-
-    def warn(self, *messages: str) -> PruneResult:
-        """A copy with ``messages`` added to ``warnings`` (each once, in order)."""
-        new = tuple(dict.fromkeys(m for m in messages if m and m not in self.warnings))
-        return replace(self, warnings=self.warnings + new) if new else self
-
-    def detail(self, **items: Any) -> PruneResult:
-        """A copy with ``items`` set in ``details``."""
-        return replace(self, details={**self.details, **items})
-
-
 def prune(model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None) -> PruneResult:
     """Apply every configured method to ``model`` in place (channels are masked, not yet removed).
 
@@ -97,34 +57,8 @@ def prune(model: nn.Module, config: CompressConfig, example: tuple, data: DataSp
     for method in config.methods:
         handler = METHODS.get(method)
         if not handler.after_shrink:  # nm and fold act on the physically pruned model: after_shrink()
-            result = _checked(handler, handler.apply(model, config, example, data, result))
+            result = checked(handler, handler.apply(model, config, example, data, result))
     return result
-
-
-def _checked(handler: MethodHandler, result: Any) -> PruneResult:
-    """A handler's step must return the new :class:`PruneResult` (results are immutable: a step that
-    changed one in place and returned None would lose what it did)."""
-    if not isinstance(result, PruneResult):
-        raise TypeError(f"method handler {handler.name!r} returned {type(result).__name__}, not a PruneResult")
-    return result
-
-
-@dataclass(frozen=True)
-class MethodHandler:
-    """One ``--method``: how it prunes, and whether it acts before or after channel surgery.
-
-    ``apply(model, config, example, data, result) -> PruneResult`` changes ``model`` in place and
-    returns ``result`` with what it did added (results are immutable). Handlers with ``after_shrink``
-    run on the physically pruned model, in ``order``; ``finish(model, config, example, result) ->
-    PruneResult``, when set, is a before-surgery handler's second step on the physically pruned model
-    (search: dropping residual blocks, ``result.model``)."""
-
-    name: str
-    description: str
-    apply: Callable[..., PruneResult]
-    after_shrink: bool = False
-    order: int = 0
-    finish: Callable[..., None] | None = None
 
 
 METHODS: Registry[MethodHandler] = Registry("method")
@@ -280,87 +214,6 @@ def channel_plan(
     return plan, groups, kind, None
 
 
-def schedule_hooks(
-    config: CompressConfig, example: tuple, data: DataSplits | None, pruned: PruneResult
-) -> tuple[ScheduledMaskHook, ...]:
-    """The pruning strategy handed to the training loop: with a schedule (iterative, gradual,
-    cyclical), a hook that re-prunes to the schedule's sparsity every ``steps // 50`` steps (channel
-    masks for channel pruning: the channels go once, after fine-tuning). Empty without a schedule."""
-    from slimmer.runplan import RunPlan
-
-    if not RunPlan.resolve(config).scheduled:
-        return ()
-    if "channel" in config.methods:
-
-        def recompute(m: nn.Module, fraction: float):
-            return channel_masks_for(m, config, example, data, fraction, groups=pruned.groups)
-
-    else:
-
-        def recompute(m: nn.Module, fraction: float):
-            return unstructured_masks_for(m, config, example, data, fraction)
-
-    interval = max(1, config.finetune_steps // 50)
-    return (ScheduledMaskHook(build_schedule(config.schedule, schedule_final(config), interval=interval), recompute),)
-
-
-def schedule_outcome(
-    hooks: tuple[ScheduledMaskHook, ...], pruned: PruneResult, config: CompressConfig
-) -> tuple[PruneResult, dict]:
-    """After fine-tuning: the schedule's last masks become the pruning result (a channel plan is then
-    removed once by :func:`shrink_model`). Returns that result and the figures for the report's
-    ``finetune``."""
-    done: dict = {}
-    for hook in hooks:
-        if isinstance(hook.masks, ChannelMasks):
-            plan = hook.masks.plan
-            pruned = pruned.but(plan=plan, per_layer=hook.masks.per_layer_sparsity())
-            if plan is not None:
-                pruned = pruned.detail(channels_pruned=plan.channels_pruned)
-            if config.macs_target is None:
-                pruned = pruned.but(sparsity_achieved=hook.masks.sparsity)
-            pruned = pruned.warn(*hook.warnings)
-        elif hook.masks is not None:
-            pruned = pruned.but(
-                masks=hook.masks, sparsity_achieved=hook.masks.sparsity, per_layer=hook.masks.per_layer_sparsity()
-            ).warn(*hook.warnings)
-        done["schedule_updates"] = len(hook.updates)
-    return pruned, done
-
-
-def schedule_final(config: CompressConfig) -> float:
-    """What a pruning schedule ramps to: the sparsity, or for channel pruning to a MACs target the
-    fraction of MACs removed (``1 - --macs-target``)."""
-    if "channel" in config.methods and config.macs_target is not None:
-        return 1.0 - config.macs_target
-    return config.target_sparsity
-
-
-def channel_masks_for(
-    model: nn.Module,
-    config: CompressConfig,
-    example: tuple,
-    data: DataSplits | None,
-    fraction: float,
-    groups: GroupSet | None = None,
-) -> ChannelMasks:
-    """Channel pruning as masks for one update of a schedule at ``fraction`` of
-    :func:`schedule_final` (nothing is removed; :func:`shrink_model` does that once at the end)."""
-    if fraction <= 0:
-        return ChannelMasks(None, {}, 0.0, {})
-    by_macs = config.macs_target is not None
-    plan, _, _, _ = channel_plan(
-        model,
-        config,
-        example,
-        data,
-        sparsity=None if by_macs else fraction,
-        macs_target=1.0 - fraction if by_macs else None,
-        groups=groups,
-    )
-    return ChannelMasks.from_plan(plan, model, removed_per_layer(plan, model))
-
-
 def _channel(
     model: nn.Module, config: CompressConfig, example: tuple, data: DataSplits | None, result: PruneResult
 ) -> PruneResult:
@@ -444,9 +297,9 @@ def after_shrink(model: nn.Module, config: CompressConfig, example: tuple, resul
     handlers = sorted((METHODS.get(m) for m in config.methods), key=lambda h: h.order)
     for handler in handlers:
         if handler.after_shrink:
-            result = _checked(handler, handler.apply(model, config, example, None, result))
+            result = checked(handler, handler.apply(model, config, example, None, result))
         elif handler.finish is not None:
-            result = _checked(handler, handler.finish(model, config, example, result))
+            result = checked(handler, handler.finish(model, config, example, result))
     return result
 
 

@@ -162,7 +162,7 @@ def recover(
     """Reconstruct or re-estimate BN statistics after surgery, and fine-tune (``model`` in place).
 
     ``strategy`` holds the pruning stage's hooks for the loop (a schedule's
-    :class:`~slimmer.schedules.ScheduledMaskHook`, from :func:`slimmer.prune.schedule_hooks`):
+    :class:`~slimmer.schedules.ScheduledMaskHook`, from :func:`slimmer.prune_schedule.schedule_hooks`):
     recovery runs them and never calls back into pruning."""
     if data is None or not len(data.train):
         return Recovered(model, pruned, None)

@@ -11,7 +11,8 @@ import torch
 
 from slimmer.config import CompressConfig
 from slimmer.errors import ConfigError
-from slimmer.prune import PruneResult, channel_masks_for, schedule_final, shrink_model
+from slimmer.prune import PruneResult, shrink_model
+from slimmer.prune_schedule import channel_masks_for, schedule_final
 from slimmer.schedules import ScheduledMaskHook, build_schedule
 from slimmer.surgery import mask_model
 from slimmer.train.data import Dataset
