@@ -27,6 +27,7 @@ from slimmer import acceptance
 from slimmer.assemble import Scores, assemble
 from slimmer.config import CompressConfig
 from slimmer.export import onnx as onnx_export
+from slimmer.export.verify import reference_logits
 from slimmer.paths import check_paths, compress_reads, compress_writes
 from slimmer.prune import PruneResult, after_shrink, prune, shrink_model
 from slimmer.prune_schedule import schedule_hooks, schedule_outcome
@@ -37,6 +38,7 @@ from slimmer.sources import check_sources
 from slimmer.stages import (
     Loaded,
     Measured,
+    agreement_inputs,
     check_forward,
     export_and_verify,
     from_module,
@@ -154,8 +156,11 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
     example = inputs.args(2 if config.dynamic_batch else inputs.batch, config.seed)
     out = check_forward(model, inputs, example)
     check_sources(model, example, data, config.data, out)  # finite data and outputs, labels within the classes
-    original = copy.deepcopy(model).eval()
+    # the dense model, kept when a later stage reads it (distillation, reconstruction, regularization, a
+    # schedule, latency); agreement needs only its logits, taken now: no copy of a large model otherwise
+    original = copy.deepcopy(model).eval() if _needs_original(config, plan, data) else None
     measured = measure(model, example, out, data, config)
+    reference = reference_logits(model, agreement_inputs(measured, inputs, plan, config.seed), config.output_name)
     scores = Scores(measured, original, config, data)
     clock.lap("measure")
 
@@ -183,7 +188,7 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
         report.status, report.exit_code, report.rank = "ok", 0, info.rank
         return report, model
     try:
-        _finish(config, report, model, original, loaded, example, plan, measured, pruned, say, clock, data)
+        _finish(config, report, model, original, reference, loaded, example, plan, measured, pruned, say, clock, data)
     finally:
         if info.world_size > 1:
             barrier()
@@ -192,7 +197,7 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
 
 def _prune_stage(
     model: nn.Module,
-    original: nn.Module,
+    original: nn.Module | None,
     config: CompressConfig,
     plan: RunPlan,
     example: tuple,
@@ -236,6 +241,12 @@ def _prune_stage(
     return model, pruned, surgery
 
 
+def _needs_original(config: CompressConfig, plan: RunPlan, data: DataSplits | None) -> bool:
+    """Whether a stage after pruning reads the dense model: recovery and the text-embedding score
+    (any ``--data``), regularization, a schedule (which starts again from the dense weights), latency."""
+    return data is not None or plan.regularize or plan.scheduled or config.measure_latency
+
+
 def _target(config: CompressConfig) -> str:
     if config.macs_target is not None:
         return f"MACs target {config.macs_target:g}"
@@ -261,7 +272,8 @@ def _finish(
     config: CompressConfig,
     report: Report,
     model: nn.Module,
-    original: nn.Module,
+    original: nn.Module | None,
+    reference: torch.Tensor,
     loaded: Loaded,
     example: tuple,
     plan: RunPlan,
@@ -275,7 +287,7 @@ def _finish(
     (rank 0 only)."""
     final = config.output_path
     say("export", f"exporting ONNX (opset {config.opset or 'default'}) and verifying with onnxruntime")
-    verified = export_and_verify(model, original, loaded.inputs, example, plan, measured, config)
+    verified = export_and_verify(model, reference, loaded.inputs, example, plan, measured, config)
     committed = False
     try:
         if pruned.nm is not None:

@@ -23,7 +23,7 @@ class Scores:
     """Accuracy (labelled ``--data``) and embedding cosine to the original (text ``--data``) after each
     stage, for the report's ``accuracy`` and ``embedding`` sections."""
 
-    def __init__(self, measured: Measured, original: nn.Module, config: CompressConfig, data: DataSplits | None):
+    def __init__(self, measured: Measured, original: nn.Module | None, config: CompressConfig, data: DataSplits | None):
         self.acc: dict[str, Any] = {"before": measured.accuracy, "after_prune": None, "after_finetune": None}
         self.evaluate = evaluator(measured, config, data)
         if measured.accuracy is not None:

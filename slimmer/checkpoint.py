@@ -24,6 +24,7 @@ from torch import nn
 from slimmer.arch import resolve_arch
 from slimmer.errors import ConfigError, InputError, UnsafeCheckpointError
 from slimmer.paths import is_utf8
+from slimmer.weights import build_with_weights, check_finite, check_tensors, load_into  # noqa: F401
 from slimmer.zoo import ARCHITECTURES, Architecture
 
 LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
@@ -280,79 +281,6 @@ def _is_tensor_dict(d: dict) -> bool:
     return bool(d) and all(isinstance(k, str) for k in d) and any(isinstance(v, torch.Tensor) for v in d.values())
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], arch_name: str) -> list[str]:
-    """Strictly load ``state`` into ``model``; a mismatch lists the first missing and unexpected keys.
-
-    BatchNorm ``num_batches_tracked`` counters may be absent (old or converted checkpoints), as
-    ``load_state_dict(strict=True)`` itself allows; the returned notes say so.
-    """
-    check_tensors(state)
-    own = model.state_dict()
-    counters = [k for k in own if k not in state and k.endswith("num_batches_tracked")]
-    missing = [k for k in own if k not in state and k not in counters]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:5])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:5])})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (first: {'; '.join(shapes[:3])})")
-        raise InputError(
-            f"the checkpoint does not match --arch {arch_name}: " + "; ".join(parts),
-            hint="check that --arch names the architecture these weights were trained with",
-        )
-    model.load_state_dict(state, strict=True)
-    if counters:
-        return [f"{len(counters)} BatchNorm num_batches_tracked counters were absent from the checkpoint (not needed)"]
-    return []
-
-
-def check_finite(model: nn.Module) -> None:
-    """Refuse NaN/Inf in a learned parameter, and NaN in a floating buffer, naming the tensor.
-
-    ±Inf in a buffer is a constant (e.g. a causal attention mask of -inf) and is accepted.
-    """
-    check_tensors(dict(model.named_parameters()) | dict(model.named_buffers()))
-    for name, t in model.named_parameters():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).sum())
-            raise InputError(f"tensor {name!r} holds {bad} NaN/Inf values; refusing to prune a broken checkpoint")
-    for name, t in model.named_buffers():
-        if t.is_floating_point() and bool(torch.isnan(t).any()):
-            bad = int(torch.isnan(t).sum())
-            raise InputError(f"buffer {name!r} holds {bad} NaN values; refusing to prune a broken checkpoint")
-
-
-def check_tensors(tensors: dict[str, torch.Tensor]) -> None:
-    """Refuse tensors without data (the ``meta`` device) or in a sparse/quantized layout, naming the first."""
-    for name, t in tensors.items():
-        if not isinstance(t, torch.Tensor):
-            continue
-        if t.is_meta:
-            raise InputError(
-                f"tensor {name!r} is on the 'meta' device: it has a shape but no values (saved from a model built "
-                "with device='meta' or empty weights)",
-                hint="save the checkpoint after the real weights were loaded or materialized",
-            )
-        if t.layout != torch.strided:
-            raise InputError(
-                f"tensor {name!r} has the {str(t.layout).replace('torch.', '')} layout; slimmer reads dense tensors",
-                hint="save dense weights: {k: v.to_dense() for k, v in state_dict.items()}",
-            )
-        if t.is_quantized:
-            raise InputError(
-                f"tensor {name!r} is quantized ({t.dtype}); slimmer prunes float checkpoints",
-                hint="save the float model's state_dict (before quantization)",
-            )
-
-
 def load_checkpoint(
     path: str | Path,
     *,
@@ -416,9 +344,9 @@ def load_checkpoint(
                 + ", ".join(ARCHITECTURES.names())
                 + "), torchvision:NAME, timm:NAME or package.module:callable",
             )
-        model = architecture.build()
         assert state is not None
-        notes += load_into(model, state, architecture.name)
+        model, more = build_with_weights(architecture, state)
+        notes += more
     model = model.float().eval()
     check_finite(model)
     return LoadedModel(model=model, path=path, sha256=digest, format=fmt, arch=architecture, notes=notes)

@@ -289,7 +289,9 @@ def shrink_model(model: nn.Module, result: PruneResult, example: tuple) -> tuple
         return result, None
     surgery = shrink(model, result.plan, as_args(example))
     rolled = (f"group {gid} was rolled back (kept whole): {why}" for gid, why in surgery.rolled_back.items())
-    return result.but(plan=surgery.plan).warn(*rolled), surgery
+    # the groups were captured from the unpruned model: they no longer describe it, and their
+    # exported program holds every tensor the surgery replaced (a whole model's worth of memory)
+    return result.but(plan=surgery.plan, groups=None).warn(*rolled), surgery
 
 
 def after_shrink(model: nn.Module, config: CompressConfig, example: tuple, result: PruneResult) -> PruneResult:

@@ -289,9 +289,20 @@ def verification_inputs(inputs: ExampleInputs, plan: RunPlan, seed: int) -> list
     return out
 
 
+def agreement_inputs(measured: Measured, inputs: ExampleInputs, plan: RunPlan, seed: int) -> Any:
+    """What the pruned model is compared with the original on: the first 256 held-out samples when
+    there is data, else the verification batches at the example's length (positional arguments)."""
+    if measured.eval_x is not None:
+        compare: Any = measured.eval_x[:256]
+        return measured.eval_feed(compare) if measured.eval_feed is not None else compare
+    batches = verification_inputs(inputs, plan, seed)
+    same = [b for b, s in zip(batches, _scales(plan), strict=True) if s == 1.0]
+    return tuple(torch.cat([b[i] for b in same]) if same[0][i] is not None else None for i in range(len(same[0])))
+
+
 def export_and_verify(
     model: nn.Module,
-    original: nn.Module,
+    reference: torch.Tensor,
     inputs: ExampleInputs,
     example: tuple[Any, ...],
     plan: RunPlan,
@@ -299,7 +310,9 @@ def export_and_verify(
     config: CompressConfig,
 ) -> Verified:
     """Export ``model`` to a temporary file beside the output and verify it; the caller commits or
-    deletes the temporary file. Raises :class:`ExportError` (exit 4) when the export fails."""
+    deletes the temporary file. ``reference`` is the original's logits on
+    :func:`agreement_inputs` (:func:`~slimmer.export.verify.reference_logits`). Raises
+    :class:`ExportError` (exit 4) when the export fails."""
     exported = onnx_export.export_onnx(
         model,
         example,
@@ -312,16 +325,8 @@ def export_and_verify(
     try:
         batches = verification_inputs(inputs, plan, config.seed)
         verification = verify_onnx(exported.temp_path, model, batches, atol=config.atol, rtol=config.rtol)
-        if measured.eval_x is not None:
-            compare: Any = measured.eval_x[:256]
-            if measured.eval_feed is not None:
-                compare = measured.eval_feed(compare)
-        else:
-            same = [b for b, s in zip(batches, _scales(plan), strict=True) if s == 1.0]
-            compare = tuple(
-                torch.cat([b[i] for b in same]) if same[0][i] is not None else None for i in range(len(same[0]))
-            )
-        verification.cosine, verification.top1_agreement = agreement(original, model, compare, config.output_name)
+        compare = agreement_inputs(measured, inputs, plan, config.seed)
+        verification.cosine, verification.top1_agreement = agreement(reference, model, compare, config.output_name)
     except BaseException:
         exported.temp_path.unlink(missing_ok=True)
         raise

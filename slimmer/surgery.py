@@ -13,7 +13,6 @@ removal breaks the forward or the equality (e.g. a shape hard-coded in user code
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,11 +155,38 @@ def _compare(pruned: list[torch.Tensor], reference: list[torch.Tensor], rtol: fl
     return diff, scale, None
 
 
-def _restore(model: nn.Module, original: nn.Module) -> None:
-    """Put ``original``'s parameters, buffers and attributes back into ``model`` (same structure)."""
-    source = copy.deepcopy(original)
-    for (_, target), (_, module) in zip(model.named_modules(), source.named_modules(), strict=True):
-        target.__dict__.update({k: v for k, v in module.__dict__.items() if k != "_modules"})
+class _RestorePoint:
+    """What undoes masking and removal without a copy of the model.
+
+    Removal puts new tensors into a module and never writes into the old ones, so each module's
+    attribute dict (its parameter, buffer and submodule dicts copied, the tensors shared) undoes it;
+    masking zeroes slices in place, so the values of those slices are kept (the removed fraction of
+    the touched tensors, not the whole model).
+    """
+
+    _DICTS = ("_parameters", "_buffers", "_modules")
+
+    def __init__(self, model: nn.Module, plan: PruningPlan) -> None:
+        self.modules = [(module, self._copy(module.__dict__)) for module in model.modules()]
+        self.slices: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
+        for name, dims in plan.removals().items():
+            tensor = _get(model, name)
+            for dim, removed in dims.items():
+                index = torch.tensor(sorted(removed), dtype=torch.long, device=tensor.device)
+                self.slices.append((tensor, dim, index, tensor.detach().index_select(dim, index)))
+
+    @classmethod
+    def _copy(cls, attributes: dict[str, Any]) -> dict[str, Any]:
+        return {k: dict(v) if k in cls._DICTS else v for k, v in attributes.items()}
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put every module's tensors and attributes back, and the masked slices' values."""
+        for module, saved in self.modules:
+            module.__dict__.clear()  # an attribute surgery added (over a class attribute) goes too
+            module.__dict__.update(self._copy(saved))
+        for tensor, dim, index, values in self.slices:
+            tensor.index_copy_(dim, index, values)
 
 
 def _attempt(
@@ -202,19 +228,19 @@ def shrink(
         if not plan.is_bound:
             plan.bind(build_groups(model, example_inputs))
         before = _param_count(model)
-        original = copy.deepcopy(model)
+        restore_point = _RestorePoint(model, plan)
         diff, scale, failure = _attempt(model, plan, example_inputs, rtol)
         rolled_back: dict[str, str] = {}
         applied = plan
         if failure is not None:
-            _restore(model, original)
+            restore_point.restore()
             accepted: set[str] = set()
             for planned in plan.groups:
                 if not planned.pruned:
                     continue
                 trial = plan.restricted(accepted | {planned.id})
                 d, s, reason = _attempt(model, trial, example_inputs, rtol)
-                _restore(model, original)
+                restore_point.restore()
                 if reason is None:
                     accepted.add(planned.id)
                 else:
@@ -223,7 +249,7 @@ def shrink(
             applied.notes.extend(f"group {gid} rolled back: {why}" for gid, why in rolled_back.items())
             diff, scale, failure = _attempt(model, applied, example_inputs, rtol)
             if failure is not None:  # cannot happen unless the forward is non-deterministic
-                _restore(model, original)
+                restore_point.restore()
                 raise RuntimeError(f"surgery check failed after rollback: {failure}")
         return SurgeryResult(applied, rolled_back, diff, scale, before, _param_count(model))
     finally:

@@ -189,24 +189,27 @@ def export_onnx(
             legacy_axes[out_name] = {0: "batch"} if dynamic_batch else {}
     other = "legacy" if exporter == "dynamo" else "dynamo"
     warned: list[str] = []
+    written: int | None = None
     tmp = temp_path_for(final_path)  # created last: every path out of here from now on removes it
     target = exporter_path(tmp)  # the exporters take UTF-8 path names only
     try:
         try:
             with _quiet_exporter(log, warned), torch.no_grad():
                 if exporter == "dynamo":
-                    torch.onnx.export(
+                    program = torch.onnx.export(
                         model,
                         args,
-                        str(target),
                         dynamo=True,
-                        external_data=False,
                         opset_version=opset,
                         dynamic_shapes=dynamic_shapes,
                         input_names=input_names,
                         output_names=names,
                         verbose=False,
                     )
+                    _strip_ir_source_paths(program.model)  # in memory: no reload and rewrite of the file
+                    program.save(str(target), external_data=False)
+                    written = program.model.opset_imports.get("")
+                    del program
                 else:
                     torch.onnx.export(
                         model,
@@ -230,13 +233,13 @@ def export_onnx(
                 f"ONNX export failed ({exporter} exporter): {_summarize(exc)}",
                 hint=f"try --exporter {other}; run with --debug for the exporter's full message",
             ) from exc
-        if target != tmp:
-            _move_into(target, tmp)
-        size = tmp.stat().st_size
+        size = target.stat().st_size
         if size > MAX_PROTO_BYTES:
             raise ExportError(f"the exported graph is {size} bytes, above the 2 GB limit of one ONNX file")
-        proto = onnx.load(str(tmp), load_external_data=False)
-        written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        proto = None
+        if exporter != "dynamo":
+            proto = onnx.load(str(target), load_external_data=False)
+            written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         if written is None:
             raise ExportError("the exported graph declares no default-domain opset")
         if opset is not None and written != opset:
@@ -244,13 +247,16 @@ def export_onnx(
                 f"--opset: requested {opset}, produced {written} (the exporter does not support the requested opset)",
                 hint=f"use --opset {written} or higher, or omit --opset",
             )
-        if _strip_source_paths(proto):
-            onnx.save(proto, str(tmp))
-            size = tmp.stat().st_size
-        try:
-            onnx.checker.check_model(proto, full_check=False)
+        if proto is not None and _strip_source_paths(proto):
+            onnx.save(proto, str(target))
+        try:  # the file's path: the checker reads it in C++, without a second copy in Python
+            onnx.checker.check_model(str(target) if proto is None else proto, full_check=False)
         except onnx.checker.ValidationError as exc:
             raise ExportError(f"the exported graph is not valid ONNX: {str(exc).splitlines()[0]}") from None
+        del proto
+        if target != tmp:
+            _move_into(target, tmp)
+        size = tmp.stat().st_size
         notes = []
         if any(w.startswith("TracerWarning") and "trace might not generalize" in w for w in warned):
             notes.append(
@@ -320,6 +326,13 @@ def _strip_source_paths(proto: onnx.ModelProto) -> bool:
             node.metadata_props.extend(keep)
             changed = True
     return changed
+
+
+def _strip_ir_source_paths(model: Any) -> None:
+    """:func:`_strip_source_paths` on the exporter's in-memory model (``onnx_ir``)."""
+    for node in model.graph:
+        for key in PRIVATE_NODE_METADATA:
+            node.metadata_props.pop(key, None)
 
 
 def add_metadata(path: Path, props: dict[str, str]) -> None:

@@ -260,11 +260,22 @@ def verify_onnx(
     )
 
 
-def agreement(original: nn.Module, pruned: nn.Module, x, output_name: str | None = None) -> tuple[float, float | None]:
-    """Cosine similarity of the logits leaves (:func:`slimmer.outputs.logits_of`) on ``x`` (a tensor
-    or positional arguments), and top-1 agreement when they are (N, classes) scores."""
+def reference_logits(original: nn.Module, x, output_name: str | None = None) -> torch.Tensor:
+    """The logits leaf (:func:`slimmer.outputs.logits_of`) of ``original`` on ``x`` (a tensor or
+    positional arguments), float64 on the CPU: what :func:`agreement` compares the pruned model with.
+    Taken before pruning, so that no copy of the dense model has to be kept for the comparison."""
     with torch.no_grad():
-        a = logits_of(original(*as_args(x)), output_name).detach().double().cpu()
+        return logits_of(original(*as_args(x)), output_name).detach().double().cpu()
+
+
+def agreement(
+    reference: torch.Tensor, pruned: nn.Module, x, output_name: str | None = None
+) -> tuple[float, float | None]:
+    """Cosine similarity of the logits leaves of the original (``reference``, from
+    :func:`reference_logits` on the same ``x``) and of ``pruned`` on ``x``, and top-1 agreement
+    when they are (N, classes) scores."""
+    a = reference
+    with torch.no_grad():
         b = logits_of(pruned(*as_args(x)), output_name).detach().double().cpu()
     cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
     top1 = None

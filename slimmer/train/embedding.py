@@ -96,7 +96,7 @@ class EmbeddingCosine:
 
 
 def embedding_evaluator(
-    original: nn.Module, data: object, output_name: str | None, limit: int
+    original: nn.Module | None, data: object, output_name: str | None, limit: int
 ) -> EmbeddingCosine | None:
     """An :class:`EmbeddingCosine` for text data (a dataset with a feed) that has held-out texts, else None."""
     held = getattr(data, "eval", None)

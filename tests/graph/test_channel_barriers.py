@@ -133,3 +133,26 @@ def test_uncapturable_model_is_an_input_error() -> None:
         capture(DataDependent(), (X,))
     assert caught.value.exit_code == 3
     assert "torch.export" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_rollback_restores_the_exact_weights_without_copying_the_model(monkeypatch) -> None:
+    model = HardCoded().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = build_groups(model, (X,))
+    plan = plan_channels(groups, model, sparsity=0.5)
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("shrink copied the model")
+
+    monkeypatch.setattr("copy.deepcopy", no_copy)
+    result = shrink(model, plan, (X,))
+    b_group = next(g for g in groups.prunable if ("b.0.weight", 0) in g.signature)
+    assert b_group.id in result.rolled_back
+    kept = sorted(
+        next(p for p in result.plan.groups if ("a.0.weight", 0) in result.plan.bound_group(p.id).signature).kept
+    )
+    assert len(kept) < 8
+    assert torch.equal(model.a[0].weight, before["a.0.weight"][kept])
+    # b's output channels were masked in a trial and restored exactly; its inputs follow a's group
+    assert torch.equal(model.b[0].weight, before["b.0.weight"][:, kept])
+    assert torch.equal(model.b[1].running_var, before["b.1.running_var"])

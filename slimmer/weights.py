@@ -1,0 +1,125 @@
+"""Weights into a module: strict loading with a useful mismatch message, the architecture built
+without random initialization when the checkpoint supplies every tensor, and the checks every
+loaded model passes (no meta, sparse, quantized, NaN or Inf tensors).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from slimmer.errors import InputError
+from slimmer.zoo import Architecture
+
+
+def build_with_weights(architecture: Architecture, state: dict[str, torch.Tensor]) -> tuple[nn.Module, list[str]]:
+    """``architecture`` built and strictly loaded with ``state``; returns the module and notes.
+
+    The module is first built on the ``meta`` device and takes the checkpoint's tensors as its own
+    (``load_state_dict(assign=True)``): no random initialization runs (seconds for a large model) and
+    no second copy of the weights exists while loading. When that cannot be done (the builder
+    computes values while building, parameters are shared between layers, or a buffer is not in the
+    checkpoint), it is built normally and the weights are copied in, as before. The result is the
+    same either way. Raises :class:`InputError` (exit 3) when the checkpoint does not match.
+    """
+    try:
+        with torch.device("meta"):
+            empty = architecture.build()
+    except Exception:  # noqa: BLE001 - a builder that needs real tensors: build it normally
+        empty = None
+    if isinstance(empty, nn.Module) and not _shares_parameters(empty):
+        notes = load_into(empty, state, architecture.name, assign=True)
+        if not any(t.is_meta for t in _tensors(empty)):
+            return empty, notes
+    model = architecture.build()
+    return model, load_into(model, state, architecture.name)
+
+
+def _tensors(model: nn.Module) -> list[torch.Tensor]:
+    return [*model.parameters(), *model.buffers()]
+
+
+def _shares_parameters(model: nn.Module) -> bool:
+    """Whether one parameter is registered under two names (tied weights): assigning the checkpoint's
+    tensors would untie them."""
+    return len(list(model.named_parameters(remove_duplicate=False))) != len(list(model.named_parameters()))
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], arch_name: str, *, assign: bool = False) -> list[str]:
+    """Strictly load ``state`` into ``model``; a mismatch lists the first missing and unexpected keys.
+
+    BatchNorm ``num_batches_tracked`` counters may be absent (old or converted checkpoints), as
+    ``load_state_dict(strict=True)`` itself allows; the returned notes say so. With ``assign`` the
+    module takes ``state``'s tensors instead of copying them (a module built on the meta device), and
+    absent counters become zeros.
+    """
+    check_tensors(state)
+    own = model.state_dict()
+    counters = [k for k in own if k not in state and k.endswith("num_batches_tracked")]
+    missing = [k for k in own if k not in state and k not in counters]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:5])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:5])})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (first: {'; '.join(shapes[:3])})")
+        raise InputError(
+            f"the checkpoint does not match --arch {arch_name}: " + "; ".join(parts),
+            hint="check that --arch names the architecture these weights were trained with",
+        )
+    model.load_state_dict(state, strict=True, assign=assign)
+    for name in counters:
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner)
+        if module._buffers[attr] is not None and module._buffers[attr].is_meta:
+            module._buffers[attr] = torch.zeros((), dtype=torch.long)
+    if counters:
+        return [f"{len(counters)} BatchNorm num_batches_tracked counters were absent from the checkpoint (not needed)"]
+    return []
+
+
+def check_finite(model: nn.Module) -> None:
+    """Refuse NaN/Inf in a learned parameter, and NaN in a floating buffer, naming the tensor.
+
+    ±Inf in a buffer is a constant (e.g. a causal attention mask of -inf) and is accepted.
+    """
+    check_tensors(dict(model.named_parameters()) | dict(model.named_buffers()))
+    for name, t in model.named_parameters():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise InputError(f"tensor {name!r} holds {bad} NaN/Inf values; refusing to prune a broken checkpoint")
+    for name, t in model.named_buffers():
+        if t.is_floating_point() and bool(torch.isnan(t).any()):
+            bad = int(torch.isnan(t).sum())
+            raise InputError(f"buffer {name!r} holds {bad} NaN values; refusing to prune a broken checkpoint")
+
+
+def check_tensors(tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse tensors without data (the ``meta`` device) or in a sparse/quantized layout, naming the first."""
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.is_meta:
+            raise InputError(
+                f"tensor {name!r} is on the 'meta' device: it has a shape but no values (saved from a model built "
+                "with device='meta' or empty weights)",
+                hint="save the checkpoint after the real weights were loaded or materialized",
+            )
+        if t.layout != torch.strided:
+            raise InputError(
+                f"tensor {name!r} has the {str(t.layout).replace('torch.', '')} layout; slimmer reads dense tensors",
+                hint="save dense weights: {k: v.to_dense() for k, v in state_dict.items()}",
+            )
+        if t.is_quantized:
+            raise InputError(
+                f"tensor {name!r} is quantized ({t.dtype}); slimmer prunes float checkpoints",
+                hint="save the float model's state_dict (before quantization)",
+            )
