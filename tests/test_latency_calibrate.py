@@ -50,6 +50,41 @@ def test_the_fit_is_non_negative_least_squares() -> None:
     assert np.all(np.abs(gradient[x > 0]) < 1e-6) and np.all(gradient[x == 0] > -1e-6)
 
 
+def synthetic_times(noise: float = 0.0):
+    """A stand-in for ``time_probes``: exact times from known constants (times an optional random factor);
+    the probe left out of the fit gets 10× its time, which must not move the constants."""
+    truth, rng = np.array([2e-8, 3.2e-8, 7e-8, 5e-7]), np.random.default_rng(0)
+
+    def time_probes(probes, **_):
+        times = np.array([p.features() for p in probes], dtype=np.float64) @ truth + 0.01
+        times *= np.exp(rng.normal(0.0, noise, len(times)))
+        return [t * (1 if p.in_fit else 10) for t, p in zip(times, probes, strict=True)]
+
+    return time_probes
+
+
+def test_calibrate_normalizes_to_a_dense_mac_and_leaves_the_gemm_out(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(cal, "time_probes", synthetic_times())
+    calibration = cal.calibrate(rounds=1)
+    costs = calibration.costs
+    assert costs.dense_mac == 1.0
+    assert costs.depthwise_mac == pytest.approx(1.6, rel=1e-9) and costs.element == pytest.approx(3.5, rel=1e-9)
+    assert calibration.ns_per_dense_mac == pytest.approx(2e-8 * 1e6) and calibration.boundary == pytest.approx(25.0)
+    assert costs.fit_error < 1e-9 and calibration.warnings == ()
+    (gemm,) = [p for p in calibration.probes if not p.in_fit]
+    assert gemm.measured_ms == pytest.approx(10 * gemm.fitted_ms)
+    path = write(tmp_path / "c.json", calibration.to_json())
+    assert load_latency_costs(path) == LatencyCosts(**{**costs.to_dict(), "source": str(path)})
+
+
+def test_a_noisy_calibration_says_so(monkeypatch) -> None:
+    monkeypatch.setattr(cal, "time_probes", synthetic_times(noise=0.6))
+    calibration = cal.calibrate(rounds=1)
+    assert calibration.costs.fit_error > cal.NOISY_FIT
+    assert any("fit error" in w for w in calibration.warnings)
+    assert calibration.to_json()["warnings"] == list(calibration.warnings)
+
+
 @pytest.mark.parametrize("times", [[1.0, -1.0], [1.0, math.nan], [1.0]])
 def test_the_fit_refuses_bad_times(times) -> None:
     with pytest.raises(ConfigError):

@@ -171,6 +171,9 @@ PROBES: tuple[Probe, ...] = (
 single layers and chains of four (which separate the layers' own cost from the graph's boundary)."""
 
 ROUNDS, QUICK_ROUNDS, WARMUP = 100, 15, 3
+NOISY_FIT = 0.3
+"""A relative RMS fit error above this gets a warning: the timings were too noisy (a loaded machine,
+or more threads than free cores) for the constants to describe this machine."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ class Calibration:
     rounds: int
     seconds: float  # wall time of the calibration
     probes: tuple[ProbeTiming, ...]
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """What ``bench --calibrate -o FILE`` writes (read back by ``load_latency_costs``)."""
@@ -211,6 +215,7 @@ class Calibration:
             "seconds": self.seconds,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "probes": [asdict(p) for p in self.probes],
+            "warnings": list(self.warnings),
         }
 
 
@@ -324,7 +329,15 @@ def calibrate(
         for p, m, f in zip(probes, measured, fitted, strict=True)
     )
     seconds = time.perf_counter() - start
-    return Calibration(costs, float(coef[0] * 1e6), float(coef[3] / coef[0]), overhead, rounds, seconds, timings)
+    warnings = [f"{name} was fitted as 0" for name, v in (("depthwise_mac", coef[1]), ("element", coef[2])) if v == 0]
+    if error > NOISY_FIT:
+        warnings.append(
+            f"the fit error is {error:.0%}: the timings were noisy (a loaded machine, or more --threads than free "
+            "cores), so the constants may not describe this machine; rerun when it is quieter or with more --pairs"
+        )
+    return Calibration(
+        costs, float(coef[0] * 1e6), float(coef[3] / coef[0]), overhead, rounds, seconds, timings, tuple(warnings)
+    )
 
 
 def write_calibration(calibration: Calibration, path: Path, *, force: bool) -> None:
