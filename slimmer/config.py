@@ -12,7 +12,7 @@ from slimmer.stage_config import REGULARIZER_METHODS, SCOPES, Stages
 
 __all__ = ["REGULARIZER_METHODS", "SCOPES", "CompressConfig", "parse_floats", "parse_shape"]
 
-_PATH_FIELDS = ("model", "example_inputs", "output", "report", "save_pretrained")
+_PATH_FIELDS = ("model", "example_inputs", "output", "report", "save_pretrained", "latency_costs")
 
 
 def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
@@ -85,6 +85,7 @@ class CompressConfig:
     round_to: int | str | None = None  # None: prune.DEFAULT_ROUND_TO; "relative": slimmer/structures/rounding.py
     prune_parts: str | None = None  # channel: heads, ffn or heads,ffn (slimmer/graph/attention.py)
     latency_aware: bool = False
+    latency_costs: Path | None = None  # --latency-costs FILE: constants from `slimmer bench --calibrate`
     speedup: float | None = None
     expect_sha256: str | None = None
     keep_failed: bool = False

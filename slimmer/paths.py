@@ -168,10 +168,12 @@ def compress_writes(config: Any) -> dict[str, Path]:
 
 
 def compress_reads(config: Any) -> list[Path]:
-    """Every path ``compress`` reads for ``config``: the checkpoint and the ``--data`` file or folder."""
+    """Every path ``compress`` reads for ``config``: the checkpoint, ``--example-inputs``,
+    ``--latency-costs`` and the ``--data`` file or folder."""
     reads = [Path(config.model)] if config.model is not None else []
-    if getattr(config, "example_inputs", None) is not None:
-        reads.append(Path(config.example_inputs))
+    for option in ("example_inputs", "latency_costs"):
+        if getattr(config, option, None) is not None:
+            reads.append(Path(getattr(config, option)))
     return [*reads, *data_reads(config.data)]
 
 

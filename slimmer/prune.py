@@ -210,6 +210,7 @@ def channel_plan(
         seed=config.seed,
         channel_scores=channel_scores,
         latency_aware=config.latency_aware,
+        latency_costs=config.stages.prune.latency_constants,
     )
     return plan, groups, kind, None
 
@@ -226,6 +227,7 @@ def _channel(
         macs_target=config.macs_target,
     )
     round_to = config.round_to or DEFAULT_ROUND_TO
+    latency_aware = config.latency_aware or config.speedup is not None
     mask_model(model, plan)
     found = blockers(groups, model, batch_of(example, 1))  # largest first
     result = result.but(plan=plan, groups=groups, per_layer=removed_per_layer(plan, model))
@@ -245,7 +247,8 @@ def _channel(
         "channels_total": plan.channels_total,
         "channels_pruned": plan.channels_pruned,
         "macs_target": config.macs_target,
-        "latency_aware": config.latency_aware or config.speedup is not None,
+        "latency_aware": latency_aware,
+        "latency_costs": config.stages.prune.latency_constants.to_dict() if latency_aware else None,
         "blocked": [b.as_dict() for b in found],
     }
     if speedup is not None:
@@ -279,6 +282,7 @@ def _plan_for_speedup(model, groups, config, example, round_to, kind, channel_sc
             criterion=kind,
             seed=config.seed,
             channel_scores=channel_scores,
+            latency_costs=config.stages.prune.latency_constants,
         )
 
 

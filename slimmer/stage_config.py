@@ -129,6 +129,7 @@ class PruneConfig(StageConfig):
     round_to: int | str | None = None  # None: prune.DEFAULT_ROUND_TO; "relative": slimmer/structures/rounding.py
     prune_parts: str | None = None
     latency_aware: bool = False
+    latency_costs: Path | None = None  # --latency-costs FILE (read and checked on creation: latency_constants)
     speedup: float | None = None
     seed: int = 0
     output_name: str | None = None
@@ -136,6 +137,7 @@ class PruneConfig(StageConfig):
 
     def __post_init__(self) -> None:
         from slimmer import choices
+        from slimmer.structures.latency_cost import constants_for
 
         methods = choices.methods()
         if not self.methods:
@@ -157,6 +159,9 @@ class PruneConfig(StageConfig):
             raise ConfigError("--latency-aware applies to --method channel", hint="add --method channel")
         if self.latency_aware and self.scope != "global":
             raise ConfigError("--latency-aware ranks channels across layers: use --scope global")
+        # --latency-costs is read and checked now, before any work (its rules: latency_cost.constants_for)
+        costs = constants_for(self.latency_costs, latency_aware=self.latency_aware, speedup=self.speedup)
+        object.__setattr__(self, "_latency_constants", costs)
         if self.criterion not in choices.criteria():
             known = choices.criteria()
             raise ConfigError(
@@ -186,6 +191,11 @@ class PruneConfig(StageConfig):
             check_round_to(self.round_to)  # an int ≥ 1 or "relative"; ConfigError otherwise
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"--seed must be ≥ 0, got {self.seed}")
+
+    @property
+    def latency_constants(self):
+        """The ``LatencyCosts`` latency-aware ranking uses: the ``--latency-costs`` file's, else the built-ins."""
+        return self._latency_constants  # type: ignore[attr-defined]
 
     def _check_speedup(self) -> None:
         if self.speedup is None:

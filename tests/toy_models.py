@@ -114,3 +114,30 @@ def needs_args(width):
 
 for _f in (raises, returns_none, returns_tuple, returns_str, needs_args):
     _f.input_shape = (1, 1, 8, 8)
+
+
+# ----------------------------------------------------------------------------- issue 20 (latency cost constants)
+
+
+class DepthwisePaths(nn.Module):
+    """A dense path and a depthwise path side by side (as ``tests/test_latency_cost.py``'s model):
+    ``dense`` widens 8 → 32 with a 3×3 conv, ``expand`` 8 → 32 with a 1×1 conv feeding a 3×3
+    depthwise conv, so the depthwise cost constant decides which path latency-aware ranking prunes."""
+
+    input_shape = (1, 3, 16, 16)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dense = nn.Conv2d(8, 32, 3, padding=1)
+        self.dense_out = nn.Conv2d(32, 8, 1)
+        self.expand = nn.Conv2d(8, 32, 1)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.project = nn.Conv2d(32, 8, 1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        a = self.dense_out(torch.relu(self.dense(x)))
+        b = self.project(torch.relu(self.dw(torch.relu(self.expand(x)))))
+        return self.fc((a + b).mean((2, 3)))

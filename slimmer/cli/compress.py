@@ -265,6 +265,13 @@ def compress_command(
         "wide activations at high resolution); same MACs target",
         rich_help_panel=PRUNING,
     ),
+    latency_costs: Path | None = typer.Option(
+        None,
+        "--latency-costs",
+        help="with --latency-aware or --speedup: the cost model's constants measured on this machine by "
+        "`slimmer bench --calibrate -o FILE` (default: built-in ones)",
+        rich_help_panel=PRUNING,
+    ),
     sparsity_tolerance: float = typer.Option(
         0.01,
         "--sparsity-tolerance",
@@ -493,6 +500,7 @@ def compress_command(
         round_to=round_to,
         prune_parts=prune_parts,
         latency_aware=latency_aware,
+        latency_costs=latency_costs,
         speedup=speedup,
         sparsity_tolerance=sparsity_tolerance,
         schedule=schedule,

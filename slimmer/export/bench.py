@@ -34,17 +34,20 @@ class PairedLatency:
     batch: int
 
 
-def _session(path: Path, threads: int):
+def _session(path: Path | bytes, threads: int, name: str | None = None):
+    """A CPUExecutionProvider session on ``threads`` intra-op threads (one inter-op thread) for an ONNX
+    file or a serialized model (``bytes``; ``name`` names it in errors). Exit 3 when it cannot load."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    model = path if isinstance(path, bytes) else ort_model_arg(path)
     try:
-        return ort.InferenceSession(ort_model_arg(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"onnxruntime cannot load {name or path}: {str(exc).splitlines()[0]}") from None
 
 
 ORT_TYPES = {

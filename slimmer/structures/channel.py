@@ -37,7 +37,7 @@ from torch import nn
 from slimmer.errors import ConfigError
 from slimmer.graph.groups import ChannelGroup, GroupSet
 from slimmer.graph.macs import MacsByWeight, count_macs, counting_copy, to_meta
-from slimmer.structures.latency_cost import LatencyByWeight
+from slimmer.structures.latency_cost import BUILT_IN, LatencyByWeight, LatencyCosts
 from slimmer.structures.plan import PlannedGroup, PruningPlan
 from slimmer.structures.rounding import RoundTo, check_round_to, multiple_for
 from slimmer.surgery import remove_channels
@@ -165,6 +165,7 @@ def plan_channels(
     seed: int = 0,
     channel_scores: Callable[[ChannelGroup], torch.Tensor] | None = None,
     latency_aware: bool = False,
+    latency_costs: LatencyCosts | None = None,
 ) -> PruningPlan:
     """Choose the channels to keep in every prunable group; return a bound :class:`PruningPlan`.
 
@@ -173,8 +174,9 @@ def plan_channels(
     at ``max_ratio``, or too much is blocked) the plan prunes as far as allowed and says so in
     ``notes``; ``macs_after / macs_before`` is what was achieved. ``latency_aware`` ranks channels
     by importance per estimated time per MAC (global scope; needs ``example_inputs``; see the
-    module docstring). ``round_to`` is a fixed multiple or ``"relative"`` (a multiple per group from
-    its width, :mod:`slimmer.structures.rounding`).
+    module docstring), weighing MACs and activation elements with ``latency_costs`` (the built-in
+    constants when None; ``slimmer bench --calibrate`` measures them). ``round_to`` is a fixed
+    multiple or ``"relative"`` (a multiple per group from its width, :mod:`slimmer.structures.rounding`).
     """
     if channel_scores is not None:  # scores from a weight criterion (SNIP, SynFlow, ...), summed per group
         _validate(sparsity, macs_target, round_to, max_ratio, scope, "l1", example_inputs)
@@ -198,7 +200,8 @@ def plan_channels(
         mean = float(scores.mean()) or 1.0
         normalized.extend((float(scores[j]) / mean, g, j) for j in range(group.channels))
     if latency_aware:
-        costs = LatencyByWeight(*to_meta(model, example_inputs)).relative_cost(groups)
+        table = LatencyByWeight(*to_meta(model, example_inputs), costs=latency_costs or BUILT_IN)
+        costs = table.relative_cost(groups)
         normalized = [(value / costs[g] ** LATENCY_EXPONENT, g, j) for value, g, j in normalized]
         notes.append("channels ranked by score per estimated time per MAC (latency-aware)")
     normalized.sort()

@@ -10,19 +10,28 @@ within ~20% by
 
 with c_kind ≈ 0.020 ns/MAC for dense convolutions and linear layers, ≈ 0.033 ns/MAC for
 depthwise ones, and C_ELEMENT ≈ 0.07 ns per activation element. Only the ratios matter to the
-planner, so the constants below are relative to a dense MAC. They are a property of the kernels,
-not of a model: a channel of a group removes MACs and activation elements from every layer it
-touches, and :class:`LatencyByWeight` turns that into an estimated time saved.
+planner, so the constants below are relative to a dense MAC. They are a property of the kernels
+and the machine, not of a model: a channel of a group removes MACs and activation elements from
+every layer it touches, and :class:`LatencyByWeight` turns that into an estimated time saved.
+
+The built-in constants (:data:`BUILT_IN`) were fitted once, on one machine; ``slimmer bench
+--calibrate`` measures them where slimmer runs (:mod:`slimmer.export.calibrate`) and writes a JSON
+file that ``compress --latency-costs FILE`` reads back with :func:`load_latency_costs`.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from slimmer.errors import ConfigError, InputError
 from slimmer.graph.groups import ChannelGroup
 
 # Estimated cost per unit, relative to one MAC of a dense convolution or linear layer.
@@ -31,15 +40,115 @@ COST_DEPTHWISE_MAC = 1.6
 COST_ELEMENT = 3.5  # one activation element read or written (plus the element-wise ops on it)
 
 
+@dataclass(frozen=True)
+class LatencyCosts:
+    """Estimated time per unit of work, relative to one dense MAC (only the ratios matter).
+
+    ``dense_mac``: one MAC of a dense convolution or linear layer (1.0 after calibration);
+    ``depthwise_mac``: one MAC of a depthwise convolution; ``element``: one activation element read
+    or written by a Conv/Linear layer (input plus output elements). ``fit_error`` is the relative
+    RMS error of the calibration's fit (None for the built-ins); ``machine``, ``threads`` and
+    ``onnxruntime`` say where and how the constants were measured; ``source`` is the file they were
+    read from (``"built-in"`` for :data:`BUILT_IN`, None for freshly measured constants; not
+    written to files).
+    """
+
+    dense_mac: float = COST_DENSE_MAC
+    depthwise_mac: float = COST_DEPTHWISE_MAC
+    element: float = COST_ELEMENT
+    fit_error: float | None = None
+    machine: str | None = None
+    threads: int | None = None
+    onnxruntime: str | None = None
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The constants and where they come from (what the report's ``pruning.latency_costs`` holds)."""
+        return asdict(self)
+
+
+BUILT_IN = LatencyCosts(source="built-in")
+"""The constants fitted by hand on mobilenet_v2 and efficientnet_b0 (see the module docstring)."""
+COST_FIELDS = ("dense_mac", "depthwise_mac", "element")
+FILE_FORMAT = "slimmer-latency-costs"
+FILE_VERSION = 1
+
+
+def constants_for(path: Path | None, *, latency_aware: bool, speedup: float | None) -> LatencyCosts:
+    """The constants a ``compress`` run ranks channels with: ``--latency-costs`` ``path``'s, else :data:`BUILT_IN`.
+
+    The file weighs latency-aware ranking only, so it needs ``--latency-aware`` or ``--speedup``:
+    :class:`ConfigError` (exit 2) otherwise. This is the one place that rule lives (drop it should
+    latency-aware ranking become the default). A bad file raises as :func:`load_latency_costs` does.
+    """
+    if path is None:
+        return BUILT_IN
+    if not (latency_aware or speedup is not None):
+        raise ConfigError(
+            "--latency-costs weighs latency-aware channel ranking: it needs --latency-aware or --speedup",
+            hint="add --latency-aware, or drop --latency-costs",
+        )
+    return load_latency_costs(Path(path))
+
+
+def load_latency_costs(path: Path) -> LatencyCosts:
+    """Read a ``slimmer bench --calibrate`` file (JSON object with ``dense_mac``, ``depthwise_mac``
+    and ``element``; other keys are metadata).
+
+    Raises :class:`InputError` (exit 3) naming the file, and the field when one is at fault: no such
+    file, not JSON, not an object, a constant missing, not a finite number, negative, or a
+    ``dense_mac`` of 0 (every other constant is relative to it).
+    """
+    where = f"--latency-costs {path}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{where}: no such file", hint="write one with `slimmer bench --calibrate -o FILE`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{where}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InputError(
+            f"{where}: not valid JSON ({exc})", hint="write one with `slimmer bench --calibrate -o FILE`"
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a JSON object with {', '.join(COST_FIELDS)}")
+    values: dict[str, float] = {}
+    for name in COST_FIELDS:
+        if name not in data:
+            raise InputError(f"{where}: the field {name!r} is missing", hint="expected " + ", ".join(COST_FIELDS))
+        value = data[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InputError(f"{where}: the field {name!r} must be a finite number, got {value!r}")
+        if value < 0 or (name == "dense_mac" and value == 0):
+            bound = "> 0" if name == "dense_mac" else "≥ 0"
+            raise InputError(f"{where}: the field {name!r} must be {bound}, got {value!r}")
+        values[name] = float(value)
+    meta = {k: data.get(k) for k in ("fit_error", "machine", "threads", "onnxruntime")}
+    fit_error = meta["fit_error"] if isinstance(meta["fit_error"], (int, float)) else None
+    threads = meta["threads"] if isinstance(meta["threads"], int) and not isinstance(meta["threads"], bool) else None
+    return LatencyCosts(
+        **values,
+        fit_error=None if fit_error is None else float(fit_error),
+        machine=meta["machine"] if isinstance(meta["machine"], str) else None,
+        threads=threads,
+        onnxruntime=meta["onnxruntime"] if isinstance(meta["onnxruntime"], str) else None,
+        source=str(path),
+    )
+
+
 class LatencyByWeight:
     """Estimated time and MACs of each Conv/Linear layer, keyed by its weight's name.
 
     For a weight, ``out_dim``/``in_dim`` are the weight dims holding output/input channels
     (a depthwise convolution's channel dim is both). Removing a fraction of a dim removes that
-    fraction of the layer's MACs and of the activation elements on that side.
+    fraction of the layer's MACs and of the activation elements on that side. ``costs``: the
+    constants to weigh MACs and elements with (:data:`BUILT_IN` unless calibrated).
     """
 
-    def __init__(self, model: nn.Module, example_inputs: Sequence[Any]) -> None:
+    def __init__(self, model: nn.Module, example_inputs: Sequence[Any], costs: LatencyCosts = BUILT_IN) -> None:
+        self.costs = costs
         self.layers: dict[str, dict[str, Any]] = {}
         hooks = []
         for path, module in model.named_modules():
@@ -91,10 +200,9 @@ class LatencyByWeight:
     def total_macs(self) -> int:
         return sum(e["macs"] for e in self.layers.values())
 
-    @staticmethod
-    def _cost(entry: dict[str, Any], macs: float, in_el: float, out_el: float) -> float:
-        per_mac = COST_DEPTHWISE_MAC if entry["depthwise"] else COST_DENSE_MAC
-        return macs * per_mac + (in_el + out_el) * COST_ELEMENT
+    def _cost(self, entry: dict[str, Any], macs: float, in_el: float, out_el: float) -> float:
+        per_mac = self.costs.depthwise_mac if entry["depthwise"] else self.costs.dense_mac
+        return macs * per_mac + (in_el + out_el) * self.costs.element
 
     def per_channel(self, group: ChannelGroup) -> tuple[float, float]:
         """(estimated time, MACs) removed by pruning one channel of ``group`` (mean over its channels).
