@@ -79,6 +79,8 @@ def slimmer_run(model: torch.nn.Module, steps: int, seed: int, **opts) -> dict:
         "macs_kept": rep.macs["after"] / rep.macs["before"],
         "sparsity": rep.sparsity.get("achieved") if "unstructured" in cfg.methods else None,
         "round_to": rep.pruning.get("round_to"),
+        "latency_aware": rep.pruning.get("latency_aware"),
+        "params_kept": rep.params["after"] / rep.params["before"],
         "round_to_multiples": rep.pruning.get("round_to_multiples"),
         "status": rep.status,
     }
@@ -147,6 +149,14 @@ ROWS = {
     "channel-relative": (
         "slimmer --method channel --macs-target 0.5, round_to relative",
         dict(methods=("channel",), macs_target=0.5, round_to="relative"),
+    ),
+    "channel-macs": (
+        "slimmer --method channel --macs-target 0.5 --no-latency-aware (ranked by MACs)",
+        dict(methods=("channel",), macs_target=0.5, latency_aware=False),
+    ),
+    "channel-latency": (
+        "slimmer --method channel --macs-target 0.5 --latency-aware",
+        dict(methods=("channel",), macs_target=0.5, latency_aware=True),
     ),
     "u90": ("slimmer --sparsity 0.9 (defaults)", dict(sparsity=0.9)),
     "tp": ("Torch-Pruning L2, MACs matched to slimmer's channel row (CE)", None),
