@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import _common as C  # noqa: E402
 
-MODELS = ("resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny")
+MODELS = ("resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "shufflenet_v2_x1_0")
 MACS_TARGET = 0.5
 TP_RATIO = 0.3
 CONFIGS = (
@@ -44,6 +44,8 @@ CONFIGS = (
     ("slimmer macs 0.5, round_to 16", "slimmer", 16),
     ("slimmer macs 0.5, round_to relative", "slimmer", "relative"),
     ("slimmer macs 0.5, round_to 16, latency-aware", "slimmer-latency", 16),
+    ("slimmer compress defaults (--method channel --macs-target 0.5)", "slimmer-default", None),
+    ("slimmer compress defaults + --no-latency-aware", "slimmer-default-macs", None),
     ("TP ratio 0.3, default", "tp", None),
     ("TP ratio 0.3, round_to 8", "tp", 8),
 )
@@ -84,6 +86,18 @@ def _slimmer_latency_aware(model, x, round_to: int):
     )
     shrink(pruned, plan, (x,))
     return pruned
+
+
+def _slimmer_compress(model, x, workdir: Path, **options):
+    """``slimmer.compress`` with its defaults (what ``slimmer compress M.pt --method channel
+    --macs-target 0.5`` does with no other flag) plus ``options``; the pruned module."""
+    import slimmer
+    from slimmer.config import CompressConfig
+
+    config = CompressConfig(
+        methods=("channel",), macs_target=MACS_TARGET, output=workdir / "compress.onnx", force=True, **options
+    )
+    return slimmer.compress(model, x, config).model
 
 
 def _paired(base: Path, path: Path, warmup: int, pairs: int) -> dict:
@@ -151,6 +165,10 @@ def run_model(
                 pruned = C.slimmer_prune(model, x, macs_target=MACS_TARGET, round_to=round_to).model
             elif tool == "slimmer-latency":
                 pruned = _slimmer_latency_aware(model, x, round_to)
+            elif tool == "slimmer-default":
+                pruned = _slimmer_compress(model, x, workdir)
+            elif tool == "slimmer-default-macs":
+                pruned = _slimmer_compress(model, x, workdir, latency_aware=False)
             else:
                 pruned = C.tp_prune(model, x, ratio=TP_RATIO, round_to=round_to, p=2, with_masked=False).model
             row["prune_seconds"] = round(time.perf_counter() - t0, 1)
