@@ -1,12 +1,5 @@
 """The bundled default (``slimmer demo``) and a real torchvision model end to end."""
 
-import json
-
-import onnx
-import pytest
-import torch
-from onnx import numpy_helper
-
 from slimmer.bundled import DEMO_SAMPLE, DEMO_WEIGHTS, bundled_file
 from slimmer.checkpoint import describe_safetensors_metadata
 
@@ -46,25 +39,4 @@ def test_demo_writes_verified_onnx_and_reports_accuracy(cli, tmp_path):
     assert cli("demo", "-o", out, "--no-force", *quick).code == 3
 
 
-@pytest.mark.slow
-def test_resnet18_state_dict_at_90_percent(cli, tmp_path):
-    """Issue 2's acceptance run: a torchvision resnet18 state_dict, --sparsity 0.9 (on 64×64 inputs: the
-    weights pruned and checked are the same at any resolution)."""
-    torchvision = pytest.importorskip("torchvision")
-    torch.manual_seed(0)
-    ckpt = tmp_path / "r18.pt"
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), ckpt)
-    run = cli(
-        "compress", ckpt, "--arch", "torchvision:resnet18", "--input-shape", "1,3,64,64", "--sparsity", "0.9", "--json"
-    )
-    assert run.code == 0, run.stderr
-    report = run.json()
-    assert abs(report["sparsity"]["achieved"] - 0.90) <= 0.005
-    assert report["verification"]["passed"] is True
-    graph = onnx.load(report["onnx"]["path"])
-    inits = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
-    names = list(report["sparsity"]["per_layer"])
-    assert len(names) == 21 and all(n in inits for n in names)
-    zeros = sum(int((inits[n] == 0).sum()) for n in names) / sum(inits[n].size for n in names)
-    assert abs(zeros - 0.90) <= 0.005
-    assert json.loads(ckpt.with_name("r18.slim.onnx.report.json").read_text())["status"] == "ok"
+# issue 2's acceptance run (a resnet18 state_dict at 90%) is the README headline's case in test_readme_commands.py

@@ -189,6 +189,7 @@ class CliRun:
     set_flags: dict[str, str] = field(default_factory=dict)
     via_module_main: bool = False  # run ``python -m slimmer``'s __main__ (sys.argv) instead of CliRunner
     note: str = ""
+    verify: Callable[[Path], None] | None = None  # more checks on the working directory afterwards
 
 
 @dataclass(frozen=True)
@@ -277,12 +278,31 @@ def _check_torchrun_parses(command: str) -> None:
     assert args.training_script_args[:2] == ["compress", "model.pt"]
 
 
+def _headline_is_90_percent_sparse(cwd: Path) -> None:
+    """Issue 2's acceptance run: 90% of resnet18's 21 conv/linear weights are zero in the ONNX file itself."""
+    import json
+
+    import onnx
+    from onnx import numpy_helper
+
+    report = json.loads((cwd / "model.slim.onnx.report.json").read_text())
+    assert report["status"] == "ok" and report["verification"]["passed"] is True
+    assert abs(report["sparsity"]["achieved"] - 0.90) <= 0.005
+    graph = onnx.load(str(cwd / "model.slim.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    names = list(report["sparsity"]["per_layer"])
+    assert len(names) == 21 and all(n in inits for n in names)
+    zeros = sum(int((inits[n] == 0).sum()) for n in names) / sum(inits[n].size for n in names)
+    assert abs(zeros - 0.90) <= 0.005
+
+
 STAND_INS: dict[str, CliRun | StageCheck | Check] = {
     "slimmer compress model.pt --arch torchvision:resnet18 --sparsity 0.9": CliRun(
         _resnet18_checkpoint,
         ("model.slim.onnx", "model.slim.onnx.report.json"),
         set_flags={"--input-shape": "1,3,64,64"},
         note="real resnet18 state_dict; 64×64 inputs instead of 224×224 (the same weights are pruned)",
+        verify=_headline_is_90_percent_sparse,
     ),
     "python3 -m venv .venv": Check(_check_venv, "Python version floor of the README = pyproject's"),
     ".venv/bin/pip install .": Check(_pip_install(), "from the clone; the headline's imports are core dependencies"),
@@ -432,3 +452,5 @@ def test_readme_command_works(command, tmp_path, monkeypatch, capsys):
     assert code in (0, None), f"{shlex.join(argv)} exited {code}:\n{stderr[-3000:]}"
     absent = [name for name in stand_in.outputs if not (tmp_path / name).is_file()]
     assert not absent, f"{shlex.join(argv)} did not write {absent}"
+    if stand_in.verify is not None:
+        stand_in.verify(tmp_path)
