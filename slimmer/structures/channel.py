@@ -269,8 +269,8 @@ def plan_channels(
 
     if macs_target is not None and not macs_before:
         raise ConfigError("macs_target needs a model whose MACs can be counted, and this one counts 0")
-    runs_on_meta = meta is not None and macs_of(plan_for([0] * len(groups))) is not None
-    if runs_on_meta and macs_of(plan_for(counts_at(space))) is None:
+    # counting_copy returns a model whose forward already ran: only removals can break it
+    if meta is not None and macs_of(plan_for(counts_at(space))) is None:
         for g, group in enumerate(groups):
             if macs_of(plan_for([group.channels if i == g else 0 for i in range(len(groups))])) is None:
                 excluded.add(g)
