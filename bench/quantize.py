@@ -214,7 +214,8 @@ def probe_depthwise(work: Path) -> list[dict]:
     from torch import nn
     from torchvision.models.mobilenetv2 import InvertedResidual
 
-    from slimmer.export.onnx import commit, export_onnx
+    from slimmer.export.files import commit
+    from slimmer.export.onnx import export_onnx
     from slimmer.export.quantize import QuantizeConfig, quantize
 
     torch.manual_seed(0)

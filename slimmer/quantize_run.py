@@ -16,7 +16,7 @@ import numpy as np
 
 from slimmer.errors import ConfigError, InputError
 from slimmer.export import int8
-from slimmer.export.onnx import check_writable, write_atomic
+from slimmer.export.files import check_writable, write_atomic
 from slimmer.export.quantize import QuantizationFailed, QuantizeConfig, QuantizeResult, default_output, quantize
 from slimmer.report import Report
 

@@ -37,7 +37,7 @@ import numpy as np
 from slimmer.errors import ConfigError, InputError, VerificationError
 from slimmer.export import int8
 from slimmer.export.bench import PairedLatency, paired_latency
-from slimmer.export.onnx import check_writable, commit, temp_path_for
+from slimmer.export.files import check_writable, commit, temp_path_for
 
 RANDOM_CALIBRATION_WARNING = (
     "int8 calibration ran on random inputs (no --data): activation ranges calibrated on random inputs are "
