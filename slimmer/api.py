@@ -351,7 +351,8 @@ def _quantize(
     """``--quantize int8`` on the committed float file: calibrated on the training split of ``--data``
     (random inputs otherwise, with a warning), verified on the held-out split; a failed gate fails the
     run (exit 5) with nothing under the int8 name, a slower int8 file keeps the float one."""
-    from slimmer.export.quantize import QuantizationFailed, quantize, quantize_after_compress
+    from slimmer.export.quantize import quantize, quantize_after_compress
+    from slimmer.export.quantize_config import QuantizationFailed
     from slimmer.quantize_run import fill_report
 
     qcfg = config.quantize_config
