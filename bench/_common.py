@@ -325,7 +325,8 @@ def tp_prune(
 
 def export(model: nn.Module, x: torch.Tensor, path: Path, *, dynamic_batch: bool) -> Path:
     """slimmer's exporter (torch.onnx.export, dynamo=True, external_data=False), committed to ``path``."""
-    from slimmer.export.onnx import commit, export_onnx
+    from slimmer.export.files import commit
+    from slimmer.export.onnx import export_onnx
 
     result = export_onnx(model, x, Path(path), dynamic_batch=dynamic_batch)
     commit(result.temp_path, Path(path))

@@ -77,11 +77,12 @@ def text_splits(loaded, out: Path, max_length: int, seed: int = 0):
 
 
 def export(model, loaded, path: Path) -> None:
+    from slimmer.export import files
     from slimmer.export import onnx as onnx_export
 
     example = loaded.inputs.args(2, 0)
     result = onnx_export.export_onnx(model, example, path, inputs=loaded.inputs)
-    onnx_export.commit(result.temp_path, path, replace=True)
+    files.commit(result.temp_path, path, replace=True)
 
 
 def ort_embeddings(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:

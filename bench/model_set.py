@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 from slimmer.bundled import DEMO_WEIGHTS, bundled_file  # noqa: E402
-from slimmer.train.data import find_fashion_mnist, load_idx_folder, pad_crop_flip  # noqa: E402
+from slimmer.train.data import pad_crop_flip  # noqa: E402
+from slimmer.train.idx import find_fashion_mnist, load_idx_folder  # noqa: E402
 from slimmer.zoo import ARCHITECTURES, FMNIST_MEAN, FMNIST_STD  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

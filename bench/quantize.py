@@ -159,7 +159,8 @@ PROBES = (
 def probe_settings(float_onnx: Path, pairs: int) -> list[dict]:
     """The settings behind the defaults, on one pruned file: activation type, weight range, per channel.
     Calibration: 256 training images; evaluation: the first 2,000 test images; gates off."""
-    from slimmer.export.quantize import QuantizeConfig, quantize_after_compress
+    from slimmer.export.quantize import quantize_after_compress
+    from slimmer.export.quantize_config import QuantizeConfig
     from slimmer.train.data import load_data
     from slimmer.zoo import ARCHITECTURES
 
@@ -214,8 +215,10 @@ def probe_depthwise(work: Path) -> list[dict]:
     from torch import nn
     from torchvision.models.mobilenetv2 import InvertedResidual
 
-    from slimmer.export.onnx import commit, export_onnx
-    from slimmer.export.quantize import QuantizeConfig, quantize
+    from slimmer.export.files import commit
+    from slimmer.export.onnx import export_onnx
+    from slimmer.export.quantize import quantize
+    from slimmer.export.quantize_config import QuantizeConfig
 
     torch.manual_seed(0)
     net = nn.Sequential(

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from slimmer.train.data import find_fashion_mnist, load_idx_folder
+from slimmer.train.idx import find_fashion_mnist, load_idx_folder
 from slimmer.zoo import ARCHITECTURES, FMNIST_MEAN, FMNIST_STD
 
 HERE = Path(__file__).resolve().parent

@@ -22,8 +22,8 @@ _LAZY = {
     "ExampleInputs": ("slimmer.inputs", "ExampleInputs"),
     "InputSpec": ("slimmer.inputs", "InputSpec"),
     "quantize": ("slimmer.export.quantize", "quantize"),
-    "QuantizeConfig": ("slimmer.export.quantize", "QuantizeConfig"),
-    "QuantizeResult": ("slimmer.export.quantize", "QuantizeResult"),
+    "QuantizeConfig": ("slimmer.export.quantize_config", "QuantizeConfig"),
+    "QuantizeResult": ("slimmer.export.quantize_config", "QuantizeResult"),
 }
 __all__ = ["__version__", *_LAZY]
 

@@ -26,6 +26,7 @@ from torch import nn
 from slimmer import acceptance
 from slimmer.assemble import Scores, assemble
 from slimmer.config import CompressConfig
+from slimmer.export import files
 from slimmer.export import onnx as onnx_export
 from slimmer.export.verify import reference_logits
 from slimmer.paths import check_paths, compress_reads, compress_writes
@@ -122,7 +123,7 @@ def _preflight(config: CompressConfig) -> None:
     check_paths(compress_reads(config), compress_writes(config), config.force)  # no output aliases an input
     for path in (config.output_path, config.report_path, plan_path(config.output_path), config.int8_path):
         if path is not None:
-            onnx_export.check_writable(path, config.force)
+            files.check_writable(path, config.force)
     if config.save_pretrained is not None:  # Hugging Face folders out (slimmer/hf_save.py)
         from slimmer.hf_save import check_target
 
@@ -293,7 +294,7 @@ def _finish(
         if pruned.nm is not None:
             from slimmer.structures.nm import nm_metadata
 
-            onnx_export.add_metadata(verified.temp_path, nm_metadata(pruned.nm.n, pruned.nm.m, pruned.nm.layers))
+            files.add_metadata(verified.temp_path, nm_metadata(pruned.nm.n, pruned.nm.m, pruned.nm.layers))
         report.warnings += list(verified.warnings)
         report.verification = verified.as_dict()
         fails = acceptance.failures(verified.verification, pruned, config.stages.prune, report.macs)
@@ -315,19 +316,19 @@ def _finish(
         if fails:
             report.status, report.exit_code, report.error = "failed", 5, "; ".join(fails)
             if config.keep_failed:
-                kept = onnx_export.failed_name(final)
-                onnx_export.commit(verified.temp_path, kept, replace=config.force)
+                kept = files.failed_name(final)
+                files.commit(verified.temp_path, kept, replace=config.force)
                 report.onnx = onnx_info(kept, verified.opset)
                 report.warnings.append(f"the failed artifact was kept as {kept} (--keep-failed)")
             else:
                 report.onnx = {"path": None, "sha256": None, "opset": verified.opset, "size_bytes": verified.size_bytes}
         else:
-            onnx_export.commit(verified.temp_path, final, replace=config.force)
+            files.commit(verified.temp_path, final, replace=config.force)
             committed = True
             report.onnx = onnx_info(final, verified.opset)
             report.status, report.exit_code = "ok", 0
             if pruned.plan is not None:
-                onnx_export.write_atomic(plan_path(final), pruned.plan.to_json().encode(), replace=config.force)
+                files.write_atomic(plan_path(final), pruned.plan.to_json().encode(), replace=config.force)
                 report.onnx["plan"] = str(plan_path(final))
             if getattr(config, "save_pretrained", None) is not None:
                 from slimmer.hf_save import save_for_report
@@ -341,7 +342,7 @@ def _finish(
         _quantize(config, report, loaded, measured, data)
         clock.lap("quantize")
     report.timings_s = clock.timings
-    onnx_export.write_atomic(config.report_path, report.to_json().encode(), replace=config.force)
+    files.write_atomic(config.report_path, report.to_json().encode(), replace=config.force)
 
 
 def _quantize(
@@ -350,7 +351,8 @@ def _quantize(
     """``--quantize int8`` on the committed float file: calibrated on the training split of ``--data``
     (random inputs otherwise, with a warning), verified on the held-out split; a failed gate fails the
     run (exit 5) with nothing under the int8 name, a slower int8 file keeps the float one."""
-    from slimmer.export.quantize import QuantizationFailed, quantize, quantize_after_compress
+    from slimmer.export.quantize import quantize, quantize_after_compress
+    from slimmer.export.quantize_config import QuantizationFailed
     from slimmer.quantize_run import fill_report
 
     qcfg = config.quantize_config

@@ -201,8 +201,8 @@ class CompressConfig:
 
     @property
     def quantize_config(self):
-        """The int8 step's :class:`~slimmer.export.quantize.QuantizeConfig` (validated on creation)."""
-        from slimmer.export.quantize import QuantizeConfig
+        """The int8 step's :class:`~slimmer.export.quantize_config.QuantizeConfig` (validated on creation)."""
+        from slimmer.export.quantize_config import QuantizeConfig
 
         return QuantizeConfig(
             method=self.quantize or "int8",

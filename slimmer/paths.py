@@ -3,7 +3,7 @@
 :func:`check_paths` refuses a run whose outputs would replace one of its inputs or one another
 (compared after resolving symbolic links and ``..``, and by inode for hard links), an output that
 already exists (a dangling symbolic link included) without ``--force``, and output names too long
-for the file system once the hidden temporary name (see :func:`slimmer.export.onnx.temp_path_for`)
+for the file system once the hidden temporary name (see :func:`slimmer.export.files.temp_path_for`)
 is added. ``--force`` allows replacing an earlier output, never an input.
 """
 
@@ -149,7 +149,7 @@ def compress_writes(config: Any) -> dict[str, Path]:
     keyed by the option that names it: the ONNX file, the report, the pruning plan, and with
     ``--keep-failed`` the name a failed artifact is kept under."""
     from slimmer.api import plan_path
-    from slimmer.export.onnx import failed_name
+    from slimmer.export.files import failed_name
 
     check_output_names(config.output, config.report)
     out = config.output_path

@@ -18,6 +18,7 @@ from torch import nn
 
 from slimmer.config import CompressConfig
 from slimmer.errors import ConfigError
+from slimmer.export import files
 from slimmer.export import onnx as onnx_export
 from slimmer.export.verify import Verification, agreement, verify_onnx
 from slimmer.inputs import ExampleInputs, InputSpec, load_example_file, parse_dynamic_axis, parse_input_spec
@@ -363,7 +364,7 @@ def measure_latency(
         exported = onnx_export.export_onnx(
             original, example, dense, dynamic_batch=config.dynamic_batch, exporter=config.exporter, inputs=inputs
         )
-        onnx_export.commit(exported.temp_path, dense)
+        files.commit(exported.temp_path, dense)
         timed = paired_latency(
             dense, pruned_onnx, warmup=LATENCY_WARMUP, pairs=config.latency_pairs, threads=1, batch=1, seed=config.seed
         )

@@ -64,13 +64,13 @@ def test_row26_missing_output_directory(cli, r20, tmp_path):
 
 
 def test_row26_write_failure_at_commit_cleans_up(cli, r20, monkeypatch, partial_files):
-    import slimmer.export.onnx as onnx_mod
+    import slimmer.export.files as files_mod
 
     def full_disk(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(onnx_mod.os, "replace", full_disk)
-    monkeypatch.setattr(onnx_mod.os, "link", full_disk)  # the no-clobber publish (no --force) links
+    monkeypatch.setattr(files_mod.os, "replace", full_disk)
+    monkeypatch.setattr(files_mod.os, "link", full_disk)  # the no-clobber publish (no --force) links
     run = cli("compress", r20, "--arch", "resnet20-fmnist")
     assert run.code == 3 and "No space left on device" in run.stderr and "r20.slim.onnx" in run.stderr
     assert partial_files(r20.parent) == []
@@ -78,12 +78,12 @@ def test_row26_write_failure_at_commit_cleans_up(cli, r20, monkeypatch, partial_
 
 
 def test_row26_unwritable_directory_reported_even_as_root(cli, r20, tmp_path, monkeypatch):
-    import slimmer.export.onnx as onnx_mod
+    import slimmer.export.files as files_mod
 
     target = tmp_path / "locked"
     target.mkdir()
     real = os.access
-    monkeypatch.setattr(onnx_mod.os, "access", lambda p, mode: False if Path(p) == target else real(p, mode))
+    monkeypatch.setattr(files_mod.os, "access", lambda p, mode: False if Path(p) == target else real(p, mode))
     run = cli("compress", r20, "--arch", "resnet20-fmnist", "-o", target / "x.onnx")
     assert run.code == 3 and f"{target} is not writable" in run.stderr
     assert list(target.iterdir()) == []

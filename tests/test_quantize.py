@@ -18,7 +18,8 @@ from torch import nn
 import slimmer
 from slimmer.errors import ConfigError
 from slimmer.export.bench import Latency, PairedLatency
-from slimmer.export.quantize import RANDOM_CALIBRATION_WARNING, QuantizationFailed, QuantizeConfig
+from slimmer.export.quantize import RANDOM_CALIBRATION_WARNING
+from slimmer.export.quantize_config import QuantizationFailed, QuantizeConfig
 
 QUANT_KEYS = {
     "method",

@@ -92,10 +92,10 @@ def _idx_folder(folder: Path, side: int, n_train: int, n_test: int) -> Path:
 def _tiny_fashion_mnist(where: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--data fashion-mnist`` finds an IDX folder of random 28×28 images (64 training, 32 test) first, before
     an installed dataset: the flag stays as the README writes it."""
-    import slimmer.train.data
+    import slimmer.train.idx
 
     folder = _idx_folder(where / "fashion-mnist-stand-in", 28, 64, 32)
-    monkeypatch.setattr(slimmer.train.data, "FASHION_MNIST_DIRS", (folder,))
+    monkeypatch.setattr(slimmer.train.idx, "FASHION_MNIST_DIRS", (folder,))
 
 
 def _tiny_checkpoint_and_idx(where: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ from json_stdout import one_json
 import slimmer.api
 import slimmer.stages
 from slimmer.errors import OutputError
-from slimmer.export.onnx import commit, write_atomic
+from slimmer.export.files import commit, write_atomic
 
 
 def test_commit_without_replace_never_overwrites(tmp_path):

@@ -61,7 +61,8 @@ def test_verify_of_a_faithful_export_has_no_such_note(cli, tiny_ckpt, monkeypatc
     import torch
     import toy_models
 
-    from slimmer.export.onnx import commit, export_onnx
+    from slimmer.export.files import commit
+    from slimmer.export.onnx import export_onnx
     from slimmer.inspection import pruned_graph_note
 
     model = toy_models.Tiny()

@@ -54,7 +54,7 @@ def quantize_command(
 
     def go():
         from slimmer.config import parse_floats, parse_shape
-        from slimmer.export.quantize import QuantizeConfig
+        from slimmer.export.quantize_config import QuantizeConfig
         from slimmer.quantize_run import QuantizeJob, run_quantize
 
         config = QuantizeConfig(

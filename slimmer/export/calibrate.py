@@ -345,7 +345,7 @@ def write_calibration(calibration: Calibration, path: Path, *, force: bool) -> N
     :class:`~slimmer.errors.OutputError` (exit 3) and stays as it is (see :func:`check_output`)."""
     import json
 
-    from slimmer.export.onnx import write_atomic
+    from slimmer.export.files import write_atomic
 
     check_output(path, force=force)
     text = json.dumps(calibration.to_json(), indent=2, allow_nan=False) + "\n"

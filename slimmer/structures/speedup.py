@@ -111,7 +111,8 @@ def onnx_speedup(
     ``example``, warm-up, interleaved pairs). Files go to ``workdir`` (a temporary directory by default).
     """
     from slimmer.export.bench import paired_latency
-    from slimmer.export.onnx import commit, export_onnx
+    from slimmer.export.files import commit
+    from slimmer.export.onnx import export_onnx
 
     directory = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="slimmer-speedup-"))
     calls = [0]
