@@ -55,7 +55,15 @@ def main() -> None:
                 for command in args.commands.split(","):
                     cmd = [python, "-m", "slimmer", command, str(ckpt), *opts]
                     if command == "compress":
-                        cmd += ["--method", "channel", "--macs-target", "0.5", "-o", str(work / f"{name}.onnx"), "--force"]
+                        cmd += [
+                            "--method",
+                            "channel",
+                            "--macs-target",
+                            "0.5",
+                            "-o",
+                            str(work / f"{name}.onnx"),
+                            "--force",
+                        ]
                     t0 = time.perf_counter()
                     _, peak, _ = _run(cmd, env)
                     record = {
