@@ -5,6 +5,9 @@ loaded model passes (no meta, sparse, quantized, NaN or Inf tensors).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -15,17 +18,18 @@ from slimmer.zoo import Architecture
 def build_with_weights(architecture: Architecture, state: dict[str, torch.Tensor]) -> tuple[nn.Module, list[str]]:
     """``architecture`` built and strictly loaded with ``state``; returns the module and notes.
 
-    The module is first built on the ``meta`` device and takes the checkpoint's tensors as its own
-    (``load_state_dict(assign=True)``): no random initialization runs (seconds for a large model) and
-    no second copy of the weights exists while loading. When that cannot be done (the builder
-    computes values while building, parameters are shared between layers, or a buffer is not in the
-    checkpoint), it is built normally and the weights are copied in, as before. The result is the
-    same either way. Raises :class:`InputError` (exit 3) when the checkpoint does not match.
+    The module is first built with its parameters and persistent buffers on the ``meta`` device
+    (:func:`parameters_on_meta`) and takes the checkpoint's tensors as its own
+    (``load_state_dict(assign=True)``): no random initialization runs (seconds for a large model)
+    and no second copy of the weights exists while loading. When that cannot be done (the builder
+    reads parameter values, parameters are shared between layers), it is built normally and the
+    weights are copied in. The result is the same either way. Raises :class:`InputError` (exit 3)
+    when the checkpoint does not match.
     """
     try:
-        with torch.device("meta"):
+        with parameters_on_meta():
             empty = architecture.build()
-    except Exception:  # noqa: BLE001 - a builder that needs real tensors: build it normally
+    except Exception:  # noqa: BLE001 - a builder that reads its weights: build it normally
         empty = None
     if isinstance(empty, nn.Module) and not _shares_parameters(empty):
         notes = load_into(empty, state, architecture.name, assign=True)
@@ -33,6 +37,34 @@ def build_with_weights(architecture: Architecture, state: dict[str, torch.Tensor
             return empty, notes
     model = architecture.build()
     return model, load_into(model, state, architecture.name)
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Within this block, every parameter and persistent buffer a module registers is moved to the
+    ``meta`` device (shape and dtype, no storage), so initializing it costs nothing. Other tensors
+    (what a builder computes its layer widths with, non-persistent buffers) stay real. A parameter
+    that is already on ``meta`` (one layer's weight given to another) is kept as is, so ties stay
+    visible."""
+    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+
+    def on_meta_parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register_parameter(module, name, param)
+        if param is not None and not param.is_meta and type(param) is nn.Parameter:
+            module._parameters[name] = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+
+    def on_meta_buffer(module: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
+        register_buffer(module, name, tensor, persistent)
+        if tensor is not None and persistent and not tensor.is_meta:
+            module._buffers[name] = tensor.detach().to("meta")
+
+    nn.Module.register_parameter = on_meta_parameter  # type: ignore[method-assign]
+    nn.Module.register_buffer = on_meta_buffer  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
+        nn.Module.register_buffer = register_buffer  # type: ignore[method-assign]
 
 
 def _tensors(model: nn.Module) -> list[torch.Tensor]:

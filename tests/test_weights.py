@@ -71,11 +71,19 @@ def test_every_builder_gets_exactly_the_checkpoint(cls: type[nn.Module]) -> None
     torch.testing.assert_close(model.eval()(x), reference.eval()(x), rtol=0, atol=0)
 
 
-def test_meta_build_takes_the_checkpoint_tensors_without_a_copy() -> None:
-    state = _trained_state(Net)
-    model, _ = build_with_weights(Architecture("net", Net, (1, 3, 8, 8)), state)
+@pytest.mark.parametrize("cls", [Net, WithNonPersistent, ComputesWhileBuilding])
+def test_meta_build_takes_the_checkpoint_tensors_without_a_copy(cls: type[nn.Module]) -> None:
+    """Builders that compute with tensors (torchvision's RegNet derives its widths with torch ops) or
+    keep non-persistent buffers still get the checkpoint's own tensors: no random init, no copy."""
+    state = _trained_state(cls)
+    model, _ = build_with_weights(Architecture(cls.__name__, cls, (1, 3, 8, 8)), state)
     assert model.conv.weight.data_ptr() == state["conv.weight"].data_ptr()
     assert model.conv.weight.requires_grad and isinstance(model.conv.weight, nn.Parameter)
+
+
+def test_modules_built_afterwards_get_real_parameters() -> None:
+    build_with_weights(Architecture("net", Net, (1, 3, 8, 8)), _trained_state(Net))
+    assert not nn.Linear(2, 2).weight.is_meta and not nn.BatchNorm1d(2).running_mean.is_meta
 
 
 def test_ties_survive_loading() -> None:
