@@ -7,6 +7,7 @@ exported at batch 1, each timed against the dense file and against each other (1
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -26,6 +27,9 @@ SHAPE = (1, 1, 28, 28)
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=300, help="interleaved pairs per comparison")
+    args = ap.parse_args()
     model = load_member("mbv2")
     with tempfile.TemporaryDirectory(prefix="slimmer-latency-plans-") as tmp:
         work = Path(tmp)
@@ -42,9 +46,9 @@ def main() -> None:
         exported = export_onnx(model.eval(), torch.zeros(SHAPE), dense, dynamic_batch=False)
         os.replace(exported.temp_path, dense)
         for aware in (False, True):
-            result = paired_latency(dense, paths[aware], warmup=20, pairs=300, threads=1, batch=1)
+            result = paired_latency(dense, paths[aware], warmup=20, pairs=args.pairs, threads=1, batch=1)
             print(f"latency_aware={aware}: speedup over the dense file {result.speedup:.3f}x")
-        result = paired_latency(paths[False], paths[True], warmup=20, pairs=300, threads=1, batch=1)
+        result = paired_latency(paths[False], paths[True], warmup=20, pairs=args.pairs, threads=1, batch=1)
         print(f"latency-aware file over the MACs-ranked file: {result.speedup:.3f}x")
 
 
