@@ -221,14 +221,7 @@ def test_bench_usage_errors_exit_2(cli, tmp_path, monkeypatch, args, needle) -> 
 def depthwise_model():
     import toy_models
 
-    torch.manual_seed(0)
-    m = toy_models.DepthwisePaths().eval()
-    with torch.no_grad():  # equal weights: scores tie, so only the cost decides
-        for module in m.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                module.weight.fill_(0.1)
-                module.bias.zero_()
-    return m
+    return toy_models.tied_scores(toy_models.DepthwisePaths())
 
 
 def kept(plan) -> list[tuple[int, int]]:

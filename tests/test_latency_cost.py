@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import toy_models
 from torch import nn
 
 from slimmer.errors import ConfigError
@@ -14,29 +15,7 @@ from slimmer.structures.channel import plan_channels
 from slimmer.structures.speedup import onnx_speedup, plan_for_speedup
 from slimmer.surgery import shrink
 
-
-class InvertedResidual(nn.Module):
-    """A dense path and a depthwise path of equal MACs-per-channel side by side.
-
-    ``dense`` widens 8 → 32 with a 3×3 conv; ``expand`` widens 8 → 32 with a 1×1 conv feeding a
-    3×3 depthwise conv, so its channels move more activation elements per MAC.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.dense = nn.Conv2d(8, 32, 3, padding=1)
-        self.dense_out = nn.Conv2d(32, 8, 1)
-        self.expand = nn.Conv2d(8, 32, 1)
-        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
-        self.project = nn.Conv2d(32, 8, 1)
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.stem(x))
-        a = self.dense_out(torch.relu(self.dense(x)))
-        b = self.project(torch.relu(self.dw(torch.relu(self.expand(x)))))
-        return self.fc((a + b).mean((2, 3)))
+InvertedResidual = toy_models.DepthwisePaths  # a dense path and a depthwise path side by side
 
 
 def by_producer(groups, plan=None) -> dict:
@@ -53,14 +32,8 @@ X = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 
 def model() -> InvertedResidual:
-    torch.manual_seed(0)
-    m = InvertedResidual().eval()
-    with torch.no_grad():  # equal weights: scores tie, so only the cost decides
-        for module in m.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                module.weight.fill_(0.1)
-                module.bias.zero_()
-    return m
+    """Equal weights: scores tie, so only the cost decides."""
+    return toy_models.tied_scores(InvertedResidual())
 
 
 def test_layers_and_per_channel_costs() -> None:
