@@ -28,7 +28,6 @@ from slimmer.assemble import Scores, assemble
 from slimmer.config import CompressConfig
 from slimmer.export import files
 from slimmer.export import onnx as onnx_export
-from slimmer.export.verify import reference_logits
 from slimmer.paths import check_paths, compress_reads, compress_writes
 from slimmer.prune import PruneResult, after_shrink, prune, shrink_model
 from slimmer.prune_schedule import schedule_hooks, schedule_outcome
@@ -39,8 +38,9 @@ from slimmer.sources import check_sources
 from slimmer.stages import (
     Loaded,
     Measured,
-    agreement_inputs,
+    Reference,
     check_forward,
+    dense_reference,
     export_and_verify,
     from_module,
     load,
@@ -161,7 +161,7 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
     # schedule, latency); agreement needs only its logits, taken now: no copy of a large model otherwise
     original = copy.deepcopy(model).eval() if _needs_original(config, plan, data) else None
     measured = measure(model, example, out, data, config)
-    reference = reference_logits(model, agreement_inputs(measured, inputs, plan, config.seed), config.output_name)
+    reference = dense_reference(model, measured, inputs, plan, config)
     scores = Scores(measured, original, config, data)
     clock.lap("measure")
 
@@ -274,7 +274,7 @@ def _finish(
     report: Report,
     model: nn.Module,
     original: nn.Module | None,
-    reference: torch.Tensor,
+    reference: Reference,
     loaded: Loaded,
     example: tuple,
     plan: RunPlan,

@@ -20,7 +20,7 @@ from slimmer.config import CompressConfig
 from slimmer.errors import ConfigError
 from slimmer.export import files
 from slimmer.export import onnx as onnx_export
-from slimmer.export.verify import Verification, agreement, verify_onnx
+from slimmer.export.verify import Verification, agreement, reference_logits, verify_onnx
 from slimmer.inputs import ExampleInputs, InputSpec, load_example_file, parse_dynamic_axis, parse_input_spec
 from slimmer.outputs import describe, logits_of, register_output_types
 from slimmer.runplan import RunPlan
@@ -290,20 +290,34 @@ def verification_inputs(inputs: ExampleInputs, plan: RunPlan, seed: int) -> list
     return out
 
 
-def agreement_inputs(measured: Measured, inputs: ExampleInputs, plan: RunPlan, seed: int) -> Any:
-    """What the pruned model is compared with the original on: the first 256 held-out samples when
+@dataclass(frozen=True)
+class Reference:
+    """The original's logits on the agreement inputs, taken before pruning (no dense copy kept for it)."""
+
+    inputs: Any
+    logits: torch.Tensor
+
+
+def dense_reference(
+    model: nn.Module, measured: Measured, inputs: ExampleInputs, plan: RunPlan, config: CompressConfig
+) -> Reference:
+    """``model``'s (still dense) logits on the agreement inputs: the first 256 held-out samples when
     there is data, else the verification batches at the example's length (positional arguments)."""
     if measured.eval_x is not None:
         compare: Any = measured.eval_x[:256]
-        return measured.eval_feed(compare) if measured.eval_feed is not None else compare
-    batches = verification_inputs(inputs, plan, seed)
-    same = [b for b, s in zip(batches, _scales(plan), strict=True) if s == 1.0]
-    return tuple(torch.cat([b[i] for b in same]) if same[0][i] is not None else None for i in range(len(same[0])))
+        compare = measured.eval_feed(compare) if measured.eval_feed is not None else compare
+    else:
+        batches = verification_inputs(inputs, plan, config.seed)
+        same = [b for b, s in zip(batches, _scales(plan), strict=True) if s == 1.0]
+        compare = tuple(
+            torch.cat([b[i] for b in same]) if same[0][i] is not None else None for i in range(len(same[0]))
+        )
+    return Reference(compare, reference_logits(model, compare, config.output_name))
 
 
 def export_and_verify(
     model: nn.Module,
-    reference: torch.Tensor,
+    reference: Reference,
     inputs: ExampleInputs,
     example: tuple[Any, ...],
     plan: RunPlan,
@@ -311,8 +325,7 @@ def export_and_verify(
     config: CompressConfig,
 ) -> Verified:
     """Export ``model`` to a temporary file beside the output and verify it; the caller commits or
-    deletes the temporary file. ``reference`` is the original's logits on
-    :func:`agreement_inputs` (:func:`~slimmer.export.verify.reference_logits`). Raises
+    deletes the temporary file. ``reference`` is the original's output from :func:`dense_reference`. Raises
     :class:`ExportError` (exit 4) when the export fails."""
     exported = onnx_export.export_onnx(
         model,
@@ -326,8 +339,9 @@ def export_and_verify(
     try:
         batches = verification_inputs(inputs, plan, config.seed)
         verification = verify_onnx(exported.temp_path, model, batches, atol=config.atol, rtol=config.rtol)
-        compare = agreement_inputs(measured, inputs, plan, config.seed)
-        verification.cosine, verification.top1_agreement = agreement(reference, model, compare, config.output_name)
+        verification.cosine, verification.top1_agreement = agreement(
+            reference.logits, model, reference.inputs, config.output_name
+        )
     except BaseException:
         exported.temp_path.unlink(missing_ok=True)
         raise

@@ -82,8 +82,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], arch_name: str, 
 
     BatchNorm ``num_batches_tracked`` counters may be absent (old or converted checkpoints), as
     ``load_state_dict(strict=True)`` itself allows; the returned notes say so. With ``assign`` the
-    module takes ``state``'s tensors instead of copying them (a module built on the meta device), and
-    absent counters become zeros.
+    module takes ``state``'s tensors instead of copying them (a module built on the meta device);
+    BatchNorm's own loader fills an absent counter with 0.
     """
     check_tensors(state)
     own = model.state_dict()
@@ -108,11 +108,6 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], arch_name: str, 
             hint="check that --arch names the architecture these weights were trained with",
         )
     model.load_state_dict(state, strict=True, assign=assign)
-    for name in counters:
-        owner, _, attr = name.rpartition(".")
-        module = model.get_submodule(owner)
-        if module._buffers[attr] is not None and module._buffers[attr].is_meta:
-            module._buffers[attr] = torch.zeros((), dtype=torch.long)
     if counters:
         return [f"{len(counters)} BatchNorm num_batches_tracked counters were absent from the checkpoint (not needed)"]
     return []
