@@ -14,6 +14,7 @@ Nothing here prints or exits; progress is reported through the optional ``progre
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -356,6 +357,8 @@ def _quantize(
     from slimmer.quantize_run import fill_report
 
     qcfg = config.quantize_config
+    if measured.eval_x is not None and len(measured.eval_x):  # the images the float accuracy was measured on
+        qcfg = dataclasses.replace(qcfg, eval_samples=len(measured.eval_x))
     try:
         if loaded.inputs.single_float:
             result = quantize_after_compress(
