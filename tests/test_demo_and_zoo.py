@@ -32,8 +32,14 @@ def test_demo_writes_verified_onnx_and_reports_accuracy(cli, tmp_path):
     assert report["latency_ms"]["size_bytes_after"] < report["latency_ms"]["size_bytes_before"]
     assert report["verification"]["passed"] and report["verification"]["top1_agreement"] > 0.85
     assert "slimmer: OK" in run.stderr and "latency" in run.stderr
+    q = report["quantization"]  # int8 by default, on the same held-out half
+    # the int8 file is kept only when measured faster than the float one: a timing, so either outcome is valid
+    assert q["passed"] and out.with_name("r20.int8.onnx").is_file() == (q["kept"] == "int8")
+    assert q["size_bytes_int8"] < 0.5 * q["size_bytes_float"]
+    assert q["eval_samples"] == acc["evaluation"]["samples"] == 1000
+    assert q["accuracy_float"] - q["accuracy_int8"] <= 0.01 and "int8" in run.stderr
     # the cheapest demo run (N:M needs no least-squares reconstruction): half the CPU of channel pruning
-    quick = ("--method", "nm", "--finetune-steps", "0", "--no-measure-latency")
+    quick = ("--method", "nm", "--finetune-steps", "0", "--no-measure-latency", "--quantize", "none")
     again = cli("demo", "-o", out, *quick)  # the demo replaces its own outputs
     assert again.code == 0
     assert cli("demo", "-o", out, "--no-force", *quick).code == 3
