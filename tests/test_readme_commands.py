@@ -256,6 +256,7 @@ def _check_demo_handoff(kwargs: dict) -> None:
     assert Path(kwargs["output"]) == Path("slimmer-demo/resnet20_fmnist.slim.onnx")
     assert kwargs["arch"] == DEMO_ARCH and Path(kwargs["model"]).is_file() and Path(kwargs["data"]).is_file()
     assert kwargs["method"] == "channel" and kwargs["macs_target"] == 0.5 and kwargs["finetune_steps"] > 0
+    assert kwargs["quantize"] == "int8"  # the demo shows int8 too (README)
 
 
 def _check_pytest(command: str) -> None:
