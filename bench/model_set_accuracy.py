@@ -158,7 +158,36 @@ ROWS = {
         "slimmer --method channel --macs-target 0.5 --latency-aware",
         dict(methods=("channel",), macs_target=0.5, latency_aware=True),
     ),
+    "channel-rt1": (
+        "slimmer --method channel --macs-target 0.5 --round-to 1",
+        dict(methods=("channel",), macs_target=0.5, round_to=1),
+    ),
+    "channel-rt8": (
+        "slimmer --method channel --macs-target 0.5 --round-to 8",
+        dict(methods=("channel",), macs_target=0.5, round_to=8),
+    ),
+    "channel-layer": (
+        "slimmer --method channel --macs-target 0.5 --scope layer --round-to 1 (uniform ratio, as Torch-Pruning)",
+        dict(methods=("channel",), macs_target=0.5, scope="layer", round_to=1),
+    ),
+    "channel-ce": (
+        "slimmer --method channel --macs-target 0.5 --no-kd (cross-entropy only, as the peers)",
+        dict(methods=("channel",), macs_target=0.5, kd=False),
+    ),
+    "channel-rt1-ce": (
+        "slimmer --method channel --macs-target 0.5 --round-to 1 --no-kd",
+        dict(methods=("channel",), macs_target=0.5, round_to=1, kd=False),
+    ),
+    "channel-layer-ce": (
+        "slimmer --method channel --macs-target 0.5 --scope layer --round-to 1 --no-kd (Torch-Pruning's recipe)",
+        dict(methods=("channel",), macs_target=0.5, scope="layer", round_to=1, kd=False),
+    ),
+    "channel-relative-ce": (
+        "slimmer --method channel --macs-target 0.5 --round-to relative --no-kd",
+        dict(methods=("channel",), macs_target=0.5, round_to="relative", kd=False),
+    ),
     "u90": ("slimmer --sparsity 0.9 (defaults)", dict(sparsity=0.9)),
+    "u90-ce": ("slimmer --sparsity 0.9 --no-kd", dict(sparsity=0.9, kd=False)),
     "tp": ("Torch-Pruning L2, MACs matched to slimmer's channel row (CE)", None),
     "prune": ("torch.nn.utils.prune global L1 90% (CE)", None),
 }
