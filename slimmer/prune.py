@@ -34,13 +34,14 @@ from slimmer.train.data import DataSplits
 
 CHANNEL_CRITERIA = {"magnitude": "l1", "l1": "l1", "l2": "l2", "bn-scale": "bn-scale", "random": "random"}
 DEFAULT_MAX_RATIO = 0.9
-# Kept channel counts default to multiples of 16: measured in docs/BENCHMARKS.md (Latency), it keeps
-# onnxruntime on its fast kernels (efficiency 0.90-0.99 at half the MACs, never slower than unpruned),
-# where round_to 1 made mobilenet_v2 and efficientnet_b0 slower than the unpruned model.
-DEFAULT_ROUND_TO = 16
-# On a narrow model the same rounding costs accuracy instead: resnet20-fmnist at half the MACs is
-# 1.9x faster with round_to 16 but 1.3x with round_to 4, which recovers better after fine-tuning
-# (docs/BENCHMARKS.md, "Round-to on a narrow model"); --round-to chooses.
+# Kept channel counts are rounded relative to each layer's width by default (structures/rounding.py:
+# multiples of 16 from 64 channels up, 8 for 32-63, 4 for 16-31). Wide layers get the 16 that keeps
+# onnxruntime on its fast kernels (docs/BENCHMARKS.md, Latency: round_to 1 made mobilenet_v2 and
+# efficientnet_b0 slower than unpruned); on the torchvision models with narrower layers the relative
+# rule measured within noise of the fixed 16, and on the model set's narrow nets it keeps far more
+# accuracy after fine-tuning (docs/BENCHMARKS.md, "Rounding relative to the layer width" and
+# "Accuracy on the model set"). --round-to 16 gives the fixed rounding back.
+DEFAULT_ROUND_TO = "relative"
 NM_CPU_NOTE = (
     "N:M zeros give no speed on CPU onnxruntime (sparse initializers are densified at load); a runtime with "
     "sparse tensor cores (Ampere or later, e.g. TensorRT) can run the pattern up to 2x faster"

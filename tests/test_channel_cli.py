@@ -23,8 +23,9 @@ def test_channel_macs_target_shrinks_and_saves_a_replayable_plan(cli, r20, parti
     plan_file = r20.with_name("r20.slim.onnx.plan.json")
     assert report["onnx"]["plan"] == str(plan_file)
     conv_weights = [i for i in onnx.load(str(out)).graph.initializer if len(i.dims) == 4]
-    assert report["pruning"]["round_to"] == 16  # the measured default
-    assert all(i.dims[0] % 16 == 0 for i in conv_weights)
+    assert report["pruning"]["round_to"] == "relative"  # the measured default: a multiple per layer width
+    assert report["pruning"]["round_to_multiples"] == {"4": 4, "8": 4, "16": 4}  # stages of 16, 32 and 64 channels
+    assert all(i.dims[0] % 4 == 0 for i in conv_weights) and any(i.dims[0] % 16 for i in conv_weights)
     assert sum(i.dims[0] for i in conv_weights) < 0.8 * (16 * 7 + 32 * 7 + 64 * 7)  # channels really gone
     # replay the plan on a fresh model built from the same checkpoint
     model = ARCHITECTURES.get("resnet20-fmnist").build().eval()

@@ -42,10 +42,11 @@ def fresh(name: str, path: Path) -> nn.Module:
 def compress_channels(cli, tmp_path: Path, name: str) -> tuple[dict, nn.Module, nn.Module]:
     """Run the CLI; check the issue's invariants; return (report, original, replayed pruned model)."""
     path = checkpoint(tmp_path, name)
-    run = cli("compress", path, "--arch", f"field_models:{name}", "--method", "channel", "--sparsity", "0.5", "--json")
+    args = ("compress", path, "--arch", f"field_models:{name}", "--method", "channel", "--sparsity", "0.5")
+    run = cli(*args, "--round-to", "16", "--json")  # a fixed multiple: the patterns' rounding in channels is checked
     assert run.code == 0, run.stderr
     report = run.json()
-    assert report["pruning"]["round_to"] == 16  # the default
+    assert report["pruning"]["round_to"] == 16
     assert report["sparsity"]["achieved"] >= 0.5
     assert report["verification"]["passed"]
     assert report["surgery"]["rolled_back"] == {}
