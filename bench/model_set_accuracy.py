@@ -141,9 +141,12 @@ def torch_prune_run(model, data, test, steps: int, seed: int, sparsity: float = 
 
 
 ROWS = {
-    "channel": ("slimmer --method channel --macs-target 0.5 (defaults)", dict(methods=("channel",), macs_target=0.5)),
+    "channel": (
+        "slimmer --method channel --macs-target 0.5 (defaults; round_to relative since 511c3d1)",
+        dict(methods=("channel",), macs_target=0.5),
+    ),
     "channel-rt16": (
-        "slimmer --method channel --macs-target 0.5 --round-to 16",
+        "slimmer --method channel --macs-target 0.5 --round-to 16 (the default before 511c3d1)",
         dict(methods=("channel",), macs_target=0.5, round_to=16),
     ),
     "channel-relative": (
