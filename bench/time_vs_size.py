@@ -14,6 +14,7 @@ No timing is done here; the figures are the coverage run's, with its load (see i
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import shlex
 import statistics
@@ -26,22 +27,19 @@ import _common  # noqa: E402
 BANDS_M = (0, 2, 5, 10, 25, 50, 100, 200, 1000)  # parameter bands, millions
 
 
-def slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of ``ys`` on ``xs``."""
-    mx, my = statistics.mean(xs), statistics.mean(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-
-
-def exponent(rows: list[dict], size: str, time: str = "wall_seconds") -> float:
-    return slope([math.log(r[size]) for r in rows], [math.log(r[time]) for r in rows])
+def exponent(rows: list[dict], size: str, measure: str = "wall_seconds") -> float:
+    """``b`` of ``measure ≈ a · size^b`` over ``rows`` (least squares in log-log)."""
+    logs = [math.log(r[size]) for r in rows], [math.log(r[measure]) for r in rows]
+    return statistics.linear_regression(*logs).slope
 
 
 def body(rows: list[dict], source: str, command: str) -> str:
     meta = next((r for r in rows if r.get("meta")), {})
+    commit = meta.get("versions", {}).get("slimmer_commit", "?")
     done = [r for r in rows if not r.get("meta") and r.get("passed") and r.get("wall_seconds")]
     lines = [
         f"Written by {command} from `{source}` ({len(done)} models that passed; that run: "
-        f"`{meta.get('command', '?')}`, {meta.get('date', '?')}, slimmer {meta.get('versions', {}).get('slimmer_commit', '?')}, "
+        f"`{meta.get('command', '?')}`, {meta.get('date', '?')}, slimmer {commit}, "
         "on the shared 2-core machine while other work ran, so single times carry load noise). Time is the "
         "whole subprocess per model: import, build, plan, shrink to half the MACs, ONNX export, onnxruntime check.",
         "",
@@ -49,10 +47,11 @@ def body(rows: list[dict], source: str, command: str) -> str:
         f"{exponent(done, 'macs_before'):.2f} against MACs, {exponent(done, 'params_before', 'peak_rss_mb'):.2f} "
         "for peak RSS against parameters (b = 1 is linear).",
         "",
-        "| parameters | models | median wall time (s) | slowest (s) | median s per M parameters | median peak RSS (MB) |",
+        "| parameters | models | median wall time (s) | slowest (s) | median s per M parameters "
+        "| median peak RSS (MB) |",
         "|---|---:|---:|---|---:|---:|",
     ]
-    for lo, hi in zip(BANDS_M, BANDS_M[1:]):
+    for lo, hi in itertools.pairwise(BANDS_M):
         band = [r for r in done if lo * 1e6 <= r["params_before"] < hi * 1e6]
         if not band:
             continue
@@ -64,10 +63,11 @@ def body(rows: list[dict], source: str, command: str) -> str:
             f"| {statistics.median(r['peak_rss_mb'] for r in band):.0f} |"
         )
     slow = sorted(done, key=lambda r: -r["wall_seconds"])[:5]
+    named = [f"{r['model']} {r['wall_seconds']:.0f} s ({r['params_before'] / 1e6:.0f} M parameters)" for r in slow]
     lines += [
         "",
         "Slowest five: "
-        + ", ".join(f"{r['model']} {r['wall_seconds']:.0f} s ({r['params_before'] / 1e6:.0f} M parameters)" for r in slow)
+        + ", ".join(named)
         + ". Time follows the number of operations in the graph (capture, planning and export walk it) far more "
         "than the parameter count; memory is the part that grows with the weights (Peak memory).",
     ]

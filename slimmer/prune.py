@@ -38,7 +38,7 @@ DEFAULT_MAX_RATIO = 0.9
 # multiples of 16 from 64 channels up, 8 for 32-63, 4 for 16-31). Wide layers get the 16 that keeps
 # onnxruntime on its fast kernels (docs/BENCHMARKS.md, Latency: round_to 1 made mobilenet_v2 and
 # efficientnet_b0 slower than unpruned); on the torchvision models with narrower layers the relative
-# rule measured within noise of the fixed 16, and on the model set's narrow nets it keeps far more
+# rule measured within noise of the fixed 16, and on the model set's narrow nets it keeps more
 # accuracy after fine-tuning (docs/BENCHMARKS.md, "Rounding relative to the layer width" and
 # "Accuracy on the model set"). --round-to 16 gives the fixed rounding back.
 DEFAULT_ROUND_TO = "relative"
