@@ -174,15 +174,18 @@ def _reason(reasons: set[str]) -> str:
 
 def groups_from_trace(captured: CapturedGraph, space: ChannelSpace, labels: dict[str, Any]) -> GroupSet:
     """Turn union-find classes holding produced channels into :class:`ChannelGroup`s."""
-    live = space.live_roots()
+    root_of = space.root_table()
+    is_live = np.zeros(len(root_of), dtype=bool)
+    is_live[sorted(space.live_roots())] = True
     reasons = space.reasons_by_root()
     # root -> (name, dim) -> indices
     holdings: dict[int, dict[tuple[str, int], list[int]]] = defaultdict(lambda: defaultdict(list))
     for placeholder, name in {**captured.parameters, **captured.buffers}.items():
         for dim, atoms in enumerate(labels.get(placeholder, [])):
-            for index, root in enumerate(space.roots(atoms).tolist()):
-                if root in live:
-                    holdings[root][(name, dim)].append(index)
+            roots = root_of[atoms]
+            (indices,) = np.nonzero(is_live[roots])
+            for index, root in zip(indices.tolist(), roots[indices].tolist(), strict=True):
+                holdings[root][(name, dim)].append(index)
     by_key: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for root, held in holdings.items():
         blocked = _reason(reasons[root]) if root in reasons else None

@@ -8,7 +8,7 @@ the channel planner re-count after every trial removal.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -86,12 +86,18 @@ class MacsByWeight:
 
     def estimate(self, removals: dict[str, dict[int, set[int]]]) -> int:
         """MACs after removing ``removals`` (tensor name → dim → removed indices)."""
+        return self.estimate_counts(
+            {name: {dim: len(idx) for dim, idx in dims.items()} for name, dims in removals.items()}
+        )
+
+    def estimate_counts(self, removed: Mapping[str, Mapping[int, int]]) -> int:
+        """MACs after removing ``removed[name][dim]`` indices of each weight's dimension (counts only)."""
         macs = float(self.total)
-        for name, dims in removals.items():
+        for name, dims in removed.items():
             if name in self.weights:
                 original, shape = self.weights[name]
                 kept = 1.0
-                for dim, removed in dims.items():
-                    kept *= (shape[dim] - len(removed)) / shape[dim]
+                for dim, count in dims.items():
+                    kept *= (shape[dim] - count) / shape[dim]
                 macs -= original * (1.0 - kept)
         return round(macs)

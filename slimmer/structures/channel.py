@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import itertools
 import math
 import zlib
 from collections.abc import Callable, Sequence
@@ -151,6 +152,47 @@ def _bisect(count: int, ok: Callable[[int], bool]) -> int:
     return lo
 
 
+def _removed_by_order(
+    groups: list[ChannelGroup], order: dict[str, list[int]], by_weight: MacsByWeight
+) -> list[list[tuple[str, int, list[int]]]]:
+    """Per group, per member on a counted weight: (name, dim, cumulative index counts in ranking order).
+
+    Keeping the first ``keep`` channels of a group's ranking removes ``cumulative[-1] -
+    cumulative[keep]`` indices of that member's dimension (a channel can hold several indices,
+    e.g. a flattened feature map), so the MACs estimate needs no index sets.
+    """
+    out = []
+    for group in groups:
+        rows = []
+        for member in group.members:
+            if member.name in by_weight.weights:
+                sizes = [len(member.indices[j]) for j in order[group.id]]
+                rows.append((member.name, member.dim, [0, *itertools.accumulate(sizes)]))
+        out.append(rows)
+    return out
+
+
+def _removed_counts(
+    removed_by_order: list[list[tuple[str, int, list[int]]]], keeps: list[int]
+) -> dict[str, dict[int, int]]:
+    """Tensor name → dim → number of indices removed when group ``g`` keeps the first ``keeps[g]``
+    channels of its ranking (groups hold disjoint indices, so counts add up)."""
+    removed: dict[str, dict[int, int]] = {}
+    for rows, keep in zip(removed_by_order, keeps, strict=True):
+        for name, dim, cumulative in rows:
+            dims = removed.setdefault(name, {})
+            dims[dim] = dims.get(dim, 0) + cumulative[-1] - cumulative[keep]
+    return removed
+
+
+def _count_plan_macs(meta: tuple[nn.Module, tuple[Any, ...]], plan: PruningPlan) -> int | None:
+    """MACs of the meta copy with ``plan`` applied, or None when that forward fails."""
+    try:
+        return count_macs(remove_channels(copy.deepcopy(meta[0]), plan), meta[1])
+    except Exception:  # noqa: BLE001 - a shape hard-coded in forward()
+        return None
+
+
 def plan_channels(
     groupset: GroupSet,
     model: nn.Module,
@@ -257,33 +299,40 @@ def plan_channels(
         by_weight = MacsByWeight(*meta)
         macs_before = by_weight.total
 
-    def macs_of(plan: PruningPlan) -> int | None:
-        """MACs with the plan's channels removed, or None when that forward fails."""
+    counted_macs: dict[tuple[int, ...], int | None] = {}  # counts -> MACs (a count is a meta forward)
+
+    def macs_of(counts: list[int]) -> int | None:
+        """MACs with ``counts`` channels asked off each group, or None when that forward fails."""
         if meta is None:
             return None
-        pruned = remove_channels(copy.deepcopy(meta[0]), plan)
-        try:
-            return count_macs(pruned, meta[1])
-        except Exception:  # a shape hard-coded in forward(); found and excluded below
-            return None
+        key = tuple(counts)
+        if key not in counted_macs:  # None: a shape hard-coded in forward(); found and excluded below
+            counted_macs[key] = _count_plan_macs(meta, plan_for(counts))
+        return counted_macs[key]
 
     if macs_target is not None and not macs_before:
         raise ConfigError("macs_target needs a model whose MACs can be counted, and this one counts 0")
     # counting_copy returns a model whose forward already ran: only removals can break it
-    if meta is not None and macs_of(plan_for(counts_at(space))) is None:
+    if meta is not None and macs_of(counts_at(space)) is None:
         for g, group in enumerate(groups):
-            if macs_of(plan_for([group.channels if i == g else 0 for i in range(len(groups))])) is None:
+            if macs_of([group.channels if i == g else 0 for i in range(len(groups))]) is None:
                 excluded.add(g)
                 notes.append(f"group {group.id} kept whole: removing its channels breaks the forward")
 
     if macs_target is not None:
         goal = macs_target * (macs_before or 0)
 
+        removed_by_order = _removed_by_order(groups, order, by_weight)
+
         def estimated(k: int) -> bool:
-            return by_weight.estimate(plan_for(counts_at(k)).removals()) <= goal
+            keeps = [
+                _keep_count(group.channels, c, step, max_ratio)
+                for group, c, step in zip(groups, counts_at(k), steps_in_units, strict=True)
+            ]
+            return by_weight.estimate_counts(_removed_counts(removed_by_order, keeps)) <= goal
 
         def counted(k: int) -> bool:
-            macs = macs_of(plan_for(counts_at(k)))
+            macs = macs_of(counts_at(k))
             return macs is not None and macs <= goal
 
         k = _bisect(space, estimated)
@@ -299,7 +348,7 @@ def plan_channels(
         plan = plan_for(counts_at(k))
     plan.macs_before = macs_before
     if meta is not None:
-        plan.macs_after = macs_of(plan)
+        plan.macs_after = macs_of(counts_at(k)) if k is not None else _count_plan_macs(meta, plan)
     if plan.macs_after is None and meta is not None:
         plan.notes.append("MACs after pruning could not be counted: the forward fails on a meta copy")
     elif macs_target is not None and plan.macs_after > macs_target * macs_before:
