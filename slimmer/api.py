@@ -235,7 +235,7 @@ def _prune_stage(
         model.load_state_dict(original.state_dict())
     elif pruned.plan is not None:
         pruned, surgery = _shrink(model, pruned, example, say)
-    pruned = after_shrink(model, config, example, pruned)
+    pruned = after_shrink(model, config, example, pruned, data)
     if pruned.model is not None:  # --method search dropped residual blocks: a traced GraphModule without them
         model = pruned.model
     if not plan.scheduled:  # N:M masks and folding included

@@ -29,7 +29,7 @@ from slimmer.structures.plan import PruningPlan, removed_per_layer
 from slimmer.structures.rounding import describe as describe_rounding
 from slimmer.structures.scope import UnstructuredScope, unstructured_scope
 from slimmer.structures.unstructured import MaskSet, prunable_weights, unstructured_masks
-from slimmer.surgery import SurgeryResult, mask_model, shrink
+from slimmer.surgery import SurgeryResult, mask_model, shrink, slice_like_surgery
 from slimmer.train.data import DataSplits
 
 CHANNEL_CRITERIA = {"magnitude": "l1", "l1": "l1", "l2": "l2", "bn-scale": "bn-scale", "random": "random"}
@@ -57,9 +57,17 @@ def prune(model: nn.Module, config: CompressConfig, example: tuple, data: DataSp
     result = PruneResult()
     for method in config.methods:
         handler = METHODS.get(method)
-        if not handler.after_shrink:  # nm and fold act on the physically pruned model: after_shrink()
+        if not handler.after_shrink and not _unstructured_after_surgery(config, method):
             result = checked(handler, handler.apply(model, config, example, data, result))
     return result
+
+
+def _unstructured_after_surgery(config: CompressConfig, method: str) -> bool:
+    """Whether unstructured masks wait for channel surgery: with ``--method channel`` (or ``search``)
+    as well, one-shot, the weights are masked on the physically pruned model, so the requested sparsity
+    holds for the weights that ship and the masks have their shapes while fine-tuning."""
+    structured = "channel" in config.methods or "search" in config.methods
+    return method == "unstructured" and structured and config.schedule == "oneshot"
 
 
 METHODS: Registry[MethodHandler] = Registry("method")
@@ -296,17 +304,32 @@ def shrink_model(model: nn.Module, result: PruneResult, example: tuple) -> tuple
     rolled = (f"group {gid} was rolled back (kept whole): {why}" for gid, why in surgery.rolled_back.items())
     # the groups were captured from the unpruned model: they no longer describe it, and their
     # exported program holds every tensor the surgery replaced (a whole model's worth of memory)
-    return result.but(plan=surgery.plan, groups=None).warn(*rolled), surgery
+    result = result.but(plan=surgery.plan, groups=None).warn(*rolled)
+    if result.masks is not None:  # unstructured masks made before the surgery: cut them to the new shapes
+        masks = MaskSet(slice_like_surgery(result.masks.masks, surgery.plan), warnings=result.masks.warnings)
+        result = result.but(masks=masks, sparsity_achieved=masks.sparsity, per_layer=masks.per_layer_sparsity())
+    if result.dense:
+        result = result.but(dense=slice_like_surgery(result.dense, surgery.plan))
+    return result, surgery
 
 
-def after_shrink(model: nn.Module, config: CompressConfig, example: tuple, result: PruneResult) -> PruneResult:
-    """Methods applied to the physically pruned model, in their handlers' order (N:M masks, then folding)."""
+def after_shrink(
+    model: nn.Module, config: CompressConfig, example: tuple, result: PruneResult, data: DataSplits | None = None
+) -> PruneResult:
+    """Methods applied to the physically pruned model, in their handlers' order: a before-surgery
+    method's ``finish``, unstructured masks that waited for the surgery, N:M masks, then folding."""
     handlers = sorted((METHODS.get(m) for m in config.methods), key=lambda h: h.order)
+    for handler in handlers:
+        if not handler.after_shrink and handler.finish is not None:
+            result = checked(handler, handler.finish(model, config, example, result))
+    for method in config.methods:
+        if _unstructured_after_surgery(config, method):
+            handler = METHODS.get(method)
+            target = result.model if result.model is not None else model  # search: the model without its blocks
+            result = checked(handler, handler.apply(target, config, example, data, result))
     for handler in handlers:
         if handler.after_shrink:
             result = checked(handler, handler.apply(model, config, example, None, result))
-        elif handler.finish is not None:
-            result = checked(handler, handler.finish(model, config, example, result))
     return result
 
 

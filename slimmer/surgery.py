@@ -100,6 +100,22 @@ def _update_attributes(module: nn.Module, old: dict[str, Any]) -> None:
 _ATTRIBUTES = ("in_channels", "out_channels", "groups", "num_channels", "num_groups")
 
 
+def _without(tensor: torch.Tensor, dims: dict[int, set[int]]) -> torch.Tensor:
+    """``tensor`` without the indices ``dims[d]`` of each dimension ``d``."""
+    for dim, removed in sorted(dims.items()):
+        keep = [i for i in range(tensor.shape[dim]) if i not in removed]
+        tensor = tensor.index_select(dim, torch.tensor(keep, dtype=torch.long, device=tensor.device))
+    return tensor
+
+
+def slice_like_surgery(tensors: dict[str, torch.Tensor], plan: PruningPlan) -> dict[str, torch.Tensor]:
+    """Per-parameter tensors shaped like the unpruned parameters (unstructured keep-masks, weight
+    copies), cut to the parameters' shapes after :func:`remove_channels` of ``plan``; names the plan
+    does not touch are returned as they are."""
+    removals = plan.removals()
+    return {name: _without(t, removals[name]) if name in removals else t for name, t in tensors.items()}
+
+
 @torch.no_grad()
 def remove_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """Slice every member of every pruned group in place; no checking (see :func:`shrink`)."""
@@ -107,11 +123,7 @@ def remove_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
     touched: dict[str, dict[str, Any]] = {}
     for name, dims in plan.removals().items():
         tensor = _get(model, name)
-        new = tensor.detach()
-        for dim, removed in sorted(dims.items()):
-            keep = [i for i in range(new.shape[dim]) if i not in removed]
-            new = new.index_select(dim, torch.tensor(keep, dtype=torch.long, device=new.device))
-        new = new.clone()
+        new = _without(tensor.detach(), dims).clone()
         for alias in aliases.get(id(tensor), [name]):
             module, attr = _owner(model, alias)
             path = alias.rpartition(".")[0]

@@ -3,6 +3,7 @@
 import json
 
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 
@@ -125,3 +126,24 @@ def test_resnet50_macs_target_half(cli, tmp_path):
     r = run.json()
     assert r["macs"]["after"] / r["macs"]["before"] <= 0.52 and r["verification"]["passed"]
     assert json.loads(ckpt.with_name("r50.slim.onnx.plan.json").read_text())["macs_target"] == 0.5
+
+
+@pytest.mark.parametrize("finetune", [False, True])
+def test_unstructured_with_channel_masks_the_weights_that_ship(cli, r20, fmnist_like_npz, finetune):
+    """Unstructured masks are made after channel surgery: their shapes are the pruned weights' while
+    fine-tuning (made before it, they crashed the loop), and the sparsity holds in the ONNX file."""
+    ft = ["--data", fmnist_like_npz, "--finetune-steps", "4", "--batch-size", "32"] if finetune else []
+    run = cli(
+        "compress", r20, "--arch", "resnet20-fmnist", "--method", "unstructured,channel", "--macs-target", "0.6",
+        "--sparsity", "0.5", *ft, "--json",
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    report = run.json()
+    assert report["macs"]["after"] / report["macs"]["before"] <= 0.6
+    assert abs(report["sparsity"]["achieved"] - 0.5) <= 0.01 and report["status"] == "ok"
+    assert (report["finetune"] or {}).get("steps_done", 0) == (4 if finetune else 0)
+    names = set(report["sparsity"]["per_layer"])
+    masked = [i for i in onnx.load(report["onnx"]["path"]).graph.initializer if i.name in names]
+    assert len(masked) == len(names)
+    zeros = sum(int((onnx.numpy_helper.to_array(i) == 0).sum()) for i in masked)
+    assert abs(zeros / sum(onnx.numpy_helper.to_array(i).size for i in masked) - 0.5) <= 0.01
