@@ -29,7 +29,7 @@ from slimmer.structures.plan import PruningPlan, removed_per_layer
 from slimmer.structures.rounding import describe as describe_rounding
 from slimmer.structures.scope import UnstructuredScope, unstructured_scope
 from slimmer.structures.unstructured import MaskSet, prunable_weights, unstructured_masks
-from slimmer.surgery import SurgeryResult, mask_model, shrink, slice_like_surgery
+from slimmer.surgery import SurgeryResult, mask_model, shrink
 from slimmer.train.data import DataSplits
 
 CHANNEL_CRITERIA = {"magnitude": "l1", "l1": "l1", "l2": "l2", "bn-scale": "bn-scale", "random": "random"}
@@ -304,13 +304,7 @@ def shrink_model(model: nn.Module, result: PruneResult, example: tuple) -> tuple
     rolled = (f"group {gid} was rolled back (kept whole): {why}" for gid, why in surgery.rolled_back.items())
     # the groups were captured from the unpruned model: they no longer describe it, and their
     # exported program holds every tensor the surgery replaced (a whole model's worth of memory)
-    result = result.but(plan=surgery.plan, groups=None).warn(*rolled)
-    if result.masks is not None:  # unstructured masks made before the surgery: cut them to the new shapes
-        masks = MaskSet(slice_like_surgery(result.masks.masks, surgery.plan), warnings=result.masks.warnings)
-        result = result.but(masks=masks, sparsity_achieved=masks.sparsity, per_layer=masks.per_layer_sparsity())
-    if result.dense:
-        result = result.but(dense=slice_like_surgery(result.dense, surgery.plan))
-    return result, surgery
+    return result.but(plan=surgery.plan, groups=None).warn(*rolled), surgery
 
 
 def after_shrink(

@@ -108,14 +108,6 @@ def _without(tensor: torch.Tensor, dims: dict[int, set[int]]) -> torch.Tensor:
     return tensor
 
 
-def slice_like_surgery(tensors: dict[str, torch.Tensor], plan: PruningPlan) -> dict[str, torch.Tensor]:
-    """Per-parameter tensors shaped like the unpruned parameters (unstructured keep-masks, weight
-    copies), cut to the parameters' shapes after :func:`remove_channels` of ``plan``; names the plan
-    does not touch are returned as they are."""
-    removals = plan.removals()
-    return {name: _without(t, removals[name]) if name in removals else t for name, t in tensors.items()}
-
-
 @torch.no_grad()
 def remove_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """Slice every member of every pruned group in place; no checking (see :func:`shrink`)."""
