@@ -142,40 +142,42 @@ def torch_prune_run(model, data, test, steps: int, seed: int, sparsity: float = 
 
 ROWS = {
     "channel": (
-        "slimmer --method channel --macs-target 0.5 (defaults; round_to relative since 511c3d1)",
+        "slimmer --method channel --macs-target 0.5 (defaults: round_to relative since 511c3d1, cross-entropy only "
+        "since the distillation default changed)",
         dict(methods=("channel",), macs_target=0.5),
     ),
     "channel-rt16": (
-        "slimmer --method channel --macs-target 0.5 --round-to 16 (the default before 511c3d1)",
-        dict(methods=("channel",), macs_target=0.5, round_to=16),
+        "slimmer --method channel --macs-target 0.5 --round-to 16 --kd (the default before 511c3d1)",
+        dict(methods=("channel",), macs_target=0.5, round_to=16, kd=True),
     ),
     "channel-relative": (
-        "slimmer --method channel --macs-target 0.5, round_to relative",
-        dict(methods=("channel",), macs_target=0.5, round_to="relative"),
+        "slimmer --method channel --macs-target 0.5 --round-to relative --kd (distillation: the default until it "
+        "became cross-entropy for channel pruning)",
+        dict(methods=("channel",), macs_target=0.5, round_to="relative", kd=True),
     ),
     "channel-macs": (
-        "slimmer --method channel --macs-target 0.5 --no-latency-aware (ranked by MACs)",
-        dict(methods=("channel",), macs_target=0.5, latency_aware=False),
+        "slimmer --method channel --macs-target 0.5 --round-to 16 --no-latency-aware --kd (ranked by MACs)",
+        dict(methods=("channel",), macs_target=0.5, round_to=16, latency_aware=False, kd=True),
     ),
     "channel-latency": (
-        "slimmer --method channel --macs-target 0.5 --latency-aware",
-        dict(methods=("channel",), macs_target=0.5, latency_aware=True),
+        "slimmer --method channel --macs-target 0.5 --round-to 16 --latency-aware --kd",
+        dict(methods=("channel",), macs_target=0.5, round_to=16, latency_aware=True, kd=True),
     ),
     "channel-rt1": (
-        "slimmer --method channel --macs-target 0.5 --round-to 1",
-        dict(methods=("channel",), macs_target=0.5, round_to=1),
+        "slimmer --method channel --macs-target 0.5 --round-to 1 --kd",
+        dict(methods=("channel",), macs_target=0.5, round_to=1, kd=True),
     ),
     "channel-rt8": (
-        "slimmer --method channel --macs-target 0.5 --round-to 8",
-        dict(methods=("channel",), macs_target=0.5, round_to=8),
+        "slimmer --method channel --macs-target 0.5 --round-to 8 --kd",
+        dict(methods=("channel",), macs_target=0.5, round_to=8, kd=True),
     ),
     "channel-layer": (
-        "slimmer --method channel --macs-target 0.5 --scope layer --round-to 1 (uniform ratio, as Torch-Pruning)",
-        dict(methods=("channel",), macs_target=0.5, scope="layer", round_to=1),
+        "slimmer --method channel --macs-target 0.5 --scope layer --round-to 1 --kd (uniform ratio, as Torch-Pruning)",
+        dict(methods=("channel",), macs_target=0.5, scope="layer", round_to=1, kd=True),
     ),
     "channel-ce": (
-        "slimmer --method channel --macs-target 0.5 --no-kd (cross-entropy only, as the peers)",
-        dict(methods=("channel",), macs_target=0.5, kd=False),
+        "slimmer --method channel --macs-target 0.5 --round-to 16 --no-kd (cross-entropy only, as the peers)",
+        dict(methods=("channel",), macs_target=0.5, round_to=16, kd=False),
     ),
     "channel-rt1-ce": (
         "slimmer --method channel --macs-target 0.5 --round-to 1 --no-kd",
@@ -186,7 +188,7 @@ ROWS = {
         dict(methods=("channel",), macs_target=0.5, scope="layer", round_to=1, kd=False),
     ),
     "channel-relative-ce": (
-        "slimmer --method channel --macs-target 0.5 --round-to relative --no-kd",
+        "slimmer --method channel --macs-target 0.5 --round-to relative --no-kd (the default's settings)",
         dict(methods=("channel",), macs_target=0.5, round_to="relative", kd=False),
     ),
     "u90": ("slimmer --sparsity 0.9 (defaults)", dict(sparsity=0.9)),

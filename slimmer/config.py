@@ -70,7 +70,7 @@ class CompressConfig:
     finetune_steps: int = 0
     batch_size: int = 128
     optimizer: str = "sgd"
-    kd: bool = True
+    kd: bool | None = None  # None: distil, except --method channel alone with labels (RecoverConfig.distils)
     kd_weight: float = 0.5  # distillation's share of the loss when labels exist; the rest is cross-entropy
     kd_layers: float = 0.0  # weight of layer-wise distillation (train/feature_kd.py); 0 = logits only
     regrow: bool = False  # dense straight-through fine-tuning of a one-shot unstructured mask (recover.regrows)
@@ -155,7 +155,7 @@ class CompressConfig:
     def _check_kd_layers(self) -> None:
         if self.finetune_steps == 0:
             raise ConfigError("--kd-layers distils while fine-tuning: pass --finetune-steps and --data")
-        if not self.kd:
+        if self.kd is False:
             raise ConfigError("--kd-layers distils from the original model: drop --no-kd, or drop --kd-layers")
         if "fold" in self.methods:
             raise ConfigError(

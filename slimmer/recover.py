@@ -236,10 +236,11 @@ def nm_mask_changed(model: nn.Module, masks: MaskSet) -> float:
 
 def _how(config: CompressConfig, data: DataSplits, cfg, layered: FeatureDistillHook | None, pruned: PruneResult) -> str:
     """The fine-tuning recipe in words, for the progress line."""
-    how = "distilling from the original" if config.kd else "labels only"
+    distils = config.stages.recover.distils
+    how = "distilling from the original" if distils else "labels only"
     if data.train.feed is not None and data.train.y is None:
         how = "distilling the original's mean-pooled embeddings and hidden states: cosine + MSE"
-    if config.kd and data.train.y is not None:
+    if distils and data.train.y is not None:
         how += f" at weight {config.kd_weight:g}, the rest cross-entropy"
     if cfg.augment is not None:
         how += ", pad-crop-flip augmentation"

@@ -285,7 +285,8 @@ class RecoverConfig(StageConfig):
     batch_size: int = 128
     optimizer: str = "sgd"
     lr: float = 0.01
-    kd: bool = True
+    methods: tuple[str, ...] = ("unstructured",)
+    kd: bool | None = None
     kd_weight: float = 0.5
     kd_layers: float = 0.0
     regrow: bool = False
@@ -300,6 +301,17 @@ class RecoverConfig(StageConfig):
     output_name: str | None = None
     fold_latency_gate: str = "measure"
     fold_alpha_start: float = 0.05
+
+    @property
+    def distils(self) -> bool:
+        """Whether fine-tuning distils from the original when the data has labels (without labels it
+        always does: the original is the only signal). ``--kd``/``--no-kd`` decide; by default it
+        distils, except when channel pruning is the only method: there cross-entropy alone recovered
+        more on every member of the model set (docs/BENCHMARKS.md "Accuracy on the model set"),
+        while at 90% unstructured sparsity distillation recovered more. ``--kd-layers`` distils."""
+        if self.kd is not None:
+            return self.kd
+        return self.kd_layers > 0 or tuple(self.methods) != ("channel",)
 
     def __post_init__(self) -> None:
         from slimmer import choices

@@ -90,7 +90,7 @@ def test_labelled_jsonl_trains_a_classifier_and_reports_accuracy(compress_json, 
     data.write_text("\n".join(json.dumps(r) for r in rows))
     run, report = compress_json(
         folder, "--method", "channel", "--macs-target", "0.6", "--data", data, "--finetune-steps", "5",
-        "--batch-size", "8", "--optimizer", "adamw", "--lr", "0.001",
+        "--batch-size", "8", "--optimizer", "adamw", "--lr", "0.001", "--kd",
     )  # fmt: skip
     assert run.code == 0, run.stderr
     assert report["input"]["arch"] == "transformers:BertForSequenceClassification (sequence-classification)"

@@ -218,7 +218,11 @@ optimizer = typer.Option(
     "sgd", "--optimizer", help=f"{_one_of('--optimizer')} (sgd: Nesterov momentum)", rich_help_panel=RECOVERY
 )
 kd = typer.Option(
-    True, "--kd/--no-kd", help="distill from the original model while fine-tuning", rich_help_panel=RECOVERY
+    None,
+    "--kd/--no-kd",
+    help="distil from the original model while fine-tuning (default: on, except with --method channel "
+    "alone on labelled data and no --kd-weight, where cross-entropy alone recovered more)",
+    rich_help_panel=RECOVERY,
 )
 kd_weight = typer.Option(
     None,

@@ -37,7 +37,7 @@ def finetune_config(config: RecoverConfig, example: tuple, n_train: int, steps: 
         optimizer=config.optimizer,
         device=config.device,
         seed=config.seed,
-        kd_alpha=config.kd_weight if config.kd else 0.0,
+        kd_alpha=config.kd_weight if config.distils else 0.0,
         progress_every_s=config.progress_every_s,
         augment=pad_crop_flip(pad=max(1, first.shape[-1] // 8)) if config.augment and image else None,
         output_name=config.output_name,
@@ -58,5 +58,6 @@ def step_printer(say: Say, stage: str, label: str) -> Callable[[dict], None]:
 
 
 def distillation_teacher(teacher: nn.Module, config: RecoverConfig, data: DataSplits) -> nn.Module | None:
-    """The original model with ``--kd``, and always when the data has no labels (the only signal)."""
-    return teacher if config.kd or data.train.y is None else None
+    """The original model when fine-tuning distils (:attr:`RecoverConfig.distils`), and always when the
+    data has no labels (the only signal)."""
+    return teacher if config.distils or data.train.y is None else None
