@@ -128,11 +128,11 @@ def test_resnet50_macs_target_half(cli, tmp_path):
     assert json.loads(ckpt.with_name("r50.slim.onnx.plan.json").read_text())["macs_target"] == 0.5
 
 
-@pytest.mark.parametrize("finetune", [False, True])
-def test_unstructured_with_channel_masks_the_weights_that_ship(cli, r20, fmnist_like_npz, finetune):
+def test_unstructured_with_channel_masks_the_weights_that_ship(cli, r20, fmnist_like_npz):
     """Unstructured masks are made after channel surgery: their shapes are the pruned weights' while
-    fine-tuning (made before it, they crashed the loop), and the sparsity holds in the ONNX file."""
-    ft = ["--data", fmnist_like_npz, "--finetune-steps", "4", "--batch-size", "32"] if finetune else []
+    fine-tuning (made before it, they crashed the loop), and the sparsity holds in the ONNX file
+    (made before it, the removed channels' zeros counted: 47.6% zeros shipped for 0.5)."""
+    ft = ["--data", fmnist_like_npz, "--finetune-steps", "4", "--batch-size", "32"]
     run = cli(
         "compress", r20, "--arch", "resnet20-fmnist", "--method", "unstructured,channel", "--macs-target", "0.6",
         "--sparsity", "0.5", *ft, "--json",
@@ -141,7 +141,8 @@ def test_unstructured_with_channel_masks_the_weights_that_ship(cli, r20, fmnist_
     report = run.json()
     assert report["macs"]["after"] / report["macs"]["before"] <= 0.6
     assert abs(report["sparsity"]["achieved"] - 0.5) <= 0.01 and report["status"] == "ok"
-    assert (report["finetune"] or {}).get("steps_done", 0) == (4 if finetune else 0)
+    assert report["finetune"]["steps_done"] == 4
+    assert report["finetune"]["kd_weight"] == 0.5  # not channel alone: distillation stays the default
     names = set(report["sparsity"]["per_layer"])
     masked = [i for i in onnx.load(report["onnx"]["path"]).graph.initializer if i.name in names]
     assert len(masked) == len(names)

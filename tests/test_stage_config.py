@@ -103,3 +103,51 @@ def test_a_method_handler_that_returns_nothing_is_a_bug_named_at_once(monkeypatc
     monkeypatch.setattr(prune_stage.METHODS, "get", lambda name: after)
     with pytest.raises(TypeError, match="returned NoneType"):
         prune_stage.after_shrink(nn.Linear(4, 2), cfg, (torch.randn(2, 4),), prune_stage.PruneResult())
+
+
+@pytest.mark.parametrize(
+    ("options", "distils"),
+    [
+        ({"methods": ("channel",)}, False),  # cross-entropy recovered more after channel pruning (model set)
+        ({"methods": ("channel",), "kd": True}, True),
+        ({"methods": ("channel",), "kd_layers": 0.5}, True),  # layer-wise distillation needs the teacher
+        ({"methods": ("unstructured", "channel")}, True),
+        ({"methods": ("unstructured",)}, True),
+        ({"methods": ("nm",)}, True),
+        ({"methods": ("unstructured",), "kd": False}, False),
+    ],
+)
+def test_fine_tuning_distils_by_default_except_after_channel_pruning_alone(options, distils) -> None:
+    assert RecoverConfig(**options).distils is distils
+
+
+@pytest.mark.parametrize(
+    ("given", "kd", "weight"),
+    [
+        ({}, None, 0.5),
+        ({"kd_weight": 0.7}, True, 0.7),  # a weight given is a wish to distil
+        ({"kd_weight": 0.7, "kd": False}, False, 0.7),
+        ({"method": "search"}, None, 0.9),
+    ],
+)
+def test_the_cli_reads_a_distillation_weight_as_distillation(given, kd, weight) -> None:
+    from slimmer.cli.compress import build_config
+
+    opts = {"method": "channel", "kd": None, "kd_weight": None, "macs_target": 0.5} | given
+    if opts["method"] == "search":
+        opts |= {"data": "fashion-mnist", "finetune_steps": 1}
+    config = build_config(**opts)
+    assert (config.kd, config.kd_weight) == (kd, weight)
+
+
+def test_data_without_labels_always_distils() -> None:
+    from types import SimpleNamespace
+
+    from slimmer.train.setup import distillation_teacher
+
+    teacher = object()
+    unlabelled = SimpleNamespace(train=SimpleNamespace(y=None))
+    labelled = SimpleNamespace(train=SimpleNamespace(y=[0]))
+    config = RecoverConfig(methods=("channel",))
+    assert distillation_teacher(teacher, config, unlabelled) is teacher
+    assert distillation_teacher(teacher, config, labelled) is None
