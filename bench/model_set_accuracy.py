@@ -191,6 +191,10 @@ ROWS = {
         "slimmer --method channel --macs-target 0.5 --round-to relative --no-kd (the default's settings)",
         dict(methods=("channel",), macs_target=0.5, round_to="relative", kd=False),
     ),
+    "channel-layer-relative-ce": (
+        "slimmer --method channel --macs-target 0.5 --scope layer --round-to relative --no-kd",
+        dict(methods=("channel",), macs_target=0.5, scope="layer", round_to="relative", kd=False),
+    ),
     "u90": ("slimmer --sparsity 0.9 (defaults)", dict(sparsity=0.9)),
     "u90-ce": ("slimmer --sparsity 0.9 --no-kd", dict(sparsity=0.9, kd=False)),
     "tp": ("Torch-Pruning L2, MACs matched to slimmer's channel row (CE)", None),
