@@ -107,3 +107,16 @@ def test_the_config_refuses_other_round_to_values(bad):
     with pytest.raises(ConfigError, match="round_to must be an integer >= 1 or 'relative'"):
         CompressConfig(methods=("channel",), round_to=bad)
     assert CompressConfig(methods=("channel",), round_to="relative").round_to == "relative"
+
+
+def test_a_plan_far_under_the_macs_target_says_so():
+    """Relative rounding moves each layer by a quarter of its width; with --scope layer every layer moves
+    at once, so 0.5 of the MACs is out of reach: the plan keeps about a quarter, and must say why."""
+    torch.manual_seed(0)
+    model = Plain().eval()
+    groups = build_groups(model, (X,))
+    plan = plan_channels(groups, model, macs_target=0.5, round_to="relative", scope="layer", example_inputs=(X,))
+    assert plan.macs_after / plan.macs_before < 0.45
+    assert any("MACs target 0.5 overshot" in n and "--scope global" in n for n in plan.notes)
+    close = plan_channels(groups, model, macs_target=0.5, round_to=1, scope="global", example_inputs=(X,))
+    assert close.macs_after / close.macs_before >= 0.45 and not any("overshot" in n for n in close.notes)

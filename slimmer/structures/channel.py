@@ -138,6 +138,10 @@ def _validate(
         raise ConfigError(f"unknown channel criterion {criterion!r}; choose one of {', '.join(SCORE_KINDS)}")
 
 
+OVERSHOOT = 0.05
+"""A plan keeping more than this fraction of the original MACs below ``macs_target`` is reported."""
+
+
 def _bisect(count: int, ok: Callable[[int], bool]) -> int:
     """Smallest k in [0, count] with ok(k) (ok is monotone); ``count`` when none is."""
     lo, hi = 0, count
@@ -355,6 +359,15 @@ def plan_channels(
         plan.notes.append(
             f"MACs target {macs_target:g} not reached: kept {plan.macs_after / macs_before:.3f} "
             f"(max_ratio {max_ratio:g}, {len(groupset.blocked)} blocked groups)"
+        )
+    elif macs_target is not None and plan.macs_after < (macs_target - OVERSHOOT) * macs_before:
+        plan.notes.append(
+            f"MACs target {macs_target:g} overshot: kept {plan.macs_after / macs_before:.3f}, because the kept "
+            f"channel counts move in coarse steps (round_to {round_to}"
+            + (", every layer by the same ratio" if scope == "layer" else "")
+            + "); a finer --round-to"
+            + (" or --scope global" if scope == "layer" else "")
+            + " lands closer"
         )
     if sparsity is not None and plan.channels_pruned < sparsity * plan.channels_total - 1e-9:
         plan.notes.append(
