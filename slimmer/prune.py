@@ -57,17 +57,18 @@ def prune(model: nn.Module, config: CompressConfig, example: tuple, data: DataSp
     result = PruneResult()
     for method in config.methods:
         handler = METHODS.get(method)
-        if not handler.after_shrink and not _unstructured_after_surgery(config, method):
+        waits = method == "unstructured" and _unstructured_after_surgery(config)
+        if not handler.after_shrink and not waits:
             result = checked(handler, handler.apply(model, config, example, data, result))
     return result
 
 
-def _unstructured_after_surgery(config: CompressConfig, method: str) -> bool:
+def _unstructured_after_surgery(config: CompressConfig) -> bool:
     """Whether unstructured masks wait for channel surgery: with ``--method channel`` (or ``search``)
     as well, one-shot, the weights are masked on the physically pruned model, so the requested sparsity
     holds for the weights that ship and the masks have their shapes while fine-tuning."""
-    structured = "channel" in config.methods or "search" in config.methods
-    return method == "unstructured" and structured and config.schedule == "oneshot"
+    methods = set(config.methods)
+    return "unstructured" in methods and bool(methods & {"channel", "search"}) and config.schedule == "oneshot"
 
 
 METHODS: Registry[MethodHandler] = Registry("method")
@@ -316,11 +317,10 @@ def after_shrink(
     for handler in handlers:
         if not handler.after_shrink and handler.finish is not None:
             result = checked(handler, handler.finish(model, config, example, result))
-    for method in config.methods:
-        if _unstructured_after_surgery(config, method):
-            handler = METHODS.get(method)
-            target = result.model if result.model is not None else model  # search: the model without its blocks
-            result = checked(handler, handler.apply(target, config, example, data, result))
+    if _unstructured_after_surgery(config):
+        handler = METHODS.get("unstructured")
+        target = result.model if result.model is not None else model  # search: the model without its blocks
+        result = checked(handler, handler.apply(target, config, example, data, result))
     for handler in handlers:
         if handler.after_shrink:
             result = checked(handler, handler.apply(model, config, example, None, result))

@@ -90,9 +90,6 @@ class ChannelSpace:
     def live_roots(self) -> set[int]:
         return {self.find(p) for p in self.producers}
 
-    def roots(self, atoms: np.ndarray) -> np.ndarray:
-        return np.fromiter((self.find(a) for a in atoms.tolist()), dtype=np.int64, count=atoms.size)
-
     def root_table(self) -> np.ndarray:
         """The root of every atom, as an int64 array indexed by atom id (a snapshot: later unions
         do not update it). Pointer jumping over the whole parent array, so the cost is a few numpy
