@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from slimmer.errors import ConfigError
 from slimmer.graph.groups import build_groups
+from slimmer.graph.macs import count_macs
 from slimmer.structures.channel import plan_channels
+from slimmer.structures.plan import PlannedGroup, PruningPlan
 from slimmer.structures.rounding import (
     RELATIVE,
     check_round_to,
@@ -16,6 +20,7 @@ from slimmer.structures.rounding import (
     parse_round_to,
     relative_multiple,
 )
+from slimmer.surgery import remove_channels
 
 X = torch.randn(1, 1, 8, 8)
 
@@ -110,13 +115,52 @@ def test_the_config_refuses_other_round_to_values(bad):
 
 
 def test_a_plan_far_under_the_macs_target_says_so():
-    """Relative rounding moves each layer by a quarter of its width; with --scope layer every layer moves
-    at once, so 0.5 of the MACs is out of reach: the plan keeps about a quarter, and must say why."""
+    """With round_to 16 the 16-, 32- and 64-channel layers move by a whole or half layer: the closest
+    plan under 0.5 keeps 0.404 of the MACs (one step more on any layer is over the target), and the
+    plan must say why it is so far under."""
     torch.manual_seed(0)
     model = Plain().eval()
     groups = build_groups(model, (X,))
-    plan = plan_channels(groups, model, macs_target=0.5, round_to="relative", scope="layer", example_inputs=(X,))
-    assert plan.macs_after / plan.macs_before < 0.45
-    assert any("MACs target 0.5 overshot" in n and "--scope global" in n for n in plan.notes)
+    for scope in ("global", "layer"):
+        plan = plan_channels(groups, model, macs_target=0.5, round_to=16, scope=scope, example_inputs=(X,))
+        assert [len(g.kept) for g in plan.groups] == [16, 16, 48]
+        assert plan.macs_after / plan.macs_before == pytest.approx(0.4039, abs=1e-4)
+        assert any("MACs target 0.5 overshot: kept 0.404" in n for n in plan.notes)
     close = plan_channels(groups, model, macs_target=0.5, round_to=1, scope="global", example_inputs=(X,))
     assert close.macs_after / close.macs_before >= 0.45 and not any("overshot" in n for n in close.notes)
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_rounding_gives_back_the_channels_that_still_fit_under_the_target(scope):
+    """Relative rounding moves a layer by a quarter of its width. Before the refill step the
+    bisection's plan kept 0.351 (global) and 0.252 (layer, every layer a quarter at once) of the
+    MACs for a 0.5 target on this model; now steps are given back while they fit."""
+    torch.manual_seed(0)
+    model = Plain().eval()
+    groups = build_groups(model, (X,))
+    plan = plan_channels(groups, model, macs_target=0.5, round_to="relative", scope=scope, example_inputs=(X,))
+    kept = plan.macs_after / plan.macs_before
+    assert 0.45 <= kept <= 0.5 and not any("overshot" in n for n in plan.notes)
+    multiples = [multiple_for(g, "relative") for g in groups.prunable]
+    assert all(len(g.kept) % m == 0 or len(g.kept) == g.channels for g, m in zip(plan.groups, multiples, strict=True))
+    # no single step more fits: every group one multiple wider is over the target
+    for i, (g, m) in enumerate(zip(plan.groups, multiples, strict=True)):
+        if len(g.kept) == g.channels:
+            continue
+        wider = [
+            PlannedGroup(p.id, p.members, p.channels, p.kept if j != i else list(range(len(p.kept) + m)))
+            for j, p in enumerate(plan.groups)
+        ]
+        trial = PruningPlan(wider).bind(groups)
+        macs = count_macs(remove_channels(copy.deepcopy(model), trial), (X,))
+        assert macs > 0.5 * plan.macs_before
+
+
+def test_channel_sparsity_with_rounding_removes_no_more_than_it_must():
+    """--sparsity 0.3 of 112 channels asks for 34 off; relative rounding with the bisection alone
+    removed 40, the refill gives back a step and removes 36."""
+    torch.manual_seed(0)
+    model = Plain().eval()
+    groups = build_groups(model, (X,))
+    plan = plan_channels(groups, model, sparsity=0.3, round_to="relative", scope="global", example_inputs=(X,))
+    assert plan.channels_pruned == 36 and plan.channels_total == 112

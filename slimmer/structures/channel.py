@@ -13,7 +13,10 @@ meta-device copy with the channels really removed. Every group keeps at least on
 least ``1 - max_ratio`` of them; kept counts are rounded *up* so that every tensor keeps a
 multiple of ``round_to`` channels (counted in channels, not in units: a unit of a grouped conv or
 GroupNorm holds several, see :func:`unit_step`), so rounding never prunes more than asked and the
-bisection absorbs the difference elsewhere. Groups whose removal breaks the forward (a size
+bisection absorbs the difference elsewhere. Rounding moves in coarse steps, so the first step that
+meets the target can land well under it; rounding steps are then given back, the most important
+channels first (global) or the most cut layers first (layer), while the target still holds
+(:func:`slimmer.structures.budget.refill`). Groups whose removal breaks the forward (a size
 written as a literal in ``forward``) are found on a meta copy and kept whole, with a note.
 
 ``latency_aware`` divides each channel's normalized score by its group's estimated time per MAC
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import bisect
 import copy
-import itertools
 import math
 import zlib
 from collections.abc import Callable, Sequence
@@ -38,6 +40,7 @@ from torch import nn
 from slimmer.errors import ConfigError
 from slimmer.graph.groups import ChannelGroup, GroupSet
 from slimmer.graph.macs import MacsByWeight, count_macs, counting_copy, to_meta
+from slimmer.structures.budget import refill, removed_by_order, removed_counts, smallest_passing
 from slimmer.structures.latency_cost import BUILT_IN, LatencyByWeight, LatencyCosts
 from slimmer.structures.plan import PlannedGroup, PruningPlan
 from slimmer.structures.rounding import RoundTo, check_round_to, multiple_for
@@ -142,53 +145,6 @@ OVERSHOOT = 0.05
 """A plan keeping more than this fraction of the original MACs below ``macs_target`` is reported."""
 
 
-def _bisect(count: int, ok: Callable[[int], bool]) -> int:
-    """Smallest k in [0, count] with ok(k) (ok is monotone); ``count`` when none is."""
-    lo, hi = 0, count
-    if not ok(hi):
-        return hi
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-def _removed_by_order(
-    groups: list[ChannelGroup], order: dict[str, list[int]], by_weight: MacsByWeight
-) -> list[list[tuple[str, int, list[int]]]]:
-    """Per group, per member on a counted weight: (name, dim, cumulative index counts in ranking order).
-
-    Keeping the first ``keep`` channels of a group's ranking removes ``cumulative[-1] -
-    cumulative[keep]`` indices of that member's dimension (a channel can hold several indices,
-    e.g. a flattened feature map), so the MACs estimate needs no index sets.
-    """
-    out = []
-    for group in groups:
-        rows = []
-        for member in group.members:
-            if member.name in by_weight.weights:
-                sizes = [len(member.indices[j]) for j in order[group.id]]
-                rows.append((member.name, member.dim, [0, *itertools.accumulate(sizes)]))
-        out.append(rows)
-    return out
-
-
-def _removed_counts(
-    removed_by_order: list[list[tuple[str, int, list[int]]]], keeps: list[int]
-) -> dict[str, dict[int, int]]:
-    """Tensor name → dim → number of indices removed when group ``g`` keeps the first ``keeps[g]``
-    channels of its ranking (groups hold disjoint indices, so counts add up)."""
-    removed: dict[str, dict[int, int]] = {}
-    for rows, keep in zip(removed_by_order, keeps, strict=True):
-        for name, dim, cumulative in rows:
-            dims = removed.setdefault(name, {})
-            dims[dim] = dims.get(dim, 0) + cumulative[-1] - cumulative[keep]
-    return removed
-
-
 def _count_plan_macs(meta: tuple[nn.Module, tuple[Any, ...]], plan: PruningPlan) -> int | None:
     """MACs of the meta copy with ``plan`` applied, or None when that forward fails."""
     try:
@@ -257,15 +213,17 @@ def plan_channels(
 
     steps_in_units = [unit_step(group, multiple_for(group, round_to)) for group in groups]
 
-    def plan_for(counts: list[int]) -> PruningPlan:
-        planned = [
-            PlannedGroup(
-                group.id,
-                group.signature,
-                group.channels,
-                sorted(order[group.id][: _keep_count(group.channels, c, step, max_ratio)]),
-            )
+    def keeps_for(counts: list[int]) -> list[int]:
+        """Units each group keeps when ``counts`` are asked off it (floors and rounding applied)."""
+        return [
+            _keep_count(group.channels, c, step, max_ratio)
             for group, c, step in zip(groups, counts, steps_in_units, strict=True)
+        ]
+
+    def plan_for(keeps: list[int]) -> PruningPlan:
+        planned = [
+            PlannedGroup(group.id, group.signature, group.channels, sorted(order[group.id][:keep]))
+            for group, keep in zip(groups, keeps, strict=True)
         ]
         plan = PruningPlan(
             planned,
@@ -293,8 +251,8 @@ def plan_channels(
             ratio = max_ratio * k / steps
             return [math.floor(ratio * g.channels + 1e-9) for g in groups]
 
-    def counts_at(k: int) -> list[int]:
-        return [0 if g in excluded else c for g, c in enumerate(raw_counts(k))]
+    def keeps_at(k: int) -> list[int]:
+        return keeps_for([0 if g in excluded else c for g, c in enumerate(raw_counts(k))])
 
     meta: tuple[nn.Module, tuple[Any, ...]] | None = None
     macs_before = None
@@ -303,56 +261,73 @@ def plan_channels(
         by_weight = MacsByWeight(*meta)
         macs_before = by_weight.total
 
-    counted_macs: dict[tuple[int, ...], int | None] = {}  # counts -> MACs (a count is a meta forward)
+    counted_macs: dict[tuple[int, ...], int | None] = {}  # keeps -> MACs (a count is a meta forward)
 
-    def macs_of(counts: list[int]) -> int | None:
-        """MACs with ``counts`` channels asked off each group, or None when that forward fails."""
+    def macs_of(keeps: list[int]) -> int | None:
+        """MACs with each group keeping ``keeps`` units, or None when that forward fails."""
         if meta is None:
             return None
-        key = tuple(counts)
+        key = tuple(keeps)
         if key not in counted_macs:  # None: a shape hard-coded in forward(); found and excluded below
-            counted_macs[key] = _count_plan_macs(meta, plan_for(counts))
+            counted_macs[key] = _count_plan_macs(meta, plan_for(keeps))
         return counted_macs[key]
 
     if macs_target is not None and not macs_before:
         raise ConfigError("macs_target needs a model whose MACs can be counted, and this one counts 0")
     # counting_copy returns a model whose forward already ran: only removals can break it
-    if meta is not None and macs_of(counts_at(space)) is None:
+    if meta is not None and macs_of(keeps_at(space)) is None:
         for g, group in enumerate(groups):
-            if macs_of([group.channels if i == g else 0 for i in range(len(groups))]) is None:
+            if macs_of(keeps_for([group.channels if i == g else 0 for i in range(len(groups))])) is None:
                 excluded.add(g)
                 notes.append(f"group {group.id} kept whole: removing its channels breaks the forward")
 
+    sizes = [group.channels for group in groups]
     if macs_target is not None:
         goal = macs_target * (macs_before or 0)
+        by_order = removed_by_order(groups, order, by_weight)
 
-        removed_by_order = _removed_by_order(groups, order, by_weight)
+        def fits(keeps: list[int]) -> bool:
+            return by_weight.estimate_counts(removed_counts(by_order, keeps)) <= goal
 
-        def estimated(k: int) -> bool:
-            keeps = [
-                _keep_count(group.channels, c, step, max_ratio)
-                for group, c, step in zip(groups, counts_at(k), steps_in_units, strict=True)
-            ]
-            return by_weight.estimate_counts(_removed_counts(removed_by_order, keeps)) <= goal
-
-        def counted(k: int) -> bool:
-            macs = macs_of(counts_at(k))
+        def counted(keeps: list[int]) -> bool:
+            macs = macs_of(keeps)
             return macs is not None and macs <= goal
 
-        k = _bisect(space, estimated)
-        if not counted(k):  # ops the estimate holds constant: continue on real counts
-            k += _bisect(space - k, lambda extra: counted(k + extra))
-    elif scope == "layer":
-        k = None
-        plan = plan_for([math.floor(sparsity * g.channels + 1e-9) for g in groups])
+        k = smallest_passing(space, lambda k: fits(keeps_at(k)))
+        if not counted(keeps_at(k)):  # ops the estimate holds constant: continue on real counts
+            k += smallest_passing(space - k, lambda extra: counted(keeps_at(k + extra)))
+        keeps = keeps_at(k)
     else:
-        total = len(normalized)
-        k = _bisect(space, lambda k: plan_for(counts_at(k)).channels_pruned >= sparsity * total - 1e-9)
-    if k is not None:
-        plan = plan_for(counts_at(k))
+        wanted = sparsity * sum(sizes) - 1e-9
+
+        def fits(keeps: list[int]) -> bool:
+            return sum(sizes) - sum(keeps) >= wanted
+
+        if scope == "layer":
+            keeps = keeps_for([math.floor(sparsity * n + 1e-9) for n in sizes])
+        else:
+            keeps = keeps_at(smallest_passing(space, lambda k: fits(keeps_at(k))))
+    if fits(keeps):  # rounding stepped past the target: give back what still fits
+        if scope == "global":
+            key = [[0.0] * n for n in sizes]
+            for value, g, j in normalized:
+                key[g][j] = value
+
+            def priority(g: int, keep: int) -> float:  # the most important channels come back first
+                chosen = order[groups[g].id][keep : keep + steps_in_units[g]]
+                return -sum(key[g][j] for j in chosen) / len(chosen)
+        else:
+
+            def priority(g: int, keep: int) -> float:  # the most cut layers come back first
+                return keep / sizes[g]
+
+        refilled = refill(keeps, sizes, steps_in_units, fits, priority)
+        if macs_target is None or counted(refilled):
+            keeps = refilled
+    plan = plan_for(keeps)
     plan.macs_before = macs_before
     if meta is not None:
-        plan.macs_after = macs_of(counts_at(k)) if k is not None else _count_plan_macs(meta, plan)
+        plan.macs_after = macs_of(keeps)
     if plan.macs_after is None and meta is not None:
         plan.notes.append("MACs after pruning could not be counted: the forward fails on a meta copy")
     elif macs_target is not None and plan.macs_after > macs_target * macs_before:

@@ -7,7 +7,8 @@ from torch import nn
 
 from slimmer.graph.groups import GroupSet, build_groups
 from slimmer.graph.macs import MacsByWeight
-from slimmer.structures.channel import _removed_by_order, _removed_counts, group_scores
+from slimmer.structures.budget import removed_by_order, removed_counts
+from slimmer.structures.channel import group_scores
 from slimmer.structures.plan import PlannedGroup, PruningPlan
 
 X = torch.randn(1, 3, 8, 8)
@@ -39,7 +40,7 @@ def test_counts_estimate_matches_the_index_set_estimate_for_every_keep_count():
     order = {
         g.id: sorted(range(g.channels), key=lambda j, s=group_scores(g, model, "l1", 0): -float(s[j])) for g in groups
     }
-    table = _removed_by_order(groups, order, by_weight)
+    table = removed_by_order(groups, order, by_weight)
     assert any(cum[-1] == 24 * 16 for rows in table for _, _, cum in rows)  # fc's in-features: 16 per channel
     for keeps in ([12, 20, 24], [11, 20, 24], [6, 5, 24], [1, 1, 1], [12, 3, 7]):
         plan = PruningPlan(
@@ -55,4 +56,4 @@ def test_counts_estimate_matches_the_index_set_estimate_for_every_keep_count():
             seed=0,
             notes=[],
         ).bind(GroupSet(groups))
-        assert by_weight.estimate_counts(_removed_counts(table, keeps)) == by_weight.estimate(plan.removals())
+        assert by_weight.estimate_counts(removed_counts(table, keeps)) == by_weight.estimate(plan.removals())
