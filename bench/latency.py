@@ -46,6 +46,9 @@ CONFIGS = (
     ("slimmer macs 0.5, round_to 16, latency-aware", "slimmer-latency", 16),
     ("slimmer compress defaults (--method channel --macs-target 0.5)", "slimmer-default", None),
     ("slimmer compress defaults + --no-latency-aware", "slimmer-default-macs", None),
+    ("slimmer compress defaults + --latency-aware", "slimmer-default-la", 1.0),
+    ("slimmer compress defaults + --latency-aware, cost exponent 0.5", "slimmer-default-la", 0.5),
+    ("slimmer compress defaults + --latency-aware, cost exponent 0.25", "slimmer-default-la", 0.25),
     ("TP ratio 0.3, default", "tp", None),
     ("TP ratio 0.3, round_to 8", "tp", 8),
 )
@@ -98,6 +101,20 @@ def _slimmer_compress(model, x, workdir: Path, **options):
         methods=("channel",), macs_target=MACS_TARGET, output=workdir / "compress.onnx", force=True, **options
     )
     return slimmer.compress(model, x, config).model
+
+
+def _with_latency_exponent(exponent: float, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with the latency-aware key's exponent on the cost term set to ``exponent``
+    (``slimmer.structures.channel.LATENCY_EXPONENT``: 1 divides a channel's score by its group's relative
+    time per MAC, 0 ignores it)."""
+    from slimmer.structures import channel
+
+    saved = channel.LATENCY_EXPONENT
+    channel.LATENCY_EXPONENT = exponent
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        channel.LATENCY_EXPONENT = saved
 
 
 def _paired(base: Path, path: Path, warmup: int, pairs: int) -> dict:
@@ -169,6 +186,8 @@ def run_model(
                 pruned = _slimmer_compress(model, x, workdir)
             elif tool == "slimmer-default-macs":
                 pruned = _slimmer_compress(model, x, workdir, latency_aware=False)
+            elif tool == "slimmer-default-la":  # the third field is the cost term's exponent here
+                pruned = _with_latency_exponent(round_to, _slimmer_compress, model, x, workdir, latency_aware=True)
             else:
                 pruned = C.tp_prune(model, x, ratio=TP_RATIO, round_to=round_to, p=2, with_masked=False).model
             row["prune_seconds"] = round(time.perf_counter() - t0, 1)

@@ -72,7 +72,11 @@ def test_calibrate_normalizes_to_a_dense_mac_and_leaves_the_gemm_out(monkeypatch
     assert calibration.ns_per_dense_mac == pytest.approx(2e-8 * 1e6) and calibration.boundary == pytest.approx(25.0)
     assert costs.fit_error < 1e-9 and calibration.warnings == ()
     (gemm,) = [p for p in calibration.probes if not p.in_fit]
-    assert gemm.measured_ms == pytest.approx(10 * gemm.fitted_ms)
+    # the Gemm (10× its MACs model here) sets the weight term: its time beyond the overhead and the
+    # element terms, per weight element (one per MAC at batch 1), in dense MACs
+    rest = gemm.measured_ms - 0.01 - gemm.elements * 7e-8 - gemm.boundary_elements * 5e-7
+    assert costs.weight == pytest.approx(rest / gemm.dense_macs / 2e-8, rel=1e-6) and costs.weight > 9
+    assert gemm.fitted_ms == pytest.approx(gemm.measured_ms, rel=1e-6)  # with the weight term, predicted
     path = write(tmp_path / "c.json", calibration.to_json())
     assert load_latency_costs(path) == LatencyCosts(**{**costs.to_dict(), "source": str(path)})
 
@@ -150,6 +154,12 @@ def test_a_calibration_file_reads_back(tmp_path) -> None:
         )
     )
     assert costs == LatencyCosts(1.0, 2.5, 0.0, 0.1, "m", 1, None, str(tmp_path / "c.json"))
+    assert costs.weight == BUILT_IN.weight  # a file from before the weight term: the built-in one
+    with_weight = write(tmp_path / "w.json", {"dense_mac": 1, "depthwise_mac": 2.5, "element": 0, "weight": 7})
+    assert load_latency_costs(with_weight).weight == 7.0
+    bad = write(tmp_path / "b.json", {"dense_mac": 1, "depthwise_mac": 2.5, "element": 0, "weight": -1})
+    with pytest.raises(InputError, match="the field 'weight' must be ≥ 0"):
+        load_latency_costs(bad)
 
 
 @pytest.mark.parametrize(
@@ -243,8 +253,8 @@ def test_the_constants_change_the_latency_aware_plan() -> None:
             groups, m, macs_target=0.7, example_inputs=(x,), latency_aware=True, latency_costs=costs, round_to=4
         )
 
-    built_in, free = plan(None), plan(LatencyCosts(1.0, 0.0, 0.0))
-    huge = plan(LatencyCosts(depthwise_mac=100.0, element=0.0))
+    built_in, free = plan(None), plan(LatencyCosts(1.0, 0.0, 0.0, weight=0.0))
+    huge = plan(LatencyCosts(depthwise_mac=100.0, element=0.0, weight=0.0))
     assert kept(built_in) == kept(plan(BUILT_IN))
     assert kept(huge) != kept(built_in) != kept(free)
     # the depthwise path (expand → dw → project): pruned first with the built-in constants (it costs

@@ -127,3 +127,16 @@ def test_onnx_speedup_measures_a_pruned_copy(tmp_path) -> None:
     measure = onnx_speedup(m, X, pairs=5, warmup=1, workdir=tmp_path)
     assert measure(m) > 0  # the unpruned model against itself: about 1
     assert (tmp_path / "unpruned.onnx").exists() and not (tmp_path / "trial1.onnx").exists()
+
+
+def test_a_batch_one_linear_costs_its_weight_reads_and_a_token_linear_its_macs():
+    """A roofline's two sides: at batch 1 a Linear does one MAC per weight it reads and is bound by
+    weight bytes (COST_WEIGHT per weight element); over 64 tokens it reuses each weight 64 times and
+    is bound by its MACs. The element term is added either way."""
+    layer = nn.Linear(1280, 1000)
+    one = lc.LatencyByWeight(layer, (torch.zeros(1, 1280),))
+    assert one.total == pytest.approx(1280 * 1000 * lc.COST_WEIGHT + (1280 + 1000) * lc.COST_ELEMENT)
+    tokens = lc.LatencyByWeight(layer, (torch.zeros(1, 64, 1280),))
+    assert tokens.total == pytest.approx(64 * 1280 * 1000 * lc.COST_DENSE_MAC + 64 * (1280 + 1000) * lc.COST_ELEMENT)
+    free = lc.LatencyByWeight(layer, (torch.zeros(1, 1280),), costs=lc.LatencyCosts(weight=0.0))
+    assert free.total == pytest.approx(1280 * 1000 + (1280 + 1000) * lc.COST_ELEMENT)

@@ -131,7 +131,7 @@ def _print_calibration(calibration, output: Path | None) -> None:
 
     costs = calibration.costs
     err_console.print(f"{'constant':<16}{'measured':>10}{'built-in':>10}   (per unit, relative to a dense MAC)")
-    for name in ("dense_mac", "depthwise_mac", "element"):
+    for name in ("dense_mac", "depthwise_mac", "element", "weight"):
         err_console.print(f"{name:<16}{getattr(costs, name):>10.3f}{getattr(BUILT_IN, name):>10.3f}")
     err_console.print(
         f"fit error {costs.fit_error:.1%} (relative RMS over {sum(p.in_fit for p in calibration.probes)} graphs), "

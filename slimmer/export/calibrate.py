@@ -163,8 +163,8 @@ PROBES: tuple[Probe, ...] = (
     _dw(96, 7, 56),
     Probe("matmul 64x256->1024", "linear", 256, 1024, tokens=64),
     Probe("matmul 64x512->512 x4", "linear", 512, 512, tokens=64, depth=4),
-    # batch-1 Gemm reads every weight once per MAC: bound by weight bytes, which the cost model has
-    # no term for (a CNN's classifier is one such layer); timed and shown, not fitted
+    # batch-1 Gemm reads every weight once per MAC: bound by weight bytes (a CNN's classifier is one
+    # such layer); left out of the MACs fit, it measures the cost of a weight element read
     Probe("gemm 1280->1000", "linear", 1280, 1000, in_fit=False),
 )
 """The graphs timed: MobileNet/EfficientNet/ResNet-like layer shapes at 224×224-class resolutions,
@@ -290,6 +290,20 @@ def machine_name() -> str:
     return f"{model or 'unknown CPU'} ({platform.machine()}, {os.cpu_count()} logical cores)"
 
 
+def _weight_cost(
+    probes: tuple[Probe, ...], measured: np.ndarray, features: np.ndarray, coef: np.ndarray, overhead: float
+) -> float:
+    """Cost of one weight element read, relative to a dense MAC: from the batch-1 Gemm probes (left out
+    of the MACs fit), their time beyond the overhead and the fitted element terms, per weight element;
+    the median over such probes, or the built-in constant when there is none."""
+    per_weight = []
+    for p, time_ms, row in zip(probes, measured, features, strict=True):
+        if p.kind == "linear" and p.tokens == 1 and not p.in_fit:
+            rest = time_ms - overhead - row[2] * coef[2] - row[3] * coef[3]
+            per_weight.append(max(rest, 0.0) / (p.c_in * p.c_out * p.depth) / coef[0])
+    return float(statistics.median(per_weight)) if per_weight else LatencyCosts().weight
+
+
 def calibrate(
     *, threads: int = 1, rounds: int = ROUNDS, warmup: int = WARMUP, probes: tuple[Probe, ...] = PROBES
 ) -> Calibration:
@@ -318,12 +332,16 @@ def calibrate(
         dense_mac=1.0,
         depthwise_mac=float(coef[1] / coef[0]),
         element=float(coef[2] / coef[0]),
+        weight=_weight_cost(probes, measured, features, coef, overhead),
         fit_error=error,
         machine=machine_name(),
         threads=threads,
         onnxruntime=onnxruntime.__version__,
         source=None,
     )
+    for i, p in enumerate(probes):  # the Gemm probes' prediction takes the weight term (a roofline's max)
+        if p.kind == "linear" and p.tokens == 1 and not p.in_fit:
+            fitted[i] += max(0.0, (costs.weight * p.c_in * p.c_out * p.depth - features[i][0]) * coef[0])
     timings = tuple(
         ProbeTiming(p.name, p.kind, *map(int, p.features()), float(m), float(f), p.in_fit)
         for p, m, f in zip(probes, measured, fitted, strict=True)

@@ -48,7 +48,7 @@ from slimmer.surgery import remove_channels
 
 SCORE_KINDS = ("l1", "l2", "bn-scale", "random")
 SCOPES = ("global", "layer")
-LATENCY_EXPONENT = 1.0  # key = normalized score / relative time-per-MAC ** LATENCY_EXPONENT
+LATENCY_EXPONENT = 0.5  # key = normalized score / relative time-per-MAC ** LATENCY_EXPONENT (docs/BENCHMARKS.md)
 
 
 def _per_channel(group: ChannelGroup, member_index: int, per_index: torch.Tensor) -> torch.Tensor:

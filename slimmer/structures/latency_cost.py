@@ -6,10 +6,14 @@ the activation size, not with the MACs. Measured with onnxruntime (CPUExecutionP
 thread, AVX-512, NCHWc kernels) on mobilenet_v2 and efficientnet_b0, a layer's time is fitted to
 within ~20% by
 
-    time ≈ MACs · c_kind + (input elements + output elements) · C_ELEMENT
+    time ≈ max(MACs · c_kind, weight elements · C_WEIGHT) + (input elements + output elements) · C_ELEMENT
 
 with c_kind ≈ 0.020 ns/MAC for dense convolutions and linear layers, ≈ 0.033 ns/MAC for
-depthwise ones, and C_ELEMENT ≈ 0.07 ns per activation element. Only the ratios matter to the
+depthwise ones, and C_ELEMENT ≈ 0.07 ns per activation element. The weight term is a roofline's
+memory side: a linear layer at batch 1 (a CNN's classifier) does one MAC per weight it reads and is
+bound by weight bytes, ~14 dense MACs' time per weight element (measured on a 1280→1000 Gemm by
+``slimmer bench --calibrate``); a convolution reuses each weight at every position and stays on
+the MACs side. Only the ratios matter to the
 planner, so the constants below are relative to a dense MAC. They are a property of the kernels
 and the machine, not of a model: a channel of a group removes MACs and activation elements from
 every layer it touches, and :class:`LatencyByWeight` turns that into an estimated time saved.
@@ -38,6 +42,7 @@ from slimmer.graph.groups import ChannelGroup
 COST_DENSE_MAC = 1.0
 COST_DEPTHWISE_MAC = 1.6
 COST_ELEMENT = 3.5  # one activation element read or written (plus the element-wise ops on it)
+COST_WEIGHT = 14.0  # one weight element read, when the layer is bound by weight bytes (batch-1 Gemm)
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,9 @@ class LatencyCosts:
 
     ``dense_mac``: one MAC of a dense convolution or linear layer (1.0 after calibration);
     ``depthwise_mac``: one MAC of a depthwise convolution; ``element``: one activation element read
-    or written by a Conv/Linear layer (input plus output elements). ``fit_error`` is the relative
+    or written by a Conv/Linear layer (input plus output elements); ``weight``: one weight element
+    read, the floor of a layer's time when it reuses its weights less than ``weight / dense_mac``
+    times (a linear layer at batch 1). ``fit_error`` is the relative
     RMS error of the calibration's fit (None for the built-ins); ``machine``, ``threads`` and
     ``onnxruntime`` say where and how the constants were measured; ``source`` is the file they were
     read from (``"built-in"`` for :data:`BUILT_IN`, None for freshly measured constants; not
@@ -61,6 +68,7 @@ class LatencyCosts:
     threads: int | None = None
     onnxruntime: str | None = None
     source: str | None = None
+    weight: float = COST_WEIGHT  # last, so positional construction of the earlier fields still holds
 
     def to_dict(self) -> dict[str, Any]:
         """The constants and where they come from (what the report's ``pruning.latency_costs`` holds)."""
@@ -70,6 +78,7 @@ class LatencyCosts:
 BUILT_IN = LatencyCosts(source="built-in")
 """The constants fitted by hand on mobilenet_v2 and efficientnet_b0 (see the module docstring)."""
 COST_FIELDS = ("dense_mac", "depthwise_mac", "element")
+OPTIONAL_FIELDS = ("weight",)  # files written before the weight term have no "weight": the built-in is used
 FILE_FORMAT = "slimmer-latency-costs"
 FILE_VERSION = 1
 
@@ -92,8 +101,8 @@ def constants_for(path: Path | None, *, latency_aware: bool, speedup: float | No
 
 
 def load_latency_costs(path: Path) -> LatencyCosts:
-    """Read a ``slimmer bench --calibrate`` file (JSON object with ``dense_mac``, ``depthwise_mac``
-    and ``element``; other keys are metadata).
+    """Read a ``slimmer bench --calibrate`` file (JSON object with ``dense_mac``, ``depthwise_mac``,
+    ``element`` and optionally ``weight``; other keys are metadata).
 
     Raises :class:`InputError` (exit 3) naming the file, and the field when one is at fault: no such
     file, not JSON, not an object, a constant missing, not a finite number, negative, or a
@@ -115,7 +124,9 @@ def load_latency_costs(path: Path) -> LatencyCosts:
     if not isinstance(data, dict):
         raise InputError(f"{where}: expected a JSON object with {', '.join(COST_FIELDS)}")
     values: dict[str, float] = {}
-    for name in COST_FIELDS:
+    for name in COST_FIELDS + OPTIONAL_FIELDS:
+        if name not in data and name in OPTIONAL_FIELDS:
+            continue
         if name not in data:
             raise InputError(f"{where}: the field {name!r} is missing", hint="expected " + ", ".join(COST_FIELDS))
         value = data[name]
@@ -182,10 +193,11 @@ class LatencyByWeight:
                 out_dim = in_dim = 0
             entry = self.layers.setdefault(
                 f"{path}.weight",
-                {"shape": tuple(weight.shape), "macs": 0, "in": 0, "out": 0, "depthwise": depthwise},
+                {"shape": tuple(weight.shape), "macs": 0, "weights": 0, "in": 0, "out": 0, "depthwise": depthwise},
             )
             entry.update(out_dim=out_dim, in_dim=in_dim)
             entry["macs"] += macs  # a module called twice counts twice
+            entry["weights"] += weight.numel()  # and reads its weights twice
             entry["in"] += in_el
             entry["out"] += out_el
 
@@ -194,15 +206,16 @@ class LatencyByWeight:
     @property
     def total(self) -> float:
         """Estimated time of every Conv/Linear layer, in dense-MAC units."""
-        return sum(self._cost(e, e["macs"], e["in"], e["out"]) for e in self.layers.values())
+        return sum(self._cost(e, e["in"], e["out"]) for e in self.layers.values())
 
     @property
     def total_macs(self) -> int:
         return sum(e["macs"] for e in self.layers.values())
 
-    def _cost(self, entry: dict[str, Any], macs: float, in_el: float, out_el: float) -> float:
+    def _cost(self, entry: dict[str, Any], in_el: float, out_el: float) -> float:
         per_mac = self.costs.depthwise_mac if entry["depthwise"] else self.costs.dense_mac
-        return macs * per_mac + (in_el + out_el) * self.costs.element
+        compute = max(entry["macs"] * per_mac, entry["weights"] * self.costs.weight)
+        return compute + (in_el + out_el) * self.costs.element
 
     def per_channel(self, group: ChannelGroup) -> tuple[float, float]:
         """(estimated time, MACs) removed by pruning one channel of ``group`` (mean over its channels).
@@ -220,7 +233,7 @@ class LatencyByWeight:
             touches_in = member.dim == entry["in_dim"]
             in_el = entry["in"] if touches_in else 0.0
             out_el = entry["out"] if touches_out else 0.0
-            time += share * self._cost(entry, entry["macs"], in_el, out_el)
+            time += share * self._cost(entry, in_el, out_el)
             macs += share * entry["macs"]
         return time, macs
 
