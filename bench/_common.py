@@ -190,7 +190,7 @@ def slimmer_prune(model: nn.Module, x: torch.Tensor, *, macs_target: float = 0.5
     """slimmer's library flow (as in ``slimmer compress --method channel``): build_groups →
     plan_channels(l1, global) → shrink (which checks and rolls back), plus the masked original."""
     from slimmer.graph.groups import build_groups
-    from slimmer.prune import DEFAULT_MAX_RATIO
+    from slimmer.prune_channel import DEFAULT_MAX_RATIO
     from slimmer.structures.channel import plan_channels
     from slimmer.surgery import mask_model, shrink
 

@@ -71,7 +71,7 @@ def _slimmer_latency_aware(model, x, round_to: int):
     import copy
 
     from slimmer.graph.groups import build_groups
-    from slimmer.prune import DEFAULT_MAX_RATIO
+    from slimmer.prune_channel import DEFAULT_MAX_RATIO
     from slimmer.structures.channel import plan_channels
     from slimmer.surgery import shrink
 

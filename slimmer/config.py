@@ -82,7 +82,7 @@ class CompressConfig:
     lr: float = 0.01
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    round_to: int | str | None = None  # None: prune.DEFAULT_ROUND_TO; "relative": slimmer/structures/rounding.py
+    round_to: int | str | None = None  # None: prune_channel.DEFAULT_ROUND_TO; "relative": structures/rounding.py
     prune_parts: str | None = None  # channel: heads, ffn or heads,ffn (slimmer/graph/attention.py)
     latency_aware: bool = False
     latency_costs: Path | None = None  # --latency-costs FILE: constants from `slimmer bench --calibrate`

@@ -11,7 +11,8 @@ from torch import nn
 
 from slimmer.config import CompressConfig
 from slimmer.graph.groups import GroupSet
-from slimmer.prune import PruneResult, channel_plan, unstructured_masks_for
+from slimmer.prune import PruneResult, unstructured_masks_for
+from slimmer.prune_channel import channel_plan
 from slimmer.schedules import ScheduledMaskHook, build_schedule
 from slimmer.structures.channel_masks import ChannelMasks
 from slimmer.structures.plan import removed_per_layer

@@ -126,7 +126,7 @@ class PruneConfig(StageConfig):
     criterion: str = "magnitude"
     scope: str = "global"
     schedule: str = "oneshot"
-    round_to: int | str | None = None  # None: prune.DEFAULT_ROUND_TO; "relative": slimmer/structures/rounding.py
+    round_to: int | str | None = None  # None: prune_channel.DEFAULT_ROUND_TO; "relative": structures/rounding.py
     prune_parts: str | None = None
     latency_aware: bool = False
     latency_costs: Path | None = None  # --latency-costs FILE (read and checked on creation: latency_constants)
