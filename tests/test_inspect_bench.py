@@ -1,6 +1,7 @@
 """``slimmer inspect`` and ``slimmer bench``."""
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.xdist_group("test_inspect_bench")  # one worker builds the module's `two_graphs` once
 
@@ -26,12 +27,18 @@ def test_inspect_refuses_unsafe_like_compress(cli, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def two_graphs(shared_cli, resnet20_state, tmp_path_factory):
-    """Two exports of the resnet20 checkpoint, built once; ``bench`` only reads them."""
+def two_graphs(shared_cli, tmp_path_factory):
+    """Two exports of a tiny checkpoint (the smallest model ``bench`` can time), built once; ``bench``
+    only reads them."""
+    import toy_models
+
     folder = tmp_path_factory.mktemp("graphs")
+    torch.manual_seed(0)
+    torch.save(toy_models.Tiny().state_dict(), folder / "tiny.pt")
     a, b = folder / "a.onnx", folder / "b.onnx"
-    assert shared_cli("compress", resnet20_state, "--arch", "resnet20-fmnist", "--sparsity", "0", "-o", a).code == 0
-    assert shared_cli("compress", resnet20_state, "--arch", "resnet20-fmnist", "--sparsity", "0.5", "-o", b).code == 0
+    base = ("compress", folder / "tiny.pt", "--arch", "toy_models:Tiny")
+    assert shared_cli(*base, "--sparsity", "0", "-o", a).code == 0
+    assert shared_cli(*base, "--sparsity", "0.5", "-o", b).code == 0
     return a, b
 
 
