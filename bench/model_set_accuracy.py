@@ -142,9 +142,13 @@ def torch_prune_run(model, data, test, steps: int, seed: int, sparsity: float = 
 
 ROWS = {
     "channel": (
-        "slimmer --method channel --macs-target 0.5 (defaults: round_to relative since 511c3d1, cross-entropy only "
-        "since the distillation default changed)",
+        "slimmer --method channel --macs-target 0.5 (defaults: relative rounding, cross-entropy, rounding steps "
+        "given back up to the target)",
         dict(methods=("channel",), macs_target=0.5),
+    ),
+    "channel-la": (
+        "slimmer --method channel --macs-target 0.5 --latency-aware (cost exponent 0.5; otherwise the defaults)",
+        dict(methods=("channel",), macs_target=0.5, latency_aware=True),
     ),
     "channel-rt16": (
         "slimmer --method channel --macs-target 0.5 --round-to 16 --kd (the default before 511c3d1)",
@@ -195,6 +199,16 @@ ROWS = {
         "slimmer --method channel --macs-target 0.5 --scope layer --round-to relative --no-kd",
         dict(methods=("channel",), macs_target=0.5, scope="layer", round_to="relative", kd=False),
     ),
+    "channel-layer-default": (
+        "slimmer --method channel --macs-target 0.5 --scope layer (a uniform ratio; otherwise the defaults, "
+        "rounding steps given back up to the target)",
+        dict(methods=("channel",), macs_target=0.5, scope="layer"),
+    ),
+    "channel-la-elements": (
+        "slimmer --method channel --macs-target 0.5 --latency-aware (cost exponent 0.5, before the weight-read "
+        "term of the cost model; records only, no longer runnable)",
+        "historical",
+    ),
     "u90": ("slimmer --sparsity 0.9 (defaults)", dict(sparsity=0.9)),
     "u90-ce": ("slimmer --sparsity 0.9 --no-kd", dict(sparsity=0.9, kd=False)),
     "tp": ("Torch-Pruning L2, MACs matched to slimmer's channel row (CE)", None),
@@ -218,6 +232,8 @@ def main() -> None:
     for member in filter(None, args.members.split(",")):
         for row in filter(None, args.rows.split(",")):
             label, opts = ROWS[row]
+            if opts == "historical":
+                raise SystemExit(f"row {row!r} records an earlier version of slimmer; it cannot be run again")
             for seed in map(int, args.seeds.split(",")):
                 model = load_member(member)
                 t0 = time.time()
