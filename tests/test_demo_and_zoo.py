@@ -23,6 +23,7 @@ def test_demo_writes_verified_onnx_and_reports_accuracy(cli, tmp_path):
     report = run.json()
     assert out.is_file() and out.with_name("r20.onnx.report.json").is_file()
     assert report["config"]["methods"] == ["channel"] and report["config"]["macs_target"] == 0.5
+    assert report["config"]["scope"] == "layer" and report["config"]["round_to"] == 8  # the demo's recipe
     assert report["macs"]["after"] <= 0.51 * report["macs"]["before"]
     assert report["params"]["after"] < report["params"]["before"]
     acc = report["accuracy"]

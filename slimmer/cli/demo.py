@@ -1,9 +1,10 @@
 """``slimmer demo``: the whole pipeline on the bundled Fashion-MNIST model and sample, offline.
 
-By default it shows what slimmer is for: the bundled ResNet-20 channel-pruned to half its MACs,
-fine-tuned briefly on half of the bundled sample (distilling from the original), exported,
-verified, and timed against the original in onnxruntime, with accuracy on the other half; then
-the pruned file quantized to int8 (static, calibrated on the training half) and gated the same way.
+By default it shows what slimmer is for: the bundled ResNet-20 channel-pruned to half its MACs
+(every layer by the same ratio), fine-tuned briefly on half of the bundled sample (distilling from
+the original), exported, verified, and timed against the original in onnxruntime, with accuracy on
+the other half; then the pruned file quantized to int8 (static, calibrated on the training half)
+and gated the same way.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from slimmer.cli.compress import run_compress
 DEMO_STEPS = 200
 DEMO_BATCH = 64
 DEMO_ROUND_TO = 8
+DEMO_SCOPE = "layer"
 """The demo's recipe for 1,000 training images (measured, docs/BENCHMARKS.md "Demo"): least-squares
-reconstruction, then 200 steps of pure distillation with pad-crop-flip; channels in multiples of 8."""
+reconstruction, then 200 steps of pure distillation with pad-crop-flip; channels in multiples of 8, every
+layer pruned by the same ratio (on the bundled ResNet-20 the uniform ratio lost 0.6-0.7 points over three
+seeds, the global ranking 0.1-1.1)."""
 
 
 def demo_command(
@@ -87,6 +91,7 @@ def demo_command(
         finetune_steps=finetune_steps,
         batch_size=DEMO_BATCH,
         round_to=DEMO_ROUND_TO if "channel" in method.split(",") else None,
+        scope=DEMO_SCOPE if "channel" in method.split(",") else "global",
         reconstruct=True,
         augment=finetune_steps > 0,
         kd_weight=1.0,
