@@ -7,6 +7,7 @@ MACs target"): MACs kept per member for a few roundings and scopes, no fine-tuni
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -22,9 +23,12 @@ SETTINGS = (("relative", "global"), ("relative", "layer"), (16, "global"), (8, "
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--members", default=",".join(MEMBERS), help="comma-separated members of bench/model_set.py")
+    args = ap.parse_args()
     torch.set_num_threads(1)
     print("member", *(f"{rt}/{scope}" for rt, scope in SETTINGS))
-    for name in MEMBERS:
+    for name in filter(None, args.members.split(",")):
         model = load_member(name).eval()
         x = torch.zeros(1, 1, 28, 28)
         groups = build_groups(model, (x,))
