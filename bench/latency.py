@@ -5,6 +5,8 @@ Per model (random weights, 224×224, batch 1): the unpruned ONNX file against
 * slimmer channel pruning at ``macs_target`` 0.5 (L1, global) with ``round_to`` 1, 8, 16 and
   ``"relative"`` (a multiple per layer from its width, ``slimmer/structures/rounding.py``), and with
   ``round_to`` 16 plus the latency-aware ranking (``plan_channels(latency_aware=True)``);
+* ``slimmer.compress`` with its defaults (``slimmer-default``), and with ``--latency-aware`` at a given
+  exponent on the cost term (``slimmer-default-la:1.0``, ``:0.5``, ``:0.25``);
 * Torch-Pruning 1.6.1 magnitude pruning at ratio 0.3 per layer, default and ``round_to=8``;
 * a control: the unpruned file against a second export of itself (speedup should be 1.00).
 
