@@ -172,6 +172,11 @@ def test_a_calibration_file_reads_back(tmp_path) -> None:
         ({"dense_mac": 0.0, "depthwise_mac": 1.6, "element": 3.5}, "'dense_mac' must be > 0"),
         ({"dense_mac": 1.0, "depthwise_mac": 1.6, "element": "3.5"}, "'element' must be a finite number"),
         ({"dense_mac": 1.0, "depthwise_mac": 1.6, "element": True}, "'element' must be a finite number"),
+        # an integer too large for a float overflowed inside the check: exit 1 instead of 3
+        ({"dense_mac": 10**400, "depthwise_mac": 1.6, "element": 3.5}, "'dense_mac' must be a finite number"),
+        ({"dense_mac": 1, "depthwise_mac": 1.6, "element": 3.5, "weight": 10**400}, "'weight' must be a finite"),
+        # finite but so large that the ranking's sums overflow to inf (and the costs to NaN)
+        ({"dense_mac": 1, "depthwise_mac": 1.6, "element": 3.5, "weight": 1e308}, "'weight' is 1e[+]308, more than"),
     ],
 )
 def test_a_bad_calibration_file_is_named_with_its_field(tmp_path, payload, needle) -> None:
@@ -301,6 +306,7 @@ def test_compress_ranks_with_the_files_constants_and_records_them(cli, tmp_path)
     [
         (["--latency-aware", "--latency-costs", "{absent}"], 3, "no such file"),
         (["--latency-aware", "--latency-costs", "{bad}"], 3, "'element' must be ≥ 0"),
+        (["--latency-aware", "--latency-costs", "{huge}"], 3, "'weight' must be a finite number"),
         (["--latency-costs", "{good}"], 2, "needs --latency-aware or --speedup"),
     ],
 )
@@ -310,6 +316,7 @@ def test_compress_refuses_a_bad_costs_file_before_any_work(cli, tiny_ckpt, flags
         "absent": folder / "absent.json",
         "bad": write(folder / "bad.json", {"dense_mac": 1.0, "depthwise_mac": 1.6, "element": -3.5}),
         "good": write(folder / "good.json", {"dense_mac": 1.0, "depthwise_mac": 1.6, "element": 3.5}),
+        "huge": write(folder / "huge.json", {"dense_mac": 1, "depthwise_mac": 1.6, "element": 3.5, "weight": 10**400}),
     }
     before = sorted(p.name for p in folder.iterdir())
     flags = [f.format(**paths) for f in flags]
@@ -334,3 +341,13 @@ def test_the_speedup_search_ranks_with_the_constants_given() -> None:
         return plan_for_speedup(build_groups(m, (x,)), m, 1.4, (x,), measure, round_to=4, latency_costs=costs).plan
 
     assert expand_kept(search(None)) < expand_kept(search(LatencyCosts(1.0, 0.0, 0.0))) == 32
+
+
+def test_costs_that_overflow_the_sums_rank_neutrally_not_as_nan() -> None:
+    """Constants given directly (not read from a file) can still be huge: a cost that is not finite is
+    neutral (1.0), so the ranking falls back to the scores instead of an arbitrary order of NaNs."""
+    m = depthwise_model()
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    groups = build_groups(m, (x,))
+    costs = LatencyByWeight(*to_meta(m, (x,)), costs=LatencyCosts(weight=1e308)).relative_cost(groups.prunable)
+    assert costs and all(math.isfinite(c) for c in costs)

@@ -77,6 +77,7 @@ class LatencyCosts:
 
 BUILT_IN = LatencyCosts(source="built-in")
 """The constants fitted by hand on mobilenet_v2 and efficientnet_b0 (see the module docstring)."""
+MAX_COST = 1e6  # no unit of work costs a million dense MACs; larger constants overflow the ranking's sums
 COST_FIELDS = ("dense_mac", "depthwise_mac", "element")
 OPTIONAL_FIELDS = ("weight",)  # files written before the weight term have no "weight": the built-in is used
 FILE_FORMAT = "slimmer-latency-costs"
@@ -105,8 +106,9 @@ def load_latency_costs(path: Path) -> LatencyCosts:
     ``element`` and optionally ``weight``; other keys are metadata).
 
     Raises :class:`InputError` (exit 3) naming the file, and the field when one is at fault: no such
-    file, not JSON, not an object, a constant missing, not a finite number, negative, or a
-    ``dense_mac`` of 0 (every other constant is relative to it).
+    file, not JSON, not an object, a constant missing, not a finite number (an integer too large
+    for a float included), negative, above :data:`MAX_COST`, or a ``dense_mac`` of 0 (every other
+    constant is relative to it).
     """
     where = f"--latency-costs {path}"
     try:
@@ -130,12 +132,22 @@ def load_latency_costs(path: Path) -> LatencyCosts:
         if name not in data:
             raise InputError(f"{where}: the field {name!r} is missing", hint="expected " + ", ".join(COST_FIELDS))
         value = data[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InputError(f"{where}: the field {name!r} must be a finite number, got {value!r}")
-        if value < 0 or (name == "dense_mac" and value == 0):
+        try:  # an integer too large for a float overflows here
+            number = None if isinstance(value, bool) or not isinstance(value, (int, float)) else float(value)
+        except OverflowError:
+            number = None
+        if number is None or not math.isfinite(number):
+            shown = f"{str(value)[:20]}… ({len(str(value))} digits)" if isinstance(value, int) else repr(value)
+            raise InputError(f"{where}: the field {name!r} must be a finite number, got {shown}")
+        if number < 0 or (name == "dense_mac" and number == 0):
             bound = "> 0" if name == "dense_mac" else "≥ 0"
             raise InputError(f"{where}: the field {name!r} must be {bound}, got {value!r}")
-        values[name] = float(value)
+        if number > MAX_COST:
+            raise InputError(
+                f"{where}: the field {name!r} is {number:g}, more than {MAX_COST:g} dense MACs per unit",
+                hint="the constants are relative to a dense MAC; write them with `slimmer bench --calibrate -o FILE`",
+            )
+        values[name] = number
     meta = {k: data.get(k) for k in ("fit_error", "machine", "threads", "onnxruntime")}
     fit_error = meta["fit_error"] if isinstance(meta["fit_error"], (int, float)) else None
     threads = meta["threads"] if isinstance(meta["threads"], int) and not isinstance(meta["threads"], bool) else None
@@ -240,7 +252,8 @@ class LatencyByWeight:
     def relative_cost(self, groups: Sequence[ChannelGroup]) -> list[float]:
         """Per group: estimated time per MAC of its channels over the model's average (1.0 = average).
 
-        Groups whose channels touch no Conv/Linear MACs get 1.0 (neutral).
+        Groups whose channels touch no Conv/Linear MACs get 1.0 (neutral), as does a cost that is not
+        finite (constants so large that the sums overflow).
         """
         macs_total = self.total_macs
         if not macs_total:
@@ -249,5 +262,6 @@ class LatencyByWeight:
         out = []
         for group in groups:
             time, macs = self.per_channel(group)
-            out.append(time / macs / average if macs > 0 and time > 0 else 1.0)
+            relative = time / macs / average if macs > 0 and time > 0 else 1.0
+            out.append(relative if math.isfinite(relative) else 1.0)  # neutral when the sums overflow
         return out
