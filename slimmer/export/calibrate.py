@@ -62,6 +62,11 @@ class Probe:
     in_fit: bool = True
 
     @property
+    def reads_weights(self) -> bool:
+        """A batch-1 Gemm left out of the MACs fit: the probe that measures the weight-read constant."""
+        return self.kind == "linear" and self.tokens == 1 and not self.in_fit
+
+    @property
     def out_size(self) -> int:
         return (self.size + 2 * (self.kernel // 2) - self.kernel) // self.stride + 1
 
@@ -298,7 +303,7 @@ def _weight_cost(
     the median over such probes, or the built-in constant when there is none."""
     per_weight = []
     for p, time_ms, row in zip(probes, measured, features, strict=True):
-        if p.kind == "linear" and p.tokens == 1 and not p.in_fit:
+        if p.reads_weights:
             rest = time_ms - overhead - row[2] * coef[2] - row[3] * coef[3]
             per_weight.append(max(rest, 0.0) / (p.c_in * p.c_out * p.depth) / coef[0])
     return float(statistics.median(per_weight)) if per_weight else LatencyCosts().weight
@@ -340,7 +345,7 @@ def calibrate(
         source=None,
     )
     for i, p in enumerate(probes):  # the Gemm probes' prediction takes the weight term (a roofline's max)
-        if p.kind == "linear" and p.tokens == 1 and not p.in_fit:
+        if p.reads_weights:
             fitted[i] += max(0.0, (costs.weight * p.c_in * p.c_out * p.depth - features[i][0]) * coef[0])
     timings = tuple(
         ProbeTiming(p.name, p.kind, *map(int, p.features()), float(m), float(f), p.in_fit)
