@@ -145,6 +145,10 @@ OVERSHOOT = 0.05
 """A plan keeping more than this fraction of the original MACs below ``macs_target`` is reported."""
 
 
+class _ForwardBreaks(Exception):
+    """A planned removal broke the meta copy's forward: look for the groups that cause it."""
+
+
 def _count_plan_macs(meta: tuple[nn.Module, tuple[Any, ...]], plan: PruningPlan) -> int | None:
     """MACs of the meta copy with ``plan`` applied, or None when that forward fails."""
     try:
@@ -274,56 +278,79 @@ def plan_channels(
 
     if macs_target is not None and not macs_before:
         raise ConfigError("macs_target needs a model whose MACs can be counted, and this one counts 0")
-    # counting_copy returns a model whose forward already ran: only removals can break it
-    if meta is not None and macs_of(keeps_at(space)) is None:
+    breaks_searched = False
+
+    def counted_or_search(keeps: list[int]) -> int | None:
+        """``macs_of``, raising :class:`_ForwardBreaks` the first time a counted plan's forward fails."""
+        macs = macs_of(keeps)
+        if macs is None and not breaks_searched:
+            raise _ForwardBreaks
+        return macs
+
+    sizes = [group.channels for group in groups]
+
+    def choose() -> list[int]:
+        """Units each group keeps: the bisection to the target, then the refill."""
+        if macs_target is not None:
+            goal = macs_target * (macs_before or 0)
+            by_order = removed_by_order(groups, order, by_weight)
+
+            def fits(keeps: list[int]) -> bool:
+                return by_weight.estimate_counts(removed_counts(by_order, keeps)) <= goal
+
+            def counted(keeps: list[int]) -> bool:
+                macs = counted_or_search(keeps)
+                return macs is not None and macs <= goal
+
+            k = smallest_passing(space, lambda k: fits(keeps_at(k)))
+            if not counted(keeps_at(k)):  # ops the estimate holds constant: continue on real counts
+                k += smallest_passing(space - k, lambda extra: counted(keeps_at(k + extra)))
+            keeps = keeps_at(k)
+        else:
+            wanted = sparsity * sum(sizes) - 1e-9
+
+            def fits(keeps: list[int]) -> bool:
+                return sum(sizes) - sum(keeps) >= wanted
+
+            if scope == "layer":
+                keeps = keeps_for(
+                    [0 if g in excluded else math.floor(sparsity * n + 1e-9) for g, n in enumerate(sizes)]
+                )
+            else:
+                keeps = keeps_at(smallest_passing(space, lambda k: fits(keeps_at(k))))
+        if fits(keeps):  # rounding stepped past the target: give back what still fits
+            if scope == "global":
+                key = [[0.0] * n for n in sizes]
+                for value, g, j in normalized:
+                    key[g][j] = value
+
+                def priority(g: int, keep: int) -> float:  # the most important channels come back first
+                    chosen = order[groups[g].id][keep : keep + steps_in_units[g]]
+                    return -sum(key[g][j] for j in chosen) / len(chosen)
+            else:
+
+                def priority(g: int, keep: int) -> float:  # the most cut layers come back first
+                    return keep / sizes[g]
+
+            refilled = refill(keeps, sizes, steps_in_units, fits, priority)
+            if macs_target is None or counted(refilled):
+                keeps = refilled
+        return keeps
+
+    # counting_copy returns a model whose forward already ran, so only removals can break it. The groups
+    # whose removal does are searched for only when a plan's forward fails: one count per group, paid by
+    # the models that need it (a size written as a literal in forward()).
+    try:
+        keeps = choose()
+        if meta is not None:
+            counted_or_search(keeps)
+    except _ForwardBreaks:
+        breaks_searched = True
         for g, group in enumerate(groups):
             if macs_of(keeps_for([group.channels if i == g else 0 for i in range(len(groups))])) is None:
                 excluded.add(g)
                 notes.append(f"group {group.id} kept whole: removing its channels breaks the forward")
-
-    sizes = [group.channels for group in groups]
-    if macs_target is not None:
-        goal = macs_target * (macs_before or 0)
-        by_order = removed_by_order(groups, order, by_weight)
-
-        def fits(keeps: list[int]) -> bool:
-            return by_weight.estimate_counts(removed_counts(by_order, keeps)) <= goal
-
-        def counted(keeps: list[int]) -> bool:
-            macs = macs_of(keeps)
-            return macs is not None and macs <= goal
-
-        k = smallest_passing(space, lambda k: fits(keeps_at(k)))
-        if not counted(keeps_at(k)):  # ops the estimate holds constant: continue on real counts
-            k += smallest_passing(space - k, lambda extra: counted(keeps_at(k + extra)))
-        keeps = keeps_at(k)
-    else:
-        wanted = sparsity * sum(sizes) - 1e-9
-
-        def fits(keeps: list[int]) -> bool:
-            return sum(sizes) - sum(keeps) >= wanted
-
-        if scope == "layer":
-            keeps = keeps_for([math.floor(sparsity * n + 1e-9) for n in sizes])
-        else:
-            keeps = keeps_at(smallest_passing(space, lambda k: fits(keeps_at(k))))
-    if fits(keeps):  # rounding stepped past the target: give back what still fits
-        if scope == "global":
-            key = [[0.0] * n for n in sizes]
-            for value, g, j in normalized:
-                key[g][j] = value
-
-            def priority(g: int, keep: int) -> float:  # the most important channels come back first
-                chosen = order[groups[g].id][keep : keep + steps_in_units[g]]
-                return -sum(key[g][j] for j in chosen) / len(chosen)
-        else:
-
-            def priority(g: int, keep: int) -> float:  # the most cut layers come back first
-                return keep / sizes[g]
-
-        refilled = refill(keeps, sizes, steps_in_units, fits, priority)
-        if macs_target is None or counted(refilled):
-            keeps = refilled
+        keeps = choose()
     plan = plan_for(keeps)
     plan.macs_before = macs_before
     if meta is not None:

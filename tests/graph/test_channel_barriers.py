@@ -105,6 +105,39 @@ def test_hard_coded_shape_is_kept_whole_not_broken(check) -> None:
     assert model.b[0].out_channels == 6 and model.a[0].out_channels < 8
 
 
+@pytest.mark.parametrize(
+    "target", [dict(sparsity=0.5, scope="layer"), dict(macs_target=0.6), dict(macs_target=0.6, scope="layer")]
+)
+def test_hard_coded_shape_is_kept_whole_at_every_scope_and_target(target) -> None:
+    model = HardCoded().eval()
+    groups = build_groups(model, (X,))
+    plan = plan_channels(groups, model, example_inputs=(X,), **target)
+    b_group = next(g for g in groups.prunable if ("b.0.weight", 0) in g.signature)
+    assert f"group {b_group.id} kept whole: removing its channels breaks the forward" in plan.notes
+    assert not next(g for g in plan.groups if g.id == b_group.id).pruned
+    assert plan.macs_after is not None  # the chosen plan's forward runs
+    result = shrink(model, plan, (X,))
+    assert not result.rolled_back and model.b[0].out_channels == 6 and model.a[0].out_channels < 8
+
+
+def test_the_search_for_breaking_groups_costs_nothing_when_the_plan_runs(monkeypatch) -> None:
+    """One meta count per group only when a planned forward fails: a plain model counts its plan once or
+    twice (the bisection's check, the refill's check), never a separate probe of every removal."""
+    import slimmer.structures.channel as channel
+
+    calls: list[int] = []
+    real = channel._count_plan_macs
+    monkeypatch.setattr(channel, "_count_plan_macs", lambda meta, plan: calls.append(1) or real(meta, plan))
+    model = nn.Sequential(cbr(3, 8), cbr(8, 16), cbr(16, 8), nn.Conv2d(8, 4, 1)).eval()
+    groups = build_groups(model, (X,))
+    plan = plan_channels(groups, model, example_inputs=(X,), macs_target=0.5, round_to=4)
+    assert not any("breaks the forward" in note for note in plan.notes)
+    assert 1 <= len(calls) <= 2
+    calls.clear()
+    plan_channels(groups, model, example_inputs=(X,), sparsity=0.5)
+    assert len(calls) == 1  # the MACs after pruning, for the report
+
+
 def test_hard_coded_shape_in_a_plan_made_without_inputs_is_rolled_back_by_surgery() -> None:
     model = HardCoded().eval()
     groups = build_groups(model, (X,))
