@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from slimmer.errors import ConfigError
-from slimmer.stage_config import REGULARIZER_METHODS, SCOPES, Stages
+from slimmer.stage_config import REGULARIZER_METHODS, SCOPES, Stages, default_criterion
 
 __all__ = ["REGULARIZER_METHODS", "SCOPES", "CompressConfig", "parse_floats", "parse_shape"]
 
@@ -60,7 +60,7 @@ class CompressConfig:
     nm: str = "2:4"
     sparsity_tolerance: float = 0.01
     macs_target: float | None = None
-    criterion: str = "magnitude"
+    criterion: str | None = None  # None: stage_config.default_criterion (LAMP for unstructured alone, else magnitude)
     scope: str = "global"
     schedule: str = "oneshot"
     regularizer: str | None = None
@@ -121,6 +121,8 @@ class CompressConfig:
 
     def __post_init__(self) -> None:
         """Build the stage configs (each validates its own options), then check the rules that span stages."""
+        if self.criterion is None:  # resolved here, so the report's config names the criterion used
+            object.__setattr__(self, "criterion", default_criterion(self.methods, self.regularizer))
         object.__setattr__(self, "_stages", Stages.of(self))
         if self.quantize is not None:
             self.quantize_config  # noqa: B018 - validates the int8 options once, before any work

@@ -12,14 +12,30 @@ rules that span two stages. A field may belong to more than one stage (``seed``,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from slimmer.errors import ConfigError
+from slimmer.prune_config import PruneConfig, default_criterion
 from slimmer.registry import did_you_mean
+from slimmer.stage_base import SCOPES, StageConfig, check_finite_nonnegative, check_fraction
 
-SCOPES = ("global", "layer")
+__all__ = [
+    "REGULARIZER_METHODS",
+    "SCOPES",
+    "ExportConfig",
+    "InputConfig",
+    "PruneConfig",
+    "RecoverConfig",
+    "RegularizeConfig",
+    "StageConfig",
+    "Stages",
+    "VerifyConfig",
+    "check_fraction",
+    "default_criterion",
+]
+
 REGULARIZER_METHODS = {
     "slimming": ("channel",),
     "greg": ("unstructured", "channel"),
@@ -27,31 +43,6 @@ REGULARIZER_METHODS = {
     "halo": ("unstructured",),
 }
 """Which pruning each ``--regularizer`` prepares (see :mod:`slimmer.regularize`)."""
-T = TypeVar("T", bound="StageConfig")
-
-
-def check_fraction(name: str, value: float, *, low_open: bool, high_open: bool) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is a finite number in the interval named."""
-    bad = not isinstance(value, (int, float)) or not math.isfinite(value)
-    if not bad:
-        bad = (value <= 0 if low_open else value < 0) or (value >= 1 if high_open else value > 1)
-    if bad:
-        interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
-        raise ConfigError(f"{name} must be a number in {interval}, got {value!r}")
-
-
-def _finite_at_least_zero(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{name} must be a finite number ≥ 0, got {value!r}")
-
-
-class StageConfig:
-    """Base of the stage configs: built from a :class:`~slimmer.config.CompressConfig` by field name."""
-
-    @classmethod
-    def of(cls: type[T], config: Any) -> T:
-        """This stage's config from ``config`` (any object with the same attribute names)."""
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -112,134 +103,6 @@ class InputConfig(StageConfig):
             h = self.expect_sha256.strip().lower()
             if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
                 raise ConfigError(f"--expect-sha256 {self.expect_sha256!r}: expected 64 hexadecimal digits")
-
-
-@dataclass(frozen=True)
-class PruneConfig(StageConfig):
-    """The pruning stage (``slimmer.prune``): the methods, their target, criterion and scope, the schedule."""
-
-    methods: tuple[str, ...] = ("unstructured",)
-    sparsity: float | None = None
-    nm: str = "2:4"
-    sparsity_tolerance: float = 0.01
-    macs_target: float | None = None
-    criterion: str = "magnitude"
-    scope: str = "global"
-    schedule: str = "oneshot"
-    round_to: int | str | None = None  # None: prune_channel.DEFAULT_ROUND_TO; "relative": structures/rounding.py
-    prune_parts: str | None = None
-    latency_aware: bool = False
-    latency_costs: Path | None = None  # --latency-costs FILE (read and checked on creation: latency_constants)
-    speedup: float | None = None
-    seed: int = 0
-    output_name: str | None = None
-    search_steps: int = 200  # --method search: bi-level search steps (slimmer/search_run.py)
-
-    def __post_init__(self) -> None:
-        from slimmer import choices
-        from slimmer.structures.latency_cost import constants_for
-
-        methods = choices.methods()
-        if not self.methods:
-            raise ConfigError("--method: give at least one of " + ", ".join(methods))
-        for m in self.methods:
-            if m not in methods:
-                raise ConfigError(f"--method {m!r} is not one of {', '.join(methods)}.{did_you_mean(m, methods)}")
-        if len(set(self.methods)) != len(self.methods):
-            raise ConfigError(f"--method {','.join(self.methods)}: a method is named twice")
-        if self.sparsity is not None:
-            check_fraction("--sparsity", self.sparsity, low_open=False, high_open=True)
-        check_fraction("--sparsity-tolerance", self.sparsity_tolerance, low_open=False, high_open=True)
-        if self.macs_target is not None:
-            check_fraction("--macs-target", self.macs_target, low_open=True, high_open=False)
-            if not {"channel", "search"} & set(self.methods):
-                raise ConfigError("--macs-target applies to --method channel or search", hint="add --method channel")
-        self._check_speedup()
-        if self.latency_aware and "channel" not in self.methods:
-            raise ConfigError("--latency-aware applies to --method channel", hint="add --method channel")
-        if self.latency_aware and self.scope != "global":
-            raise ConfigError("--latency-aware ranks channels across layers: use --scope global")
-        # --latency-costs is read and checked now, before any work (its rules: latency_cost.constants_for)
-        costs = constants_for(self.latency_costs, latency_aware=self.latency_aware, speedup=self.speedup)
-        object.__setattr__(self, "_latency_constants", costs)
-        if self.criterion not in choices.criteria():
-            known = choices.criteria()
-            raise ConfigError(
-                f"--criterion {self.criterion!r} is not one of {', '.join(known)}.{did_you_mean(self.criterion, known)}"
-            )
-        if self.criterion == "head-importance" and "channel" not in self.methods:  # criteria/head_importance.py
-            raise ConfigError(
-                "--criterion head-importance gates whole heads and channels; it ranks for --method channel only",
-                hint="add --method channel, or choose another criterion",
-            )
-        if "nm" in self.methods:
-            self._check_nm()
-        if "search" in self.methods:
-            self._check_search()
-        if self.scope not in SCOPES:
-            raise ConfigError(f"--scope {self.scope!r} is not one of {', '.join(SCOPES)}")
-        if self.schedule not in choices.schedules():
-            raise ConfigError(f"--schedule {self.schedule!r} is not one of {', '.join(choices.schedules())}")
-        if self.schedule != "oneshot" and tuple(self.methods) not in (("unstructured",), ("channel",)):
-            raise ConfigError(
-                f"--schedule {self.schedule} works with --method unstructured or --method channel alone",
-                hint="use --schedule oneshot to combine methods (e.g. channel,nm) or with nm and fold",
-            )
-        if self.round_to is not None:
-            from slimmer.structures.rounding import check_round_to
-
-            check_round_to(self.round_to)  # an int ≥ 1 or "relative"; ConfigError otherwise
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"--seed must be ≥ 0, got {self.seed}")
-
-    @property
-    def latency_constants(self):
-        """The ``LatencyCosts`` latency-aware ranking uses: the ``--latency-costs`` file's, else the built-ins."""
-        return self._latency_constants  # type: ignore[attr-defined]
-
-    def _check_speedup(self) -> None:
-        if self.speedup is None:
-            return
-        if not (isinstance(self.speedup, (int, float)) and math.isfinite(self.speedup) and self.speedup > 1):
-            raise ConfigError(f"--speedup must be a number > 1, got {self.speedup!r}")
-        if "channel" not in self.methods:
-            raise ConfigError("--speedup applies to --method channel", hint="add --method channel")
-        if self.macs_target is not None or self.sparsity is not None:
-            raise ConfigError("--speedup chooses the MACs target itself: drop --macs-target and --sparsity")
-        if self.schedule != "oneshot":
-            raise ConfigError(
-                f"--speedup measures one plan; --schedule {self.schedule} changes the plan during fine-tuning",
-                hint="use --macs-target with a schedule, or --schedule oneshot with --speedup",
-            )
-
-    def _check_search(self) -> None:
-        if not isinstance(self.search_steps, int) or self.search_steps < 1:
-            raise ConfigError(f"--search-steps must be an integer ≥ 1, got {self.search_steps!r}")
-        if {"channel", "unstructured"} & set(self.methods):
-            raise ConfigError(
-                f"--method {','.join(self.methods)}: search chooses the channels itself",
-                hint="use --method search alone (or with nm / fold)",
-            )
-        if self.macs_target is None:
-            raise ConfigError("--method search searches under a MACs target: pass --macs-target, e.g. 0.5")
-        if self.sparsity is not None:
-            raise ConfigError("--method search prunes to --macs-target, not --sparsity", hint="drop --sparsity")
-
-    def _check_nm(self) -> None:
-        from slimmer.structures.nm import parse_nm
-
-        n, m = parse_nm(self.nm)
-        if self.sparsity is not None and not {"unstructured", "channel"} & set(self.methods):
-            raise ConfigError(
-                f"--sparsity {self.sparsity:g} does not apply to --method nm: the pattern {n}:{m} sets the "
-                f"sparsity of every pruned layer to {1 - n / m:g}",
-                hint="drop --sparsity, or choose the pattern with --nm (e.g. --nm 1:4 for 75%)",
-            )
-
-    @property
-    def target_sparsity(self) -> float:
-        """The sparsity asked for, or the default 0.5 when none was given."""
-        return 0.5 if self.sparsity is None else self.sparsity
 
 
 @dataclass(frozen=True)
@@ -325,7 +188,7 @@ class RecoverConfig(StageConfig):
         if self.optimizer not in choices.optimizers():
             raise ConfigError(f"--optimizer {self.optimizer!r} is not one of {', '.join(choices.optimizers())}")
         check_fraction("--kd-weight", self.kd_weight, low_open=True, high_open=False)
-        _finite_at_least_zero("--kd-layers", self.kd_layers)
+        check_finite_nonnegative("--kd-layers", self.kd_layers)
         if not isinstance(self.recon_samples, int) or self.recon_samples < 1:
             raise ConfigError(f"--recon-samples must be ≥ 1, got {self.recon_samples}")
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
@@ -376,10 +239,10 @@ class VerifyConfig(StageConfig):
     max_accuracy_drop: float | None = None  # accuracy points the final model may lose (acceptance.py)
 
     def __post_init__(self) -> None:
-        _finite_at_least_zero("--atol", self.atol)
+        check_finite_nonnegative("--atol", self.atol)
         if self.max_accuracy_drop is not None:
-            _finite_at_least_zero("--max-accuracy-drop", self.max_accuracy_drop)
-        _finite_at_least_zero("--rtol", self.rtol)
+            check_finite_nonnegative("--max-accuracy-drop", self.max_accuracy_drop)
+        check_finite_nonnegative("--rtol", self.rtol)
         if not isinstance(self.latency_pairs, int) or isinstance(self.latency_pairs, bool) or self.latency_pairs < 1:
             raise ConfigError(f"--latency-pairs must be an integer ≥ 1, got {self.latency_pairs!r}")
 

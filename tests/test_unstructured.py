@@ -94,3 +94,54 @@ def test_apply_is_idempotent_and_leaves_biases_alone():
     m.apply(model)
     assert all(torch.equal(snapshot[k], v) for k, v in model.state_dict().items())
     assert torch.equal(model.fc.bias, bias_before)
+
+
+class TwoScales(nn.Module):
+    """fc2's weights are 1000× smaller than fc1's: global magnitude at 90% takes almost all of fc2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(16, 64), nn.Linear(64, 8)
+        with torch.no_grad():
+            self.fc2.weight.mul_(1e-3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (dict(), "lamp"),
+        (dict(sparsity=0.9, schedule="gradual", finetune_steps=2, data="fashion-mnist"), "lamp"),
+        (dict(methods=("channel",)), "magnitude"),
+        (dict(methods=("nm",)), "magnitude"),
+        (dict(methods=("channel", "unstructured")), "magnitude"),
+        (dict(regularizer="greg2", reg_steps=2, data="fashion-mnist"), "magnitude"),
+        (dict(criterion="magnitude"), "magnitude"),
+        (dict(methods=("channel",), criterion="l2"), "l2"),
+    ],
+)
+def test_the_default_criterion_is_lamp_for_unstructured_pruning_alone(options, expected):
+    from slimmer.config import CompressConfig
+
+    config = CompressConfig(**options)
+    assert config.criterion == expected
+    assert config.stages.prune.criterion == expected
+
+
+def test_default_unstructured_pruning_keeps_every_layer_where_global_magnitude_thins_one_away(tmp_path):
+    from slimmer import api
+    from slimmer.config import CompressConfig
+
+    x = torch.randn(1, 16)
+    runs = {}
+    for criterion in (None, "magnitude"):
+        config = CompressConfig(sparsity=0.9, criterion=criterion, output=tmp_path / f"{criterion}.onnx")
+        runs[criterion] = api.compress(TwoScales(), x, config).report
+    default, magnitude = runs[None], runs["magnitude"]
+    assert default.pruning["criterion"] == "lamp" and default.config["criterion"] == "lamp"
+    assert magnitude.sparsity["per_layer"]["fc2.weight"] >= 0.99  # 1 or 0 weights of 512 left
+    assert default.sparsity["per_layer"]["fc2.weight"] <= 0.95
+    assert abs(default.sparsity["achieved"] - 0.9) < 0.01

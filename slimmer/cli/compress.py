@@ -121,7 +121,7 @@ def compress_command(
     sparsity: float | None = options.sparsity,
     macs_target: float | None = options.macs_target,
     nm: str = options.nm,
-    criterion: str = options.criterion,
+    criterion: str | None = options.criterion,
     scope: str = options.scope,
     schedule: str = options.schedule,
     round_to: str | None = options.round_to,

@@ -130,10 +130,10 @@ macs_target = typer.Option(
 )
 nm = typer.Option("2:4", "--nm", help="N:M pattern for --method nm", rich_help_panel=PRUNING)
 criterion = typer.Option(
-    "magnitude",
+    None,
     "--criterion",
     help=f"importance criterion, {_one_of('--criterion')} (snip, grasp, taylor need --data; l1, l2, "
-    "bn-scale rank channels)",
+    "bn-scale rank channels); default lamp for --method unstructured alone, else magnitude",
     rich_help_panel=PRUNING,
 )
 scope = typer.Option("global", "--scope", help=_one_of("--scope"), rich_help_panel=PRUNING)
