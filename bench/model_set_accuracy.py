@@ -8,7 +8,7 @@ the whole 10,000-image test split:
   option at its default (``--round-to`` too, unless the row names one), against Torch-Pruning 1.6.1
   (L2 magnitude, per-layer ratio bisected until the MACs kept match slimmer's within 0.01,
   classifier kept whole) fine-tuned with cross-entropy;
-- ``u90``: ``slimmer.compress`` at ``sparsity=0.9`` (defaults), against ``torch.nn.utils.prune``
+- ``u90``: ``slimmer.compress`` at ``sparsity=0.9`` (defaults: LAMP since 1a80136), against ``torch.nn.utils.prune``
   global L1 at 90% fine-tuned with cross-entropy, pruned weights held at zero.
 
 The peers get slimmer's loop (SGD Nesterov, lr 0.01 cosine, weight decay 5e-4) on the same
@@ -55,7 +55,20 @@ LR = 0.01  # slimmer's default --lr, given to the peers too
 
 
 def slimmer_run(model: torch.nn.Module, steps: int, seed: int, **opts) -> dict:
-    """``slimmer.compress`` with defaults except ``opts``; accuracy figures from its report."""
+    """``slimmer.compress`` with defaults except ``opts``; accuracy figures from its report. ``latency_exponent``
+    in ``opts`` sets the latency-aware key's exponent on the cost term for this run
+    (``slimmer.structures.channel.LATENCY_EXPONENT``)."""
+    from slimmer.structures import channel
+
+    exponent = opts.pop("latency_exponent", channel.LATENCY_EXPONENT)
+    saved, channel.LATENCY_EXPONENT = channel.LATENCY_EXPONENT, exponent
+    try:
+        return _slimmer_run(model, steps, seed, **opts)
+    finally:
+        channel.LATENCY_EXPONENT = saved
+
+
+def _slimmer_run(model: torch.nn.Module, steps: int, seed: int, **opts) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = CompressConfig(
             data="fashion-mnist",
@@ -150,6 +163,10 @@ ROWS = {
         "slimmer --method channel --macs-target 0.5 --latency-aware (cost exponent 0.5; otherwise the defaults)",
         dict(methods=("channel",), macs_target=0.5, latency_aware=True),
     ),
+    "channel-la25": (
+        "slimmer --method channel --macs-target 0.5 --latency-aware, cost exponent 0.25 (otherwise the defaults)",
+        dict(methods=("channel",), macs_target=0.5, latency_aware=True, latency_exponent=0.25),
+    ),
     "channel-rt16": (
         "slimmer --method channel --macs-target 0.5 --round-to 16 --kd (the default before 511c3d1)",
         dict(methods=("channel",), macs_target=0.5, round_to=16, kd=True),
@@ -204,13 +221,33 @@ ROWS = {
         "rounding steps given back up to the target)",
         dict(methods=("channel",), macs_target=0.5, scope="layer"),
     ),
+    "channel-l2": (
+        "slimmer --method channel --macs-target 0.5 --criterion l2 (otherwise the defaults)",
+        dict(methods=("channel",), macs_target=0.5, criterion="l2"),
+    ),
     "channel-la-elements": (
         "slimmer --method channel --macs-target 0.5 --latency-aware (cost exponent 0.5, before the weight-read "
         "term of the cost model; records only, no longer runnable)",
         "historical",
     ),
-    "u90": ("slimmer --sparsity 0.9 (defaults)", dict(sparsity=0.9)),
-    "u90-ce": ("slimmer --sparsity 0.9 --no-kd", dict(sparsity=0.9, kd=False)),
+    "u90": ("slimmer --sparsity 0.9 (defaults: LAMP, distillation)", dict(sparsity=0.9)),
+    "u90-ce": ("slimmer --sparsity 0.9 --no-kd (LAMP, cross-entropy)", dict(sparsity=0.9, kd=False)),
+    "u90-gradual": (
+        "slimmer --sparsity 0.9 --schedule gradual (LAMP, distillation)",
+        dict(sparsity=0.9, schedule="gradual"),
+    ),
+    "u90-magnitude": (
+        "slimmer --sparsity 0.9 --criterion magnitude (global magnitude: the default before 1a80136)",
+        dict(sparsity=0.9, criterion="magnitude"),
+    ),
+    "u90-magnitude-ce": (
+        "slimmer --sparsity 0.9 --criterion magnitude --no-kd",
+        dict(sparsity=0.9, criterion="magnitude", kd=False),
+    ),
+    "u90-magnitude-gradual": (
+        "slimmer --sparsity 0.9 --criterion magnitude --schedule gradual",
+        dict(sparsity=0.9, criterion="magnitude", schedule="gradual"),
+    ),
     "tp": ("Torch-Pruning L2, MACs matched to slimmer's channel row (CE)", None),
     "prune": ("torch.nn.utils.prune global L1 90% (CE)", None),
 }
@@ -278,7 +315,7 @@ def table(rows: list[dict]) -> list[str]:
         per_row.setdefault((row, steps), []).append(drop)
         size = f"{rs[0]['sparsity']:.3f} sparsity" if rs[0].get("sparsity") else f"{rs[0]['macs_kept']:.3f} MACs"
         multiples = rs[0].get("round_to_multiples")
-        label = ROWS[row][0] + (f"; multiples {multiples}" if multiples and row != "u90" else "")
+        label = ROWS[row][0] + (f"; multiples {multiples}" if multiples and not row.startswith("u90") else "")
         lines.append(
             f"| {member} | {label} | {steps} | {size} | {rs[0]['before']:.2%} "
             f"| {statistics.mean(r['after_prune'] for r in rs):.2%} "
