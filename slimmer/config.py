@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from slimmer.errors import ConfigError
-from slimmer.stage_config import REGULARIZER_METHODS, SCOPES, Stages, default_criterion
+from slimmer.stage_config import REGULARIZER_METHODS, SCOPES, Stages
 
 __all__ = ["REGULARIZER_METHODS", "SCOPES", "CompressConfig", "parse_floats", "parse_shape"]
 
@@ -60,7 +60,7 @@ class CompressConfig:
     nm: str = "2:4"
     sparsity_tolerance: float = 0.01
     macs_target: float | None = None
-    criterion: str | None = None  # None: stage_config.default_criterion (LAMP for unstructured alone, else magnitude)
+    criterion: str | None = None  # None: prune_config.default_criterion, resolved in stages.prune.criterion
     scope: str = "global"
     schedule: str = "oneshot"
     regularizer: str | None = None
@@ -121,8 +121,6 @@ class CompressConfig:
 
     def __post_init__(self) -> None:
         """Build the stage configs (each validates its own options), then check the rules that span stages."""
-        if self.criterion is None:  # resolved here, so the report's config names the criterion used
-            object.__setattr__(self, "criterion", default_criterion(self.methods, self.regularizer))
         object.__setattr__(self, "_stages", Stages.of(self))
         if self.quantize is not None:
             self.quantize_config  # noqa: B018 - validates the int8 options once, before any work
@@ -195,7 +193,7 @@ class CompressConfig:
             )
         if self.schedule != "oneshot":
             raise ConfigError(f"--regularizer {name} prunes once after its phase: use --schedule oneshot")
-        if name == "slimming" and self.criterion not in ("magnitude", "bn-scale"):
+        if name == "slimming" and self.criterion not in (None, "magnitude", "bn-scale"):
             raise ConfigError(
                 f"--regularizer slimming ranks channels by their BatchNorm scale, not --criterion {self.criterion}",
                 hint="drop --criterion (or pass --criterion bn-scale)",

@@ -68,7 +68,7 @@ def unstructured_masks_for(
     """Score the model's weight matrices (``scope``, found by :func:`unstructured_scope` when None) with
     the configured criterion and mask to ``sparsity`` (used once for one-shot pruning, and at every
     update of a pruning schedule)."""
-    crit = get_criterion(config.criterion)
+    crit = get_criterion(config.stages.prune.criterion)
     if crit.needs != "none" and (data is None or not len(data.train)):
         raise ConfigError(f"--criterion {crit.name} needs --data (it scores weights on training batches)")
     weights = (scope or unstructured_scope(model, as_args(example))).weights
@@ -112,7 +112,7 @@ def record_masks(masks: MaskSet, config: CompressConfig, result: PruneResult | N
             per_layer=masks.per_layer_sparsity(),
         )
         .warn(*masks.warnings)
-        .detail(criterion=config.criterion)
+        .detail(criterion=config.stages.prune.criterion)
     )
 
 
@@ -123,6 +123,9 @@ def shrink_model(model: nn.Module, result: PruneResult, example: tuple) -> tuple
         return result, None
     surgery = shrink(model, result.plan, as_args(example))
     rolled = (f"group {gid} was rolled back (kept whole): {why}" for gid, why in surgery.rolled_back.items())
+    planned = result.plan.channels_pruned / max(1, result.plan.channels_total)
+    if surgery.rolled_back and result.sparsity_achieved == planned:  # a channel sparsity: count what was removed
+        result = result.but(sparsity_achieved=surgery.plan.channels_pruned / max(1, surgery.plan.channels_total))
     # the groups were captured from the unpruned model: they no longer describe it, and their
     # exported program holds every tensor the surgery replaced (a whole model's worth of memory)
     return result.but(plan=surgery.plan, groups=None).warn(*rolled), surgery

@@ -58,17 +58,17 @@ def channel_plan(
 
     Used once for one-shot pruning and at every update of a pruning schedule; nothing is zeroed.
     """
-    kind = CHANNEL_CRITERIA.get(config.criterion)
+    name = config.stages.prune.criterion
+    kind = CHANNEL_CRITERIA.get(name)
     channel_scores = None
     groups = build_groups(model, as_args(example)) if groups is None else groups
     if kind is None:  # a weight criterion (lamp, snip, taylor, synflow, ...): its scores summed per group
-        if config.criterion not in CRITERIA or config.criterion in ("bn-scale",):
+        if name not in CRITERIA or name in ("bn-scale",):
             known = sorted(set(CHANNEL_CRITERIA) | set(CRITERIA.names()))
             raise ConfigError(
-                f"--criterion {config.criterion} cannot rank channels.{did_you_mean(config.criterion, known)} "
-                f"Known: {', '.join(known)}"
+                f"--criterion {name} cannot rank channels.{did_you_mean(name, known)} Known: {', '.join(known)}"
             )
-        crit = get_criterion(config.criterion)
+        crit = get_criterion(name)
         if crit.needs != "none" and (data is None or not len(data.train)):
             raise ConfigError(f"--criterion {crit.name} needs --data (it scores weights on training batches)")
         ctx = score_context(model, config, example, data)

@@ -32,7 +32,7 @@ class PruneConfig(StageConfig):
     nm: str = "2:4"
     sparsity_tolerance: float = 0.01
     macs_target: float | None = None
-    criterion: str | None = None  # None: default_criterion(methods)
+    criterion: str | None = None  # None (not given): default_criterion(methods, regularizer), set on creation
     scope: str = "global"
     schedule: str = "oneshot"
     round_to: int | str | None = None  # None: prune_channel.DEFAULT_ROUND_TO; "relative": structures/rounding.py
@@ -43,13 +43,14 @@ class PruneConfig(StageConfig):
     seed: int = 0
     output_name: str | None = None
     search_steps: int = 200  # --method search: bi-level search steps (slimmer/search_run.py)
+    regularizer: str | None = None  # only for the default criterion; RegularizeConfig checks it
 
     def __post_init__(self) -> None:
         from slimmer import choices
         from slimmer.structures.latency_cost import constants_for
 
         if self.criterion is None:
-            object.__setattr__(self, "criterion", default_criterion(self.methods))
+            object.__setattr__(self, "criterion", default_criterion(self.methods, self.regularizer))
         methods = choices.methods()
         if not self.methods:
             raise ConfigError("--method: give at least one of " + ", ".join(methods))

@@ -60,10 +60,11 @@ def search(model: nn.Module, config: CompressConfig, example: tuple, data: DataS
     ``details["search"]["dropped"]``."""
     if data is None:
         raise ConfigError("--method search trains on --data: pass labelled data")
-    criterion = SEARCH_CRITERIA.get(config.criterion)
+    given = config.stages.prune.criterion
+    criterion = SEARCH_CRITERIA.get(given)
     if criterion is None:
         raise ConfigError(
-            f"--method search orders channels by {', '.join(SEARCH_CRITERIA)}, not --criterion {config.criterion}",
+            f"--method search orders channels by {', '.join(SEARCH_CRITERIA)}, not --criterion {given}",
             hint="drop --criterion (magnitude: the L1 norm of each channel)",
         )
     train, val = halves(data, config.batch_size, config.seed)

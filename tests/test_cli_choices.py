@@ -86,3 +86,17 @@ def test_compress_without_model_or_replay_exits_2(cli):
     run = cli("compress", "--json")
     assert run.code == 2
     assert "MODEL" in run.json()["error"]
+
+
+def test_demo_options_shared_with_compress_default_alike_unless_they_are_the_demo_recipe():
+    """``slimmer demo`` had kept ``--criterion magnitude`` after compress's default became per-method."""
+    commands = typer.main.get_command(app).commands
+
+    def defaults(name):
+        return {o: p.default for p in commands[name].params for o in getattr(p, "opts", []) if o.startswith("--")}
+
+    compress, demo = defaults("compress"), defaults("demo")
+    recipe = {"--method", "--finetune-steps", "--measure-latency", "--quantize", "--output", "--force"}
+    shared = (set(compress) & set(demo)) - recipe
+    assert "--criterion" in shared
+    assert {o: demo[o] for o in shared} == {o: compress[o] for o in shared}

@@ -127,8 +127,8 @@ def test_the_default_criterion_is_lamp_for_unstructured_pruning_alone(options, e
     from slimmer.config import CompressConfig
 
     config = CompressConfig(**options)
-    assert config.criterion == expected
     assert config.stages.prune.criterion == expected
+    assert config.criterion == options.get("criterion")  # the record keeps what was given: None is "the default"
 
 
 def test_default_unstructured_pruning_keeps_every_layer_where_global_magnitude_thins_one_away(tmp_path):
@@ -141,7 +141,32 @@ def test_default_unstructured_pruning_keeps_every_layer_where_global_magnitude_t
         config = CompressConfig(sparsity=0.9, criterion=criterion, output=tmp_path / f"{criterion}.onnx")
         runs[criterion] = api.compress(TwoScales(), x, config).report
     default, magnitude = runs[None], runs["magnitude"]
-    assert default.pruning["criterion"] == "lamp" and default.config["criterion"] == "lamp"
+    assert default.pruning["criterion"] == "lamp" and default.config["criterion"] is None
     assert magnitude.sparsity["per_layer"]["fc2.weight"] >= 0.99  # 1 or 0 weights of 512 left
     assert default.sparsity["per_layer"]["fc2.weight"] <= 0.95
     assert abs(default.sparsity["achieved"] - 0.9) < 0.01
+
+
+def test_a_default_criterion_follows_the_method_and_regularizer_of_a_replay_or_a_replace(tmp_path):
+    """The report records ``criterion: null`` when none was given, so ``--replay`` with another method (or a
+    regularizer) gets that method's default, not the LAMP the recorded unstructured run used."""
+    import dataclasses
+    import json
+
+    from slimmer.cli.compress import replay_config
+    from slimmer.config import CompressConfig
+
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"config": dataclasses.asdict(CompressConfig())}, default=str), encoding="utf-8")
+    assert replay_config(report, {}).stages.prune.criterion == "lamp"
+    assert replay_config(report, {"method": "channel"}).stages.prune.criterion == "magnitude"
+    given = {"regularizer": "greg", "data": "fashion-mnist", "reg_steps": 2}
+    assert replay_config(report, given).stages.prune.criterion == "magnitude"
+    slimming = {"method": "channel", "regularizer": "slimming", "data": "fashion-mnist", "reg_steps": 2}
+    assert replay_config(report, slimming).stages.prune.criterion == "magnitude"
+    assert dataclasses.replace(CompressConfig(), methods=("channel",)).stages.prune.criterion == "magnitude"
+    explicit = tmp_path / "e.json"
+    explicit.write_text(
+        json.dumps({"config": dataclasses.asdict(CompressConfig(criterion="lamp"))}, default=str), encoding="utf-8"
+    )
+    assert replay_config(explicit, {"method": "channel"}).stages.prune.criterion == "lamp"  # given: kept

@@ -36,7 +36,9 @@ def demo_command(
     sparsity: float | None = typer.Option(
         None, "--sparsity", help="fraction of weights (or channels) to remove, in [0, 1)"
     ),
-    criterion: str = typer.Option("magnitude", "--criterion", help="importance criterion"),
+    criterion: str | None = typer.Option(
+        None, "--criterion", help="importance criterion (default: lamp for --method unstructured, else magnitude)"
+    ),
     finetune_steps: int = typer.Option(
         DEMO_STEPS, "--finetune-steps", help="fine-tuning steps on half of the bundled sample (0: none)"
     ),

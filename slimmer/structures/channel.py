@@ -148,6 +148,33 @@ OVERSHOOT = 0.05
 class _ForwardBreaks(Exception):
     """A planned removal broke the meta copy's forward: look for the groups that cause it."""
 
+    def __init__(self, keeps: list[int]) -> None:
+        super().__init__("a planned forward failed")
+        self.keeps = keeps
+
+
+def _breaking_groups(
+    groups: list[ChannelGroup],
+    excluded: set[int],
+    failing: list[int],
+    keeps_for: Callable[[list[int]], list[int]],
+    macs_of: Callable[[list[int]], int | None],
+) -> list[int]:
+    """Indices of the groups whose removal alone breaks the forward: first each group alone at the count
+    ``failing`` keeps, then, if none does, each alone at its largest removal (one meta count per try)."""
+    whole = [group.channels for group in groups]
+    candidates = [g for g in range(len(groups)) if g not in excluded]
+    found = [
+        g
+        for g in candidates
+        if failing[g] < whole[g] and macs_of([failing[g] if i == g else whole[i] for i in range(len(groups))]) is None
+    ]
+    if not found:
+        found = [
+            g for g in candidates if macs_of(keeps_for([whole[i] if i == g else 0 for i in range(len(groups))])) is None
+        ]
+    return found
+
 
 def _count_plan_macs(meta: tuple[nn.Module, tuple[Any, ...]], plan: PruningPlan) -> int | None:
     """MACs of the meta copy with ``plan`` applied, or None when that forward fails."""
@@ -284,7 +311,7 @@ def plan_channels(
         """``macs_of``, raising :class:`_ForwardBreaks` the first time a counted plan's forward fails."""
         macs = macs_of(keeps)
         if macs is None and not breaks_searched:
-            raise _ForwardBreaks
+            raise _ForwardBreaks(keeps)
         return macs
 
     sizes = [group.channels for group in groups]
@@ -338,21 +365,26 @@ def plan_channels(
         return keeps
 
     # counting_copy returns a model whose forward already ran, so only removals can break it. The groups
-    # whose removal does are searched for only when a plan's forward fails: one count per group, paid by
-    # the models that need it (a size written as a literal in forward()).
-    try:
-        keeps = choose()
-        if meta is not None:
-            counted_or_search(keeps)
-    except _ForwardBreaks:
-        breaks_searched = True
-        for g, group in enumerate(groups):
-            if macs_of(keeps_for([group.channels if i == g else 0 for i in range(len(groups))])) is None:
+    # whose removal does are searched for only when a planned forward fails (a size written as a literal
+    # in forward()), and only those models pay for it: each group alone at the failing plan's count (a
+    # size that must divide evenly breaks at some counts only), else each alone at its largest removal.
+    # Every round keeps at least one more group whole, so this ends.
+    while True:
+        try:
+            keeps = choose()
+            if meta is not None:
+                counted_or_search(keeps)
+            break
+        except _ForwardBreaks as failed:
+            found = _breaking_groups(groups, excluded, failed.keeps, keeps_for, macs_of)
+            for g in found:
                 excluded.add(g)
-                notes.append(f"group {group.id} kept whole: removing its channels breaks the forward")
-        keeps = choose()
+                notes.append(f"group {groups[g].id} kept whole: removing its channels breaks the forward")
+            if not found:  # no single group explains it: plan without raising, and say so below
+                breaks_searched = True
     plan = plan_for(keeps)
     plan.macs_before = macs_before
+    kept_whole = f", {len(excluded)} kept whole because removing their channels breaks the forward" if excluded else ""
     if meta is not None:
         plan.macs_after = macs_of(keeps)
     if plan.macs_after is None and meta is not None:
@@ -360,7 +392,7 @@ def plan_channels(
     elif macs_target is not None and plan.macs_after > macs_target * macs_before:
         plan.notes.append(
             f"MACs target {macs_target:g} not reached: kept {plan.macs_after / macs_before:.3f} "
-            f"(max_ratio {max_ratio:g}, {len(groupset.blocked)} blocked groups)"
+            f"(max_ratio {max_ratio:g}, {len(groupset.blocked)} blocked groups{kept_whole})"
         )
     elif macs_target is not None and plan.macs_after < (macs_target - OVERSHOOT) * macs_before:
         plan.notes.append(
@@ -374,6 +406,7 @@ def plan_channels(
     if sparsity is not None and plan.channels_pruned < sparsity * plan.channels_total - 1e-9:
         plan.notes.append(
             f"channel sparsity {sparsity:g} not reached: removed "
-            f"{plan.channels_pruned}/{plan.channels_total} prunable channels"
+            f"{plan.channels_pruned}/{plan.channels_total} prunable channels{kept_whole}"
+            + (" (--scope global lets the other layers make up for them)" if excluded and scope == "layer" else "")
         )
     return plan

@@ -120,6 +120,39 @@ def test_hard_coded_shape_is_kept_whole_at_every_scope_and_target(target) -> Non
     assert not result.rolled_back and model.b[0].out_channels == 6 and model.a[0].out_channels < 8
 
 
+class Divisible(nn.Module):
+    """forward() refuses a channel count of ``b`` that is not a multiple of 4, a check the graph cannot see: the
+    largest removal (32 -> 4 channels) runs, most other counts do not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = cbr(3, 16), cbr(16, 32), cbr(32, 32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.b(self.a(x))
+        if x.shape[1] % 4:
+            raise ValueError("channels must be a multiple of 4")
+        return self.fc(self.c(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "target", [dict(sparsity=0.3, scope="layer"), dict(macs_target=0.5, scope="layer"), dict(macs_target=0.5)]
+)
+def test_a_group_that_breaks_only_at_some_counts_is_found_at_the_planned_count(target) -> None:
+    torch.manual_seed(0)  # the global plan depends on the weights; the layer plans (32 -> 23 kept, ...) do not
+    model = Divisible().eval()
+    groups = build_groups(model, (X,))
+    b_group = next(g for g in groups.prunable if ("b.0.weight", 0) in g.signature)
+    plan = plan_channels(groups, model, example_inputs=(X,), round_to=1, seed=0, **target)
+    assert f"group {b_group.id} kept whole: removing its channels breaks the forward" in plan.notes
+    assert plan.macs_after is not None and not any("could not be counted" in note for note in plan.notes)
+    if "macs_target" in target:
+        assert 0.45 <= plan.macs_after / plan.macs_before <= 0.5
+    result = shrink(model, plan, (X,))
+    assert not result.rolled_back and model.b[0].out_channels == 32
+
+
 def test_the_search_for_breaking_groups_costs_nothing_when_the_plan_runs(monkeypatch) -> None:
     """One meta count per group only when a planned forward fails: a plain model counts its plan once or
     twice (the bisection's check, the refill's check), never a separate probe of every removal."""
@@ -147,6 +180,20 @@ def test_hard_coded_shape_in_a_plan_made_without_inputs_is_rolled_back_by_surger
     assert b_group.id in result.rolled_back
     assert model.b[0].out_channels == 6 and model.a[0].out_channels < 8
     assert any("rolled back" in note for note in result.plan.notes)
+
+
+def test_a_rolled_back_group_is_not_counted_in_the_channel_sparsity_achieved() -> None:
+    from slimmer.prune import shrink_model
+    from slimmer.prune_result import PruneResult
+
+    model = HardCoded().eval()
+    groups = build_groups(model, (X,))
+    plan = plan_channels(groups, model, sparsity=0.5)  # no example inputs: the planner cannot see the break
+    planned = plan.channels_pruned / plan.channels_total
+    result = PruneResult(plan=plan, groups=groups, sparsity_requested=0.5, sparsity_achieved=planned)
+    result, surgery = shrink_model(model, result, (X,))
+    assert surgery.rolled_back
+    assert result.sparsity_achieved == surgery.plan.channels_pruned / surgery.plan.channels_total < planned
 
 
 def test_outputs_and_inputs_are_never_pruned() -> None:

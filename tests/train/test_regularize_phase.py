@@ -114,7 +114,7 @@ def test_slimming_shrinks_bn_scales_and_prunes_by_them(r20, fmnist_like_npz):
         return torch.cat([x.weight.detach().abs() for x in m.modules() if isinstance(x, torch.nn.BatchNorm2d)])
 
     assert float(gammas(model).mean()) < float(gammas(before).mean())
-    assert done.prune_config.criterion == "bn-scale" and config.criterion == "magnitude"
+    assert done.prune_config.stages.prune.criterion == "bn-scale" and config.stages.prune.criterion == "magnitude"
     assert done.chosen is None
 
 
@@ -122,7 +122,7 @@ def test_halo_scales_its_penalty_to_the_budget_and_leaves_pruning_to_the_criteri
     _, before, model, done, *_ = phase(r20, fmnist_like_npz, regularizer="halo", sparsity=0.5)
     assert done.details["penalty_scale"] == pytest.approx(125_000 / 12)
     assert 0 < done.details["scale_mean"]
-    assert done.chosen is None and done.prune_config.criterion == "magnitude"
+    assert done.chosen is None and done.prune_config.stages.prune.criterion == "magnitude"
     assert not torch.equal(model.conv1.weight, before.conv1.weight)  # it trained
 
 
