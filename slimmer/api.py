@@ -219,7 +219,7 @@ def _prune_stage(
         scores.record("after_regularize", model)
         clock.lap("regularize")
     prune_config = regularized.prune_config if regularized else config
-    say("prune", f"pruning: {','.join(config.methods)}, {prune_config.criterion}, {_target(config)}")
+    say("prune", f"pruning: {','.join(config.methods)}, {prune_config.stages.prune.criterion}, {_target(config)}")
     if regularized is not None and regularized.chosen is not None:
         from slimmer.regularize import apply_chosen
 

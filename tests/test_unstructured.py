@@ -136,10 +136,12 @@ def test_default_unstructured_pruning_keeps_every_layer_where_global_magnitude_t
     from slimmer.config import CompressConfig
 
     x = torch.randn(1, 16)
-    runs = {}
+    runs, said = {}, []
     for criterion in (None, "magnitude"):
         config = CompressConfig(sparsity=0.9, criterion=criterion, output=tmp_path / f"{criterion}.onnx")
-        runs[criterion] = api.compress(TwoScales(), x, config).report
+        progress = (lambda stage, message: said.append(message)) if criterion is None else None
+        runs[criterion] = api.compress(TwoScales(), x, config, progress=progress).report
+    assert "pruning: unstructured, lamp, sparsity 0.9" in said  # the progress line names it too
     default, magnitude = runs[None], runs["magnitude"]
     assert default.pruning["criterion"] == "lamp" and default.config["criterion"] is None
     assert magnitude.sparsity["per_layer"]["fc2.weight"] >= 0.99  # 1 or 0 weights of 512 left
