@@ -17,7 +17,8 @@ bisection absorbs the difference elsewhere. Rounding moves in coarse steps, so t
 meets the target can land well under it; rounding steps are then given back, the most important
 channels first (global) or the most cut layers first (layer), while the target still holds
 (:func:`slimmer.structures.budget.refill`). Groups whose removal breaks the forward (a size
-written as a literal in ``forward``) are found on a meta copy and kept whole, with a note.
+written as a literal in ``forward``, or one that must divide evenly) are looked for on a meta copy
+when a planned forward fails there, and kept whole, with a note.
 
 ``latency_aware`` divides each channel's normalized score by its group's estimated time per MAC
 relative to the model's average (:mod:`slimmer.structures.latency_cost`): at the same MACs target,
