@@ -148,6 +148,20 @@ def compare_outputs(got: torch.Tensor, want: torch.Tensor, rel_tol: float = 1e-5
     return Comparison(max_abs, scale, rel, constant, ok, reason)
 
 
+def with_latency_exponent(exponent: float, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with the latency-aware key's exponent on the cost term set to ``exponent``
+    (``slimmer.structures.channel.LATENCY_EXPONENT``: 1 divides a channel's score by its group's relative
+    time per MAC, 0 ignores it)."""
+    from slimmer.structures import channel
+
+    saved = channel.LATENCY_EXPONENT
+    channel.LATENCY_EXPONENT = exponent
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        channel.LATENCY_EXPONENT = saved
+
+
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     """MACs at batch 1 by FlopCounterMode, with autograd *enabled*: under no_grad in eval mode,
     nn.MultiheadAttention / TransformerEncoderLayer take a fused native fast path that

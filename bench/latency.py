@@ -105,20 +105,6 @@ def _slimmer_compress(model, x, workdir: Path, **options):
     return slimmer.compress(model, x, config).model
 
 
-def _with_latency_exponent(exponent: float, fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` with the latency-aware key's exponent on the cost term set to ``exponent``
-    (``slimmer.structures.channel.LATENCY_EXPONENT``: 1 divides a channel's score by its group's relative
-    time per MAC, 0 ignores it)."""
-    from slimmer.structures import channel
-
-    saved = channel.LATENCY_EXPONENT
-    channel.LATENCY_EXPONENT = exponent
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        channel.LATENCY_EXPONENT = saved
-
-
 def _paired(base: Path, path: Path, warmup: int, pairs: int) -> dict:
     """``slimmer.export.bench.paired_latency`` (same sessions, feeds, warm-up and interleaving; speedup =
     median of per-pair ratios), keeping the raw times to also report the ratio of the best times: on a
@@ -189,7 +175,7 @@ def run_model(
             elif tool == "slimmer-default-macs":
                 pruned = _slimmer_compress(model, x, workdir, latency_aware=False)
             elif tool == "slimmer-default-la":  # the third field is the cost term's exponent here
-                pruned = _with_latency_exponent(round_to, _slimmer_compress, model, x, workdir, latency_aware=True)
+                pruned = C.with_latency_exponent(round_to, _slimmer_compress, model, x, workdir, latency_aware=True)
             else:
                 pruned = C.tp_prune(model, x, ratio=TP_RATIO, round_to=round_to, p=2, with_masked=False).model
             row["prune_seconds"] = round(time.perf_counter() - t0, 1)

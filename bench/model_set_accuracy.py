@@ -58,14 +58,9 @@ def slimmer_run(model: torch.nn.Module, steps: int, seed: int, **opts) -> dict:
     """``slimmer.compress`` with defaults except ``opts``; accuracy figures from its report. ``latency_exponent``
     in ``opts`` sets the latency-aware key's exponent on the cost term for this run
     (``slimmer.structures.channel.LATENCY_EXPONENT``)."""
-    from slimmer.structures import channel
-
-    exponent = opts.pop("latency_exponent", channel.LATENCY_EXPONENT)
-    saved, channel.LATENCY_EXPONENT = channel.LATENCY_EXPONENT, exponent
-    try:
-        return _slimmer_run(model, steps, seed, **opts)
-    finally:
-        channel.LATENCY_EXPONENT = saved
+    if "latency_exponent" in opts:
+        return _common.with_latency_exponent(opts.pop("latency_exponent"), _slimmer_run, model, steps, seed, **opts)
+    return _slimmer_run(model, steps, seed, **opts)
 
 
 def _slimmer_run(model: torch.nn.Module, steps: int, seed: int, **opts) -> dict:

@@ -123,8 +123,9 @@ def shrink_model(model: nn.Module, result: PruneResult, example: tuple) -> tuple
         return result, None
     surgery = shrink(model, result.plan, as_args(example))
     rolled = (f"group {gid} was rolled back (kept whole): {why}" for gid, why in surgery.rolled_back.items())
-    planned = result.plan.channels_pruned / max(1, result.plan.channels_total)
-    if surgery.rolled_back and result.sparsity_achieved == planned:  # a channel sparsity: count what was removed
+    # before surgery only channel pruning to a sparsity sets one (unstructured masks wait for the surgery,
+    # N:M comes after it): count what was really removed
+    if surgery.rolled_back and result.sparsity_achieved is not None:
         result = result.but(sparsity_achieved=surgery.plan.channels_pruned / max(1, surgery.plan.channels_total))
     # the groups were captured from the unpruned model: they no longer describe it, and their
     # exported program holds every tensor the surgery replaced (a whole model's worth of memory)

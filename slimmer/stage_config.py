@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from slimmer.errors import ConfigError
-from slimmer.prune_config import PruneConfig, default_criterion
+from slimmer.prune_config import PruneConfig
 from slimmer.registry import did_you_mean
 from slimmer.stage_base import SCOPES, StageConfig, check_finite_nonnegative, check_fraction
 
@@ -33,7 +33,6 @@ __all__ = [
     "Stages",
     "VerifyConfig",
     "check_fraction",
-    "default_criterion",
 ]
 
 REGULARIZER_METHODS = {

@@ -41,6 +41,7 @@ from torch import nn
 from slimmer.errors import ConfigError
 from slimmer.graph.groups import ChannelGroup, GroupSet
 from slimmer.graph.macs import MacsByWeight, count_macs, counting_copy, to_meta
+from slimmer.structures.breaks import ForwardBreaks, breaking_groups
 from slimmer.structures.budget import refill, removed_by_order, removed_counts, smallest_passing
 from slimmer.structures.latency_cost import BUILT_IN, LatencyByWeight, LatencyCosts
 from slimmer.structures.plan import PlannedGroup, PruningPlan
@@ -144,37 +145,6 @@ def _validate(
 
 OVERSHOOT = 0.05
 """A plan keeping more than this fraction of the original MACs below ``macs_target`` is reported."""
-
-
-class _ForwardBreaks(Exception):
-    """A planned removal broke the meta copy's forward: look for the groups that cause it."""
-
-    def __init__(self, keeps: list[int]) -> None:
-        super().__init__("a planned forward failed")
-        self.keeps = keeps
-
-
-def _breaking_groups(
-    groups: list[ChannelGroup],
-    excluded: set[int],
-    failing: list[int],
-    keeps_for: Callable[[list[int]], list[int]],
-    macs_of: Callable[[list[int]], int | None],
-) -> list[int]:
-    """Indices of the groups whose removal alone breaks the forward: first each group alone at the count
-    ``failing`` keeps, then, if none does, each alone at its largest removal (one meta count per try)."""
-    whole = [group.channels for group in groups]
-    candidates = [g for g in range(len(groups)) if g not in excluded]
-    found = [
-        g
-        for g in candidates
-        if failing[g] < whole[g] and macs_of([failing[g] if i == g else whole[i] for i in range(len(groups))]) is None
-    ]
-    if not found:
-        found = [
-            g for g in candidates if macs_of(keeps_for([whole[i] if i == g else 0 for i in range(len(groups))])) is None
-        ]
-    return found
 
 
 def _count_plan_macs(meta: tuple[nn.Module, tuple[Any, ...]], plan: PruningPlan) -> int | None:
@@ -309,10 +279,10 @@ def plan_channels(
     breaks_searched = False
 
     def counted_or_search(keeps: list[int]) -> int | None:
-        """``macs_of``, raising :class:`_ForwardBreaks` the first time a counted plan's forward fails."""
+        """``macs_of``, raising :class:`ForwardBreaks` the first time a counted plan's forward fails."""
         macs = macs_of(keeps)
         if macs is None and not breaks_searched:
-            raise _ForwardBreaks(keeps)
+            raise ForwardBreaks(keeps)
         return macs
 
     sizes = [group.channels for group in groups]
@@ -376,8 +346,8 @@ def plan_channels(
             if meta is not None:
                 counted_or_search(keeps)
             break
-        except _ForwardBreaks as failed:
-            found = _breaking_groups(groups, excluded, failed.keeps, keeps_for, macs_of)
+        except ForwardBreaks as failed:
+            found = breaking_groups(groups, excluded, failed.keeps, keeps_for, macs_of)
             for g in found:
                 excluded.add(g)
                 notes.append(f"group {groups[g].id} kept whole: removing its channels breaks the forward")
