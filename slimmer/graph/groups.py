@@ -172,34 +172,60 @@ def _reason(reasons: set[str]) -> str:
     return text + (f"; and {len(ordered) - MAX_REASONS} more" if len(ordered) > MAX_REASONS else "")
 
 
-def groups_from_trace(captured: CapturedGraph, space: ChannelSpace, labels: dict[str, Any]) -> GroupSet:
-    """Turn union-find classes holding produced channels into :class:`ChannelGroup`s."""
+def _holdings(
+    captured: CapturedGraph, space: ChannelSpace, labels: dict[str, Any]
+) -> dict[int, dict[tuple[str, int], tuple[int, ...]]]:
+    """For every live root (a channel with a producer): the positions it holds in each (tensor, dim),
+    ascending, the (tensor, dim) keys in sorted order. One numpy sort over every (root, key, position)
+    triple instead of a Python append per position: resnet50 has about 160,000 of them."""
     root_of = space.root_table()
     is_live = np.zeros(len(root_of), dtype=bool)
     is_live[sorted(space.live_roots())] = True
+    state = {**captured.parameters, **captured.buffers}
+    entries = sorted(
+        (
+            ((name, dim), atoms)
+            for placeholder, name in state.items()
+            for dim, atoms in enumerate(labels.get(placeholder, []))
+        ),
+        key=lambda entry: entry[0],
+    )
+    keys, positions, roots = [], [], []
+    for k, (_, atoms) in enumerate(entries):
+        atom_roots = root_of[atoms]
+        (index,) = np.nonzero(is_live[atom_roots])
+        keys.append(np.full(index.size, k, dtype=np.int64))
+        positions.append(index)
+        roots.append(atom_roots[index])
+    if not entries:
+        return {}
+    key, position, root = (np.concatenate(a) for a in (keys, positions, roots))
+    order = np.lexsort((position, key, root))
+    key, position, root = key[order], position[order], root[order]
+    starts = np.flatnonzero(np.r_[True, (root[1:] != root[:-1]) | (key[1:] != key[:-1])])
+    ends = np.r_[starts[1:], len(root)]
+    listed = position.tolist()
+    holdings: dict[int, dict[tuple[str, int], tuple[int, ...]]] = {}
+    for r, k, a, b in zip(root[starts].tolist(), key[starts].tolist(), starts.tolist(), ends.tolist(), strict=True):
+        holdings.setdefault(r, {})[entries[k][0]] = tuple(listed[a:b])
+    return holdings
+
+
+def groups_from_trace(captured: CapturedGraph, space: ChannelSpace, labels: dict[str, Any]) -> GroupSet:
+    """Turn union-find classes holding produced channels into :class:`ChannelGroup`s."""
     reasons = space.reasons_by_root()
-    # root -> (name, dim) -> indices
-    holdings: dict[int, dict[tuple[str, int], list[int]]] = defaultdict(lambda: defaultdict(list))
-    for placeholder, name in {**captured.parameters, **captured.buffers}.items():
-        for dim, atoms in enumerate(labels.get(placeholder, [])):
-            roots = root_of[atoms]
-            (indices,) = np.nonzero(is_live[roots])
-            for index, root in zip(indices.tolist(), roots[indices].tolist(), strict=True):
-                holdings[root][(name, dim)].append(index)
+    holdings = _holdings(captured, space, labels)
     by_key: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for root, held in holdings.items():
         blocked = _reason(reasons[root]) if root in reasons else None
-        by_key[(tuple(sorted(held)), blocked)].append(root)
+        by_key[(tuple(held), blocked)].append(root)
     groups = []
     for (signature, blocked), roots in by_key.items():
         raw = tuple(sorted(set().union(*(reasons.get(r, set()) for r in roots))))
         anchor = signature[0]
-        roots.sort(key=lambda r: min(holdings[r][anchor]))
-        members = [
-            GroupMember(name, dim, tuple(tuple(sorted(holdings[r][(name, dim)])) for r in roots))
-            for name, dim in signature
-        ]
-        group_id = f"{anchor[0]}:{anchor[1]}@{min(holdings[roots[0]][anchor])}"
+        roots.sort(key=lambda r: holdings[r][anchor][0])
+        members = [GroupMember(name, dim, tuple(holdings[r][(name, dim)] for r in roots)) for name, dim in signature]
+        group_id = f"{anchor[0]}:{anchor[1]}@{holdings[roots[0]][anchor][0]}"
         group = ChannelGroup(group_id, members, len(roots), blocked, raw)
         if blocked is not None:
             layers = group.layers
