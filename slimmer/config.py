@@ -79,7 +79,7 @@ class CompressConfig:
     amp: bool = True
     augment: bool = False  # pad-crop-flip while fine-tuning; off: brief fine-tuning recovers more without (recover.py)
     progress_every_s: float = 10.0
-    lr: float = 0.01
+    lr: float | None = None  # None: RecoverConfig.finetune_lr / phase_lr
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     round_to: int | str | None = None  # None: prune_channel.DEFAULT_ROUND_TO; "relative": structures/rounding.py

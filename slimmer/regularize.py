@@ -88,12 +88,12 @@ def regularize(
         student,
         distillation_teacher(teacher, config.stages.recover, data),
         data.train,
-        finetune_config(config.stages.recover, example, len(data.train), steps),
+        finetune_config(config.stages.recover, example, len(data.train), steps, config.stages.recover.phase_lr),
         [hook],
         progress=step_printer(say, "regularize", "regularize") if info.is_main else None,
     )
     extra, chosen = finish()
-    details = {**details, "regularizer": name, "steps": steps, "final_loss": done.final_loss, **extra}
+    details = {**details, "regularizer": name, "steps": steps, "lr": done.lr, "final_loss": done.final_loss, **extra}
     return Regularized(name=name, steps=steps, prune_config=prune_config, details=details, chosen=chosen)
 
 

@@ -76,7 +76,7 @@ def search(model: nn.Module, config: CompressConfig, example: tuple, data: DataS
         steps=config.search_steps,
         round_to=config.round_to or 1,
         criterion=criterion,
-        weight_lr=config.lr,
+        weight_lr=config.stages.recover.phase_lr,
         seed=config.seed,
         output_name=config.output_name,
     )

@@ -122,6 +122,33 @@ def test_fine_tuning_distils_by_default_except_after_channel_pruning_alone(optio
 
 
 @pytest.mark.parametrize(
+    ("options", "finetune_lr"),
+    [
+        ({"methods": ("unstructured",)}, 0.1),  # SGD after pruning: 0.1 recovered most on the model set
+        ({"methods": ("channel",)}, 0.1),
+        ({"methods": ("unstructured", "channel")}, 0.1),
+        ({"methods": ("channel",), "optimizer": "adamw"}, 0.01),  # AdamW was never measured at 0.1
+        ({"methods": ("nm",)}, 0.01),  # SR-STE's refinement term scales with the rate
+        ({"methods": ("fold",)}, 0.01),  # layer folding's alpha schedule was set at 0.01
+        ({"methods": ("channel", "fold")}, 0.01),
+        ({"methods": ("search",)}, 0.01),
+        ({"methods": ("unstructured",), "lr": 0.003}, 0.003),  # --lr decides
+        ({"methods": ("nm",), "lr": 0.2}, 0.2),
+    ],
+)
+def test_the_fine_tuning_rate_is_sgds_after_pruning_and_the_old_one_elsewhere(options, finetune_lr) -> None:
+    config = RecoverConfig(**options)
+    assert config.finetune_lr == finetune_lr
+    assert config.phase_lr == options.get("lr", 0.01)  # a regularizer's phase and TAS's weights
+
+
+def test_a_learning_rate_must_be_positive_and_finite() -> None:
+    for bad in (0, -0.1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="--lr must be a finite number > 0"):
+            RecoverConfig(lr=bad)
+
+
+@pytest.mark.parametrize(
     ("given", "kd", "weight"),
     [
         ({}, None, 0.5),

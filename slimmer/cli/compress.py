@@ -135,7 +135,7 @@ def compress_command(
     search_steps: int = options.search_steps,
     finetune_steps: int = options.finetune_steps,
     batch_size: int = options.batch_size,
-    lr: float = options.lr,
+    lr: float | None = options.lr,
     optimizer: str = options.optimizer,
     kd: bool | None = options.kd,
     kd_weight: float | None = options.kd_weight,

@@ -212,7 +212,11 @@ finetune_steps = typer.Option(
 )
 batch_size = typer.Option(128, "--batch-size", help="fine-tuning batch size", rich_help_panel=RECOVERY)
 lr = typer.Option(
-    0.01, "--lr", help="fine-tuning peak learning rate (cosine with warm-up), > 0", rich_help_panel=RECOVERY
+    None,
+    "--lr",
+    help="peak learning rate (cosine with warm-up), > 0 (default: 0.1 for SGD fine-tuning after unstructured or "
+    "channel pruning, where the model set recovered most; 0.01 otherwise)",
+    rich_help_panel=RECOVERY,
 )
 optimizer = typer.Option(
     "sgd", "--optimizer", help=f"{_one_of('--optimizer')} (sgd: Nesterov momentum)", rich_help_panel=RECOVERY

@@ -129,6 +129,7 @@ class FinetuneResult:
     world_size: int = 1
     kd_weight: float = 0.0  # distillation's share of the loss as run (1 without labels, 0 without a teacher)
     augmented: bool = False
+    lr: float = 0.0  # the peak learning rate as run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -340,6 +341,7 @@ def _loop(
         world_size=info.world_size,
         kd_weight=alpha if teacher is not None else 0.0,
         augmented=cfg.augment is not None,
+        lr=cfg.lr,
     )
 
 

@@ -17,9 +17,12 @@ from slimmer.train.finetune import FinetuneConfig
 Say = Callable[[str, str], None]
 
 
-def finetune_config(config: RecoverConfig, example: tuple, n_train: int, steps: int) -> FinetuneConfig:
+def finetune_config(
+    config: RecoverConfig, example: tuple, n_train: int, steps: int, lr: float | None = None
+) -> FinetuneConfig:
     """The loop settings of the recovery stage's options for ``steps`` optimizer steps (fine-tuning or
-    regularizing), on ``n_train`` training samples shaped like ``example``.
+    regularizing), on ``n_train`` training samples shaped like ``example``, at peak learning rate ``lr``
+    (default: ``config.finetune_lr``, the fine-tuning after pruning).
 
     Pad-crop-flip augmentation only with ``--augment``, and distillation weighted ``--kd-weight`` (0.5)
     against cross-entropy: a brief fine-tune from a trained model recovers more on the images as they
@@ -33,7 +36,7 @@ def finetune_config(config: RecoverConfig, example: tuple, n_train: int, steps: 
         amp=on_gpu and config.amp,
         steps=steps,
         batch_size=min(config.batch_size, n_train),
-        lr=config.lr,
+        lr=config.finetune_lr if lr is None else lr,
         optimizer=config.optimizer,
         device=config.device,
         seed=config.seed,

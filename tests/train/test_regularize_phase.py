@@ -47,6 +47,8 @@ def test_each_regularizer_runs_then_prunes_and_is_recorded(cli, r20, fmnist_like
     reg = r["pruning"]["regularizer"]
     assert reg["regularizer"] == regularizer and reg["steps"] == 12
     assert r["config"]["regularizer"] == regularizer
+    assert r["config"]["lr"] is None  # the command line as given
+    assert reg["lr"] == 0.01 and r["finetune"]["lr"] == 0.1  # the phase at the old rate, fine-tuning at SGD's
     assert r["accuracy"]["after_regularize"] is not None
     assert abs(r["sparsity"]["achieved"] - 0.5) <= 0.01
     assert r["verification"]["passed"] and Path(r["onnx"]["path"]).is_file()
