@@ -70,7 +70,9 @@ class CompressConfig:
     finetune_steps: int = 0
     batch_size: int = 128
     optimizer: str = "sgd"
-    kd: bool | None = None  # None: distil, except --method channel alone with labels (RecoverConfig.distils)
+    kd: bool | None = (
+        None  # None: distil, except after unstructured/channel pruning with labels (RecoverConfig.distils)
+    )
     kd_weight: float = 0.5  # distillation's share of the loss when labels exist; the rest is cross-entropy
     kd_layers: float = 0.0  # weight of layer-wise distillation (train/feature_kd.py); 0 = logits only
     regrow: bool = False  # dense straight-through fine-tuning of a one-shot unstructured mask (recover.regrows)

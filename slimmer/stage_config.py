@@ -139,6 +139,7 @@ class RegularizeConfig(StageConfig):
 
 FINETUNE_LR = 0.1  # SGD after unstructured or channel pruning: RecoverConfig.finetune_lr
 BASE_LR = 0.01  # every other training phase when --lr is not given
+PRUNING_ONLY = frozenset({"unstructured", "channel"})  # the methods whose recovery defaults the model set chose
 
 
 @dataclass(frozen=True)
@@ -172,12 +173,14 @@ class RecoverConfig(StageConfig):
     def distils(self) -> bool:
         """Whether fine-tuning distils from the original when the data has labels (without labels it
         always does: the original is the only signal). ``--kd``/``--no-kd`` decide; by default it
-        distils, except when channel pruning is the only method: there cross-entropy alone recovered
-        more on every member of the model set (docs/BENCHMARKS.md "Accuracy on the model set"),
-        while at 90% unstructured sparsity distillation recovered more. ``--kd-layers`` distils."""
+        distils, except when every method is unstructured or channel pruning: at the default rate
+        (:attr:`finetune_lr`, 0.1) cross-entropy alone recovered more there, on the model set's mean
+        for both methods and on every member at half the MACs (docs/BENCHMARKS.md "Accuracy on the
+        model set"). N:M, layer folding and search were measured with distillation. ``--kd-layers``
+        distils."""
         if self.kd is not None:
             return self.kd
-        return self.kd_layers > 0 or tuple(self.methods) != ("channel",)
+        return self.kd_layers > 0 or not set(self.methods) <= PRUNING_ONLY
 
     @property
     def finetune_lr(self) -> float:
@@ -189,8 +192,7 @@ class RecoverConfig(StageConfig):
         it, and AdamW wants a smaller one."""
         if self.lr is not None:
             return self.lr
-        pruning_only = set(self.methods) <= {"unstructured", "channel"}
-        return FINETUNE_LR if self.optimizer == "sgd" and pruning_only else BASE_LR
+        return FINETUNE_LR if self.optimizer == "sgd" and set(self.methods) <= PRUNING_ONLY else BASE_LR
 
     @property
     def phase_lr(self) -> float:

@@ -224,8 +224,8 @@ optimizer = typer.Option(
 kd = typer.Option(
     None,
     "--kd/--no-kd",
-    help="distil from the original model while fine-tuning (default: on, except with --method channel "
-    "alone on labelled data and no --kd-weight, where cross-entropy alone recovered more)",
+    help="distil from the original model while fine-tuning (default: on, except after unstructured or channel "
+    "pruning alone on labelled data with no --kd-weight, where cross-entropy alone recovered more)",
     rich_help_panel=RECOVERY,
 )
 kd_weight = typer.Option(
