@@ -11,9 +11,10 @@ the whole 10,000-image test split:
 - ``u90``: ``slimmer.compress`` at ``sparsity=0.9`` (defaults: LAMP since 1a80136), against ``torch.nn.utils.prune``
   global L1 at 90% fine-tuned with cross-entropy, pruned weights held at zero.
 
-The peers get slimmer's loop (SGD Nesterov, lr 0.01 cosine, weight decay 5e-4) on the same
-un-augmented training images in the same order (same seed); slimmer distils from the original
-(its default). Drop = accuracy before − accuracy after fine-tuning, in points.
+The peers get slimmer's loop (SGD Nesterov, cosine from slimmer's default peak rate ``LR``, weight decay 5e-4)
+on the same un-augmented training images in the same order (same seed). Since 77c7733 slimmer's default is
+lr 0.1 with cross-entropy alone after unstructured or channel pruning; rows recorded before it ran at lr 0.01
+(their labels say so, and their options pin it). Drop = accuracy before − accuracy after fine-tuning, in points.
 
     OMP_NUM_THREADS=1 python bench/model_set_accuracy.py --members resnet20,resnet20-aug,mbv2,vgg \\
         --rows channel,u90,tp,prune --seeds 0,1 --steps 468 --write-docs
@@ -51,7 +52,7 @@ from slimmer.zoo import FMNIST_MEAN, FMNIST_STD  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "model_set_accuracy.jsonl"
 SHAPE = (1, 1, 28, 28)
-LR = 0.01  # slimmer's default --lr, given to the peers too
+LR = 0.1  # slimmer's default --lr for SGD after pruning (since 77c7733), given to the peers too
 
 
 def slimmer_run(model: torch.nn.Module, steps: int, seed: int, **opts) -> dict:
@@ -94,12 +95,12 @@ def _slimmer_run(model: torch.nn.Module, steps: int, seed: int, **opts) -> dict:
     }
 
 
-def peer_finetune(model, data, steps: int, seed: int, hooks) -> None:
-    cfg = FinetuneConfig(steps=steps, batch_size=128, lr=LR, seed=seed, device="cpu", progress_every_s=1e9)
+def peer_finetune(model, data, steps: int, seed: int, hooks, lr: float = LR) -> None:
+    cfg = FinetuneConfig(steps=steps, batch_size=128, lr=lr, seed=seed, device="cpu", progress_every_s=1e9)
     finetune(model, None, data.train, cfg, hooks)
 
 
-def tp_run(model, data, test, steps: int, seed: int, macs_goal: float) -> dict:
+def tp_run(model, data, test, steps: int, seed: int, macs_goal: float, lr: float = LR) -> dict:
     """Torch-Pruning L2 with the per-layer ratio bisected to keep ``macs_goal`` of the MACs (±0.01)."""
     x = torch.zeros(SHAPE)
     macs0 = count_macs(model, x)
@@ -117,7 +118,7 @@ def tp_run(model, data, test, steps: int, seed: int, macs_goal: float) -> dict:
     pruned, kept, ratio = best
     before = accuracy(model, *test)
     after_prune = accuracy(pruned, *test)
-    peer_finetune(pruned, data, steps, seed, [])
+    peer_finetune(pruned, data, steps, seed, [], lr)
     return {
         "before": before,
         "after_prune": after_prune,
@@ -127,7 +128,7 @@ def tp_run(model, data, test, steps: int, seed: int, macs_goal: float) -> dict:
     }
 
 
-def torch_prune_run(model, data, test, steps: int, seed: int, sparsity: float = 0.9) -> dict:
+def torch_prune_run(model, data, test, steps: int, seed: int, sparsity: float = 0.9, lr: float = LR) -> dict:
     import torch.nn.utils.prune as tprune
 
     model = copy.deepcopy(model)
@@ -139,7 +140,7 @@ def torch_prune_run(model, data, test, steps: int, seed: int, sparsity: float = 
         tprune.remove(module, name)
     masks = MaskSet({n: (w != 0) for n, w in prunable_weights(model).items()})
     after_prune = accuracy(model, *test)
-    peer_finetune(model, data, steps, seed, [MaskHook(masks)])
+    peer_finetune(model, data, steps, seed, [MaskHook(masks)], lr)
     return {
         "before": before,
         "after_prune": after_prune,
@@ -150,101 +151,149 @@ def torch_prune_run(model, data, test, steps: int, seed: int, sparsity: float = 
 
 ROWS = {
     "channel": (
-        "slimmer --method channel --macs-target 0.5 (defaults: relative rounding, cross-entropy, rounding steps "
-        "given back up to the target)",
-        dict(methods=("channel",), macs_target=0.5),
+        "slimmer --method channel --macs-target 0.5 (defaults: lr 0.1, cross-entropy, relative rounding, rounding "
+        "steps given back up to the target)",
+        {"methods": ("channel",), "macs_target": 0.5},
+    ),
+    "u90": ("slimmer --sparsity 0.9 (defaults: lr 0.1, cross-entropy, LAMP)", {"sparsity": 0.9}),
+    "u90-kd": ("slimmer --sparsity 0.9 --kd (lr 0.1, LAMP, distillation)", {"sparsity": 0.9, "kd": True}),
+    "channel-l2": (
+        "slimmer --method channel --macs-target 0.5 --criterion l2 (otherwise the defaults)",
+        {"methods": ("channel",), "macs_target": 0.5, "criterion": "l2"},
+    ),
+    "channel-lr05": (
+        "slimmer --method channel --macs-target 0.5 --lr 0.05",
+        {"methods": ("channel",), "macs_target": 0.5, "lr": 0.05},
+    ),
+    "channel-lr01": (
+        "slimmer --method channel --macs-target 0.5 --lr 0.01 (the default until 77c7733)",
+        {"methods": ("channel",), "macs_target": 0.5, "lr": 0.01},
+    ),
+    "u90-lr2": ("slimmer --sparsity 0.9 --lr 0.2 --kd (LAMP, distillation)", {"sparsity": 0.9, "lr": 0.2, "kd": True}),
+    "u90-lr05": (
+        "slimmer --sparsity 0.9 --lr 0.05 --kd (LAMP, distillation)",
+        {"sparsity": 0.9, "lr": 0.05, "kd": True},
+    ),
+    "u90-lr03": (
+        "slimmer --sparsity 0.9 --lr 0.03 --kd (LAMP, distillation)",
+        {"sparsity": 0.9, "lr": 0.03, "kd": True},
+    ),
+    "u90-lr01": (
+        "slimmer --sparsity 0.9 --lr 0.01 --kd (LAMP, distillation: the default from 1a80136 to 77c7733)",
+        {"sparsity": 0.9, "lr": 0.01, "kd": True},
+    ),
+    "u90-ce-lr01": (
+        "slimmer --sparsity 0.9 --lr 0.01 --no-kd (LAMP, cross-entropy)",
+        {"sparsity": 0.9, "lr": 0.01, "kd": False},
     ),
     "channel-la": (
-        "slimmer --method channel --macs-target 0.5 --latency-aware (cost exponent 0.5; otherwise the defaults)",
-        dict(methods=("channel",), macs_target=0.5, latency_aware=True),
+        "slimmer --method channel --macs-target 0.5 --latency-aware (cost exponent 0.5; otherwise the defaults) at lr "
+        "0.01",
+        {"methods": ("channel",), "macs_target": 0.5, "latency_aware": True, "lr": 0.01},
     ),
     "channel-la25": (
-        "slimmer --method channel --macs-target 0.5 --latency-aware, cost exponent 0.25 (otherwise the defaults)",
-        dict(methods=("channel",), macs_target=0.5, latency_aware=True, latency_exponent=0.25),
+        "slimmer --method channel --macs-target 0.5 --latency-aware, cost exponent 0.25 (otherwise the defaults) at "
+        "lr 0.01",
+        {"methods": ("channel",), "macs_target": 0.5, "latency_aware": True, "latency_exponent": 0.25, "lr": 0.01},
     ),
     "channel-rt16": (
-        "slimmer --method channel --macs-target 0.5 --round-to 16 --kd (the default before 511c3d1)",
-        dict(methods=("channel",), macs_target=0.5, round_to=16, kd=True),
+        "slimmer --method channel --macs-target 0.5 --round-to 16 --kd (the default before 511c3d1) at lr 0.01",
+        {"methods": ("channel",), "macs_target": 0.5, "round_to": 16, "kd": True, "lr": 0.01},
     ),
     "channel-relative": (
         "slimmer --method channel --macs-target 0.5 --round-to relative --kd (distillation: the default until it "
-        "became cross-entropy for channel pruning)",
-        dict(methods=("channel",), macs_target=0.5, round_to="relative", kd=True),
+        "became cross-entropy for channel pruning) at lr 0.01",
+        {"methods": ("channel",), "macs_target": 0.5, "round_to": "relative", "kd": True, "lr": 0.01},
     ),
     "channel-macs": (
-        "slimmer --method channel --macs-target 0.5 --round-to 16 --no-latency-aware --kd (ranked by MACs)",
-        dict(methods=("channel",), macs_target=0.5, round_to=16, latency_aware=False, kd=True),
+        "slimmer --method channel --macs-target 0.5 --round-to 16 --no-latency-aware --kd (ranked by MACs) at lr 0.01",
+        {"methods": ("channel",), "macs_target": 0.5, "round_to": 16, "latency_aware": False, "kd": True, "lr": 0.01},
     ),
     "channel-latency": (
-        "slimmer --method channel --macs-target 0.5 --round-to 16 --latency-aware --kd",
-        dict(methods=("channel",), macs_target=0.5, round_to=16, latency_aware=True, kd=True),
+        "slimmer --method channel --macs-target 0.5 --round-to 16 --latency-aware --kd at lr 0.01",
+        {"methods": ("channel",), "macs_target": 0.5, "round_to": 16, "latency_aware": True, "kd": True, "lr": 0.01},
     ),
     "channel-rt1": (
-        "slimmer --method channel --macs-target 0.5 --round-to 1 --kd",
-        dict(methods=("channel",), macs_target=0.5, round_to=1, kd=True),
+        "slimmer --method channel --macs-target 0.5 --round-to 1 --kd at lr 0.01",
+        {"methods": ("channel",), "macs_target": 0.5, "round_to": 1, "kd": True, "lr": 0.01},
     ),
     "channel-rt8": (
-        "slimmer --method channel --macs-target 0.5 --round-to 8 --kd",
-        dict(methods=("channel",), macs_target=0.5, round_to=8, kd=True),
+        "slimmer --method channel --macs-target 0.5 --round-to 8 --kd at lr 0.01",
+        {"methods": ("channel",), "macs_target": 0.5, "round_to": 8, "kd": True, "lr": 0.01},
     ),
     "channel-layer": (
-        "slimmer --method channel --macs-target 0.5 --scope layer --round-to 1 --kd (uniform ratio, as Torch-Pruning)",
-        dict(methods=("channel",), macs_target=0.5, scope="layer", round_to=1, kd=True),
+        "slimmer --method channel --macs-target 0.5 --scope layer --round-to 1 --kd (uniform ratio, as Torch-Pruning) "
+        "at lr 0.01",
+        {"methods": ("channel",), "macs_target": 0.5, "scope": "layer", "round_to": 1, "kd": True, "lr": 0.01},
     ),
     "channel-ce": (
-        "slimmer --method channel --macs-target 0.5 --round-to 16 --no-kd (cross-entropy only, as the peers)",
-        dict(methods=("channel",), macs_target=0.5, round_to=16, kd=False),
+        "slimmer --method channel --macs-target 0.5 --round-to 16 --no-kd (cross-entropy only, as the peers) at lr "
+        "0.01",
+        {"methods": ("channel",), "macs_target": 0.5, "round_to": 16, "kd": False, "lr": 0.01},
     ),
     "channel-rt1-ce": (
-        "slimmer --method channel --macs-target 0.5 --round-to 1 --no-kd",
-        dict(methods=("channel",), macs_target=0.5, round_to=1, kd=False),
+        "slimmer --method channel --macs-target 0.5 --round-to 1 --no-kd at lr 0.01",
+        {"methods": ("channel",), "macs_target": 0.5, "round_to": 1, "kd": False, "lr": 0.01},
     ),
     "channel-layer-ce": (
-        "slimmer --method channel --macs-target 0.5 --scope layer --round-to 1 --no-kd (Torch-Pruning's recipe)",
-        dict(methods=("channel",), macs_target=0.5, scope="layer", round_to=1, kd=False),
+        "slimmer --method channel --macs-target 0.5 --scope layer --round-to 1 --no-kd (Torch-Pruning's recipe) at lr "
+        "0.01",
+        {"methods": ("channel",), "macs_target": 0.5, "scope": "layer", "round_to": 1, "kd": False, "lr": 0.01},
     ),
     "channel-relative-ce": (
-        "slimmer --method channel --macs-target 0.5 --round-to relative --no-kd (the default's settings)",
-        dict(methods=("channel",), macs_target=0.5, round_to="relative", kd=False),
+        "slimmer --method channel --macs-target 0.5 --round-to relative --no-kd (the default's settings) at lr 0.01",
+        {"methods": ("channel",), "macs_target": 0.5, "round_to": "relative", "kd": False, "lr": 0.01},
     ),
     "channel-layer-relative-ce": (
-        "slimmer --method channel --macs-target 0.5 --scope layer --round-to relative --no-kd",
-        dict(methods=("channel",), macs_target=0.5, scope="layer", round_to="relative", kd=False),
+        "slimmer --method channel --macs-target 0.5 --scope layer --round-to relative --no-kd at lr 0.01",
+        {
+            "methods": ("channel",),
+            "macs_target": 0.5,
+            "scope": "layer",
+            "round_to": "relative",
+            "kd": False,
+            "lr": 0.01,
+        },
     ),
     "channel-layer-default": (
-        "slimmer --method channel --macs-target 0.5 --scope layer (a uniform ratio; otherwise the defaults, "
-        "rounding steps given back up to the target)",
-        dict(methods=("channel",), macs_target=0.5, scope="layer"),
+        "slimmer --method channel --macs-target 0.5 --scope layer (a uniform ratio; otherwise the defaults, rounding "
+        "steps given back up to the target) at lr 0.01",
+        {"methods": ("channel",), "macs_target": 0.5, "scope": "layer", "lr": 0.01},
     ),
-    "channel-l2": (
-        "slimmer --method channel --macs-target 0.5 --criterion l2 (otherwise the defaults)",
-        dict(methods=("channel",), macs_target=0.5, criterion="l2"),
+    "channel-l2-lr01": (
+        "slimmer --method channel --macs-target 0.5 --criterion l2 --lr 0.01 (otherwise the defaults of that time)",
+        {"methods": ("channel",), "macs_target": 0.5, "criterion": "l2", "lr": 0.01},
     ),
     "channel-la-elements": (
-        "slimmer --method channel --macs-target 0.5 --latency-aware (cost exponent 0.5, before the weight-read "
-        "term of the cost model; records only, no longer runnable)",
+        "slimmer --method channel --macs-target 0.5 --latency-aware (cost exponent 0.5, before the weight-read term "
+        "of the cost model at lr 0.01; records only, no longer runnable)",
         "historical",
     ),
-    "u90": ("slimmer --sparsity 0.9 (defaults: LAMP, distillation)", dict(sparsity=0.9)),
-    "u90-ce": ("slimmer --sparsity 0.9 --no-kd (LAMP, cross-entropy)", dict(sparsity=0.9, kd=False)),
     "u90-gradual": (
-        "slimmer --sparsity 0.9 --schedule gradual (LAMP, distillation)",
-        dict(sparsity=0.9, schedule="gradual"),
+        "slimmer --sparsity 0.9 --schedule gradual (LAMP, distillation) at lr 0.01",
+        {"sparsity": 0.9, "schedule": "gradual", "lr": 0.01, "kd": True},
+    ),
+    "u90-reconstruct": (
+        "slimmer --sparsity 0.9 --reconstruct (least-squares reconstruction, then fine-tuning; otherwise defaults) at "
+        "lr 0.01",
+        {"sparsity": 0.9, "reconstruct": True, "lr": 0.01, "kd": True},
     ),
     "u90-magnitude": (
-        "slimmer --sparsity 0.9 --criterion magnitude (global magnitude: the default before 1a80136)",
-        dict(sparsity=0.9, criterion="magnitude"),
+        "slimmer --sparsity 0.9 --criterion magnitude (global magnitude: the default before 1a80136) at lr 0.01",
+        {"sparsity": 0.9, "criterion": "magnitude", "lr": 0.01, "kd": True},
     ),
     "u90-magnitude-ce": (
-        "slimmer --sparsity 0.9 --criterion magnitude --no-kd",
-        dict(sparsity=0.9, criterion="magnitude", kd=False),
+        "slimmer --sparsity 0.9 --criterion magnitude --no-kd at lr 0.01",
+        {"sparsity": 0.9, "criterion": "magnitude", "kd": False, "lr": 0.01},
     ),
     "u90-magnitude-gradual": (
-        "slimmer --sparsity 0.9 --criterion magnitude --schedule gradual",
-        dict(sparsity=0.9, criterion="magnitude", schedule="gradual"),
+        "slimmer --sparsity 0.9 --criterion magnitude --schedule gradual at lr 0.01",
+        {"sparsity": 0.9, "criterion": "magnitude", "schedule": "gradual", "lr": 0.01, "kd": True},
     ),
-    "tp": ("Torch-Pruning L2, MACs matched to slimmer's channel row (CE)", None),
-    "prune": ("torch.nn.utils.prune global L1 90% (CE)", None),
+    "tp": ("Torch-Pruning L2, MACs matched to slimmer's channel row (CE)", {"peer": "tp"}),
+    "prune": ("torch.nn.utils.prune global L1 90% (CE)", {"peer": "prune"}),
+    "tp-lr01": ("Torch-Pruning L2, MACs matched to slimmer's channel row (CE), lr 0.01", {"peer": "tp", "lr": 0.01}),
+    "prune-lr01": ("torch.nn.utils.prune global L1 90% (CE), lr 0.01", {"peer": "prune", "lr": 0.01}),
 }
 
 
@@ -269,14 +318,17 @@ def main() -> None:
             for seed in map(int, args.seeds.split(",")):
                 model = load_member(member)
                 t0 = time.time()
-                if opts is not None:
+                peer = opts.get("peer")
+                lr = opts.get("lr", LR)
+                if peer is None:
                     result = slimmer_run(model, args.steps, seed, **opts)
-                elif row == "tp":
-                    ref = [r for r in _common.read_jsonl(args.out) if r["member"] == member and r["row"] == "channel"]
+                elif peer == "tp":
+                    records = _common.read_jsonl(args.out) + (_common.read_jsonl(OUT) if args.out != OUT else [])
+                    ref = [r for r in records if r["member"] == member and r["row"] == "channel"]
                     goal = ref[-1]["macs_kept"] if ref else 0.5
-                    result = tp_run(model, data, test, args.steps, seed, goal)
+                    result = tp_run(model, data, test, args.steps, seed, goal, lr)
                 else:
-                    result = torch_prune_run(model, data, test, args.steps, seed)
+                    result = torch_prune_run(model, data, test, args.steps, seed, lr=lr)
                 record = {
                     "member": member,
                     "row": row,

@@ -142,7 +142,7 @@ def test_unstructured_with_channel_masks_the_weights_that_ship(cli, r20, fmnist_
     assert report["macs"]["after"] / report["macs"]["before"] <= 0.6
     assert abs(report["sparsity"]["achieved"] - 0.5) <= 0.01 and report["status"] == "ok"
     assert report["finetune"]["steps_done"] == 4
-    assert report["finetune"]["kd_weight"] == 0.5  # not channel alone: distillation stays the default
+    assert report["finetune"]["kd_weight"] == 0.0 and report["finetune"]["lr"] == 0.1  # the pruning-only defaults
     names = set(report["sparsity"]["per_layer"])
     masked = [i for i in onnx.load(report["onnx"]["path"]).graph.initializer if i.name in names]
     assert len(masked) == len(names)
