@@ -236,7 +236,7 @@ def nm_mask_changed(model: nn.Module, masks: MaskSet) -> float:
 
 def _how(config: CompressConfig, data: DataSplits, cfg, layered: FeatureDistillHook | None, pruned: PruneResult) -> str:
     """The fine-tuning recipe in words, for the progress line."""
-    distils = config.stages.recover.distils
+    distils = config.stages.recover.distils or data.train.y is None  # without labels the original is the signal
     how = "distilling from the original" if distils else "labels only"
     if data.train.feed is not None and data.train.y is None:
         how = "distilling the original's mean-pooled embeddings and hidden states: cosine + MSE"

@@ -84,16 +84,25 @@ def regularize(
     say("regularize", f"regularizing with {name} for {steps} steps before the final pruning")
     info = init_from_env()
     student = wrap_ddp(model, info) if info.world_size > 1 else model
+    recover = config.stages.recover
     done = finetune(
         student,
-        distillation_teacher(teacher, config.stages.recover, data),
+        distillation_teacher(teacher, recover, data, recover.phase_distils),
         data.train,
-        finetune_config(config.stages.recover, example, len(data.train), steps, config.stages.recover.phase_lr),
+        finetune_config(recover, example, len(data.train), steps, recover.phase_lr, recover.phase_distils),
         [hook],
         progress=step_printer(say, "regularize", "regularize") if info.is_main else None,
     )
     extra, chosen = finish()
-    details = {**details, "regularizer": name, "steps": steps, "lr": done.lr, "final_loss": done.final_loss, **extra}
+    details = {
+        **details,
+        "regularizer": name,
+        "steps": steps,
+        "lr": done.lr,
+        "kd_weight": done.kd_weight,
+        "final_loss": done.final_loss,
+        **extra,
+    }
     return Regularized(name=name, steps=steps, prune_config=prune_config, details=details, chosen=chosen)
 
 

@@ -195,6 +195,15 @@ class RecoverConfig(StageConfig):
         return FINETUNE_LR if self.optimizer == "sgd" and set(self.methods) <= PRUNING_ONLY else BASE_LR
 
     @property
+    def phase_distils(self) -> bool:
+        """Whether a regularizer's phase before pruning distils (with labels): ``--kd``/``--no-kd``
+        decide; by default as its recipes were measured, distilling unless channel pruning is the
+        only method. The fine-tuning after pruning follows :attr:`distils`."""
+        if self.kd is not None:
+            return self.kd
+        return self.kd_layers > 0 or tuple(self.methods) != ("channel",)
+
+    @property
     def phase_lr(self) -> float:
         """Peak learning rate of the training before pruning (a regularizer's phase, TAS's weights):
         ``--lr``, else :data:`BASE_LR`."""

@@ -48,6 +48,7 @@ def test_distillation_without_labels(cli, r20, tmp_path):
     assert r["finetune"]["steps_done"] == 4 and r["accuracy"]["before"] is None
     assert r["verification"]["top1_agreement"] is not None
     assert r["finetune"]["kd_weight"] == 1.0  # no labels: distillation is the whole loss
+    assert "fine-tuning 4 steps (distilling from the original" in run.stderr  # the line once said "labels only"
 
 
 @pytest.mark.parametrize("schedule", ["iterative", "gradual", "cyclical"])

@@ -145,6 +145,20 @@ def test_the_fine_tuning_rate_is_sgds_after_pruning_and_the_old_one_elsewhere(op
     assert config.phase_lr == options.get("lr", 0.01)  # a regularizer's phase and TAS's weights
 
 
+@pytest.mark.parametrize(
+    ("options", "phase_distils"),
+    [
+        ({"methods": ("unstructured",)}, True),  # a regularizer's phase distils as it was measured
+        ({"methods": ("channel",)}, False),
+        ({"methods": ("unstructured", "channel")}, True),
+        ({"methods": ("channel",), "kd": True}, True),
+        ({"methods": ("unstructured",), "kd": False}, False),
+    ],
+)
+def test_the_regularizers_phase_keeps_its_measured_loss(options, phase_distils) -> None:
+    assert RecoverConfig(**options).phase_distils is phase_distils
+
+
 def test_a_learning_rate_must_be_positive_and_finite() -> None:
     for bad in (0, -0.1, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="--lr must be a finite number > 0"):

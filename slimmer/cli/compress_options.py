@@ -225,7 +225,8 @@ kd = typer.Option(
     None,
     "--kd/--no-kd",
     help="distil from the original model while fine-tuning (default: on, except after unstructured or channel "
-    "pruning alone on labelled data with no --kd-weight, where cross-entropy alone recovered more)",
+    "pruning alone on labelled data with no --kd-weight or --kd-layers, where cross-entropy alone recovered more; "
+    "a --regularizer phase distils unless the method is channel alone)",
     rich_help_panel=RECOVERY,
 )
 kd_weight = typer.Option(

@@ -18,11 +18,17 @@ Say = Callable[[str, str], None]
 
 
 def finetune_config(
-    config: RecoverConfig, example: tuple, n_train: int, steps: int, lr: float | None = None
+    config: RecoverConfig,
+    example: tuple,
+    n_train: int,
+    steps: int,
+    lr: float | None = None,
+    distils: bool | None = None,
 ) -> FinetuneConfig:
     """The loop settings of the recovery stage's options for ``steps`` optimizer steps (fine-tuning or
     regularizing), on ``n_train`` training samples shaped like ``example``, at peak learning rate ``lr``
-    (default: ``config.finetune_lr``, the fine-tuning after pruning).
+    and distilling or not (``distils``); by default those of the fine-tuning after pruning
+    (``config.finetune_lr``, ``config.distils``).
 
     Pad-crop-flip augmentation only with ``--augment``, and distillation weighted ``--kd-weight`` (0.5)
     against cross-entropy: a brief fine-tune from a trained model recovers more on the images as they
@@ -40,7 +46,7 @@ def finetune_config(
         optimizer=config.optimizer,
         device=config.device,
         seed=config.seed,
-        kd_alpha=config.kd_weight if config.distils else 0.0,
+        kd_alpha=config.kd_weight if (config.distils if distils is None else distils) else 0.0,
         progress_every_s=config.progress_every_s,
         augment=pad_crop_flip(pad=max(1, first.shape[-1] // 8)) if config.augment and image else None,
         output_name=config.output_name,
@@ -60,7 +66,11 @@ def step_printer(say: Say, stage: str, label: str) -> Callable[[dict], None]:
     return progress
 
 
-def distillation_teacher(teacher: nn.Module, config: RecoverConfig, data: DataSplits) -> nn.Module | None:
-    """The original model when fine-tuning distils (:attr:`RecoverConfig.distils`), and always when the
-    data has no labels (the only signal)."""
-    return teacher if config.distils or data.train.y is None else None
+def distillation_teacher(
+    teacher: nn.Module, config: RecoverConfig, data: DataSplits, distils: bool | None = None
+) -> nn.Module | None:
+    """The original model when the training distils (``distils``, by default
+    :attr:`RecoverConfig.distils`: the fine-tuning after pruning), and always when the data has no
+    labels (the only signal)."""
+    distils = config.distils if distils is None else distils
+    return teacher if distils or data.train.y is None else None

@@ -23,10 +23,12 @@ def reg_args(npz: Path) -> list:
 
 
 @pytest.mark.parametrize(
-    ("regularizer", "method", "criterion"),
-    [("slimming", "channel", "bn-scale"), ("greg2", "unstructured", "magnitude")],
+    ("regularizer", "method", "criterion", "phase_kd"),
+    [("slimming", "channel", "bn-scale", 0.0), ("greg2", "unstructured", "magnitude", 0.5)],
 )
-def test_each_regularizer_runs_then_prunes_and_is_recorded(cli, r20, fmnist_like_npz, regularizer, method, criterion):
+def test_each_regularizer_runs_then_prunes_and_is_recorded(
+    cli, r20, fmnist_like_npz, regularizer, method, criterion, phase_kd
+):
     run = cli(
         "compress",
         r20,
@@ -49,6 +51,9 @@ def test_each_regularizer_runs_then_prunes_and_is_recorded(cli, r20, fmnist_like
     assert r["config"]["regularizer"] == regularizer
     assert r["config"]["lr"] is None  # the command line as given
     assert reg["lr"] == 0.01 and r["finetune"]["lr"] == 0.1  # the phase at the old rate, fine-tuning at SGD's
+    # the phase keeps the loss its recipe was measured with (distilling unless channel alone); the fine-tuning
+    # after pruning trains on labels alone. The unstructured phase had stopped distilling with 6acb244.
+    assert reg["kd_weight"] == phase_kd and r["finetune"]["kd_weight"] == 0.0
     assert r["accuracy"]["after_regularize"] is not None
     assert abs(r["sparsity"]["achieved"] - 0.5) <= 0.01
     assert r["verification"]["passed"] and Path(r["onnx"]["path"]).is_file()
