@@ -70,10 +70,11 @@ class CompressConfig:
     finetune_steps: int = 0
     batch_size: int = 128
     optimizer: str = "sgd"
-    kd: bool | None = (
-        None  # None: distil, except after unstructured/channel pruning with labels (RecoverConfig.distils)
-    )
-    kd_weight: float = 0.5  # distillation's share of the loss when labels exist; the rest is cross-entropy
+    # None: distil, except after unstructured/channel pruning with labels (RecoverConfig.distils)
+    kd: bool | None = None
+    # distillation's share of the loss when it distils and labels exist; the rest is cross-entropy. Unlike the
+    # CLI's --kd-weight it does not turn distillation on by itself: set kd=True with it.
+    kd_weight: float = 0.5
     kd_layers: float = 0.0  # weight of layer-wise distillation (train/feature_kd.py); 0 = logits only
     regrow: bool = False  # dense straight-through fine-tuning of a one-shot unstructured mask (recover.regrows)
     nm_fixed_mask: bool = False  # N:M: hold the one-shot pattern fixed while fine-tuning instead of SR-STE
