@@ -1,7 +1,7 @@
 """Time the channel analysis (``slimmer.graph.groups``) phase by phase on torchvision models with
-random weights at 224×224: the ``torch.export`` capture, the rule walk (``trace_channels``) and the
-grouping (``groups_from_trace``). Each phase's median over ``--repeats`` runs, in seconds, one
-line per model; the capture is taken once and reused by the other phases.
+random weights at their input size (``_common.example``): the ``torch.export`` capture, the rule walk
+(``trace_channels``) and the grouping (``groups_from_trace``). Each phase's median over ``--repeats``
+runs, in seconds, one line per model; the capture is taken once and reused by the other phases.
 
     OMP_NUM_THREADS=1 python bench/channel_analysis.py --models resnet50,mobilenet_v2,vit_b_16 --repeats 5
 """
@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 
 
 def main() -> None:
@@ -20,13 +23,10 @@ def main() -> None:
     ap.add_argument("--models", default="resnet50,mobilenet_v2,vit_b_16")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    import torchvision
-
     from slimmer.graph.groups import capture, groups_from_trace, trace_channels
 
     for name in args.models.split(","):
-        model = getattr(torchvision.models, name)().eval()
-        x = torch.zeros(1, 3, 224, 224)
+        model, x = _common.build_model(name), _common.example(name)
         t0 = time.perf_counter()
         captured = capture(model, (x,))
         capture_s = time.perf_counter() - t0

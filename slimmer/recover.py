@@ -193,7 +193,8 @@ def recover(
     if layered is not None:
         hooks.append(layered)
         done["kd_layers"] = {"weight": config.kd_layers, "layers": len(layered.layers)}
-    say("finetune", f"fine-tuning {config.finetune_steps} steps ({_how(config, data, cfg, layered, pruned)})")
+    how = _how(config, data, cfg, layered, pruned, distils=teacher_or_none is not None)
+    say("finetune", f"fine-tuning {config.finetune_steps} steps ({how})")
     progress = step_printer(say, "finetune", "fine-tune")
     info = init_from_env()
     if RunPlan.resolve(config).fold_phase:  # linearize, fold, merge (Ben Dror et al.)
@@ -234,9 +235,16 @@ def nm_mask_changed(model: nn.Module, masks: MaskSet) -> float:
     return flips / max(1, masks.total)
 
 
-def _how(config: CompressConfig, data: DataSplits, cfg, layered: FeatureDistillHook | None, pruned: PruneResult) -> str:
-    """The fine-tuning recipe in words, for the progress line."""
-    distils = config.stages.recover.distils or data.train.y is None  # without labels the original is the signal
+def _how(
+    config: CompressConfig,
+    data: DataSplits,
+    cfg,
+    layered: FeatureDistillHook | None,
+    pruned: PruneResult,
+    distils: bool,
+) -> str:
+    """The fine-tuning recipe in words, for the progress line; ``distils``: whether a teacher was chosen
+    (:func:`slimmer.train.setup.distillation_teacher`)."""
     how = "distilling from the original" if distils else "labels only"
     if data.train.feed is not None and data.train.y is None:
         how = "distilling the original's mean-pooled embeddings and hidden states: cosine + MSE"

@@ -178,9 +178,7 @@ class RecoverConfig(StageConfig):
         (:attr:`finetune_lr`, 0.1; 2 seeds each) and at half the MACs at lr 0.01 (docs/BENCHMARKS.md
         "Accuracy on the model set: reading"). N:M, layer folding and search were measured with
         distillation. ``--kd-layers`` distils."""
-        if self.kd is not None:
-            return self.kd
-        return self.kd_layers > 0 or not set(self.methods) <= PRUNING_ONLY
+        return self._distils_unless(set(self.methods) <= PRUNING_ONLY)
 
     @property
     def finetune_lr(self) -> float:
@@ -199,9 +197,13 @@ class RecoverConfig(StageConfig):
         """Whether a regularizer's phase before pruning distils (with labels): ``--kd``/``--no-kd``
         decide; by default as its recipes were measured, distilling unless channel pruning is the
         only method. The fine-tuning after pruning follows :attr:`distils`."""
+        return self._distils_unless(tuple(self.methods) == ("channel",))
+
+    def _distils_unless(self, labels_alone: bool) -> bool:
+        """``--kd``/``--no-kd`` when given; else distil unless ``labels_alone`` (``--kd-layers`` distils)."""
         if self.kd is not None:
             return self.kd
-        return self.kd_layers > 0 or tuple(self.methods) != ("channel",)
+        return self.kd_layers > 0 or not labels_alone
 
     @property
     def phase_lr(self) -> float:

@@ -34,6 +34,7 @@ def finetune_config(
     against cross-entropy: a brief fine-tune from a trained model recovers more on the images as they
     are, and more when the labels weigh as much as the original's outputs. Measured on resnet20-fmnist,
     468 steps (docs/BENCHMARKS.md, Accuracy: the "no augmentation" and "KD 0.5" rows)."""
+    distils = config.distils if distils is None else distils
     info = init_from_env()
     on_gpu = resolve_device(config.device, info.local_rank).type == "cuda"
     first = as_args(example)[0]
@@ -46,7 +47,7 @@ def finetune_config(
         optimizer=config.optimizer,
         device=config.device,
         seed=config.seed,
-        kd_alpha=config.kd_weight if (config.distils if distils is None else distils) else 0.0,
+        kd_alpha=config.kd_weight if distils else 0.0,
         progress_every_s=config.progress_every_s,
         augment=pad_crop_flip(pad=max(1, first.shape[-1] // 8)) if config.augment and image else None,
         output_name=config.output_name,
