@@ -72,9 +72,9 @@ class CompressConfig:
     optimizer: str = "sgd"
     # None: distil, except after unstructured/channel pruning with labels (RecoverConfig.distils)
     kd: bool | None = None
-    # distillation's share of the loss when it distils and labels exist; the rest is cross-entropy. Unlike the
-    # CLI's --kd-weight it does not turn distillation on by itself: set kd=True with it.
-    kd_weight: float = 0.5
+    # distillation's share of the loss with labels; the rest is cross-entropy. A weight given turns distillation
+    # on (kd becomes True), as --kd-weight does; None: 0.5, or 0.9 with search (RecoverConfig.distillation_weight)
+    kd_weight: float | None = None
     kd_layers: float = 0.0  # weight of layer-wise distillation (train/feature_kd.py); 0 = logits only
     regrow: bool = False  # dense straight-through fine-tuning of a one-shot unstructured mask (recover.regrows)
     nm_fixed_mask: bool = False  # N:M: hold the one-shot pattern fixed while fine-tuning instead of SR-STE
@@ -124,6 +124,13 @@ class CompressConfig:
 
     def __post_init__(self) -> None:
         """Build the stage configs (each validates its own options), then check the rules that span stages."""
+        if self.kd_weight is not None:
+            if self.kd is False:
+                raise ConfigError(
+                    "--kd-weight sets distillation's share of the loss, and --no-kd turns distillation off",
+                    hint="drop one of them",
+                )
+            object.__setattr__(self, "kd", True)  # a weight given is a wish to distil, channel pruning included
         object.__setattr__(self, "_stages", Stages.of(self))
         if self.quantize is not None:
             self.quantize_config  # noqa: B018 - validates the int8 options once, before any work
@@ -290,8 +297,22 @@ class CompressConfig:
             elif isinstance(value, list):
                 value = tuple(value)
             values[key] = value
+        _read_legacy_kd_weight(values, overrides)
         values.update(overrides)
         try:
             return cls(**values)
         except TypeError as exc:
             raise ConfigError(f"the recorded config does not fit this version of slimmer: {exc}") from None
+
+
+def _read_legacy_kd_weight(values: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Reports written before a distillation weight turned distillation on by itself recorded the
+    default weight (0.5, or 0.9 with search) whether or not it was asked for, beside ``kd`` null or
+    false. Read that default as not given, so a replay distils as the recorded run did. Configs of
+    this version never record a weight beside ``kd`` null or false (``__post_init__``)."""
+    if "kd_weight" in overrides or values.get("kd") is True:
+        return
+    methods = values.get("methods", ())
+    default = 0.9 if isinstance(methods, (tuple, list)) and "search" in methods else 0.5
+    if values.get("kd_weight") == default:
+        values["kd_weight"] = None

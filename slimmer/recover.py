@@ -249,7 +249,7 @@ def _how(
     if data.train.feed is not None and data.train.y is None:
         how = "distilling the original's mean-pooled embeddings and hidden states: cosine + MSE"
     if distils and data.train.y is not None:
-        how += f" at weight {config.kd_weight:g}, the rest cross-entropy"
+        how += f" at weight {cfg.kd_alpha:g}, the rest cross-entropy"
     if cfg.augment is not None:
         how += ", pad-crop-flip augmentation"
     if layered is not None:

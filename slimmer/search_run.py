@@ -7,8 +7,8 @@ Dong and Yang, "Network Pruning via Transformable Architecture Search", NeurIPS 
 the existing channel surgery removes; its dropped residual blocks are removed afterwards on the
 physically pruned model (:func:`drop_searched_blocks`), checked equal to the model with those
 branches' outputs zeroed. The paper's transfer, distillation from the unpruned network with
-α = 0.9 and T = 4, is the existing fine-tuning: T is the loop's default and the CLI makes
-``--kd-weight`` 0.9 for this method unless given.
+α = 0.9 and T = 4, is the existing fine-tuning: T is the loop's default and ``--kd-weight``
+defaults to 0.9 for this method (:attr:`~slimmer.stage_config.RecoverConfig.distillation_weight`).
 """
 
 from __future__ import annotations

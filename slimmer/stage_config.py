@@ -154,7 +154,7 @@ class RecoverConfig(StageConfig):
     lr: float | None = None
     methods: tuple[str, ...] = ("unstructured",)
     kd: bool | None = None
-    kd_weight: float = 0.5
+    kd_weight: float | None = None
     kd_layers: float = 0.0
     regrow: bool = False
     nm_fixed_mask: bool = False  # N:M: hold the one-shot pattern fixed while fine-tuning instead of SR-STE
@@ -181,6 +181,15 @@ class RecoverConfig(StageConfig):
         return self._distils_unless(set(self.methods) <= PRUNING_ONLY)
 
     @property
+    def distillation_weight(self) -> float:
+        """Distillation's share of the loss when it distils on labelled data (the rest is cross-entropy):
+        ``--kd-weight``, else 0.9 with search (TAS transfers with α = 0.9: Dong & Yang, NeurIPS 2019) and
+        0.5 otherwise."""
+        if self.kd_weight is not None:
+            return self.kd_weight
+        return 0.9 if "search" in self.methods else 0.5
+
+    @property
     def finetune_lr(self) -> float:
         """Peak learning rate of the fine-tuning after pruning. ``--lr`` decides; by default
         :data:`FINETUNE_LR` with SGD when every method is unstructured or channel pruning: on the model
@@ -200,10 +209,11 @@ class RecoverConfig(StageConfig):
         return self._distils_unless(tuple(self.methods) == ("channel",))
 
     def _distils_unless(self, labels_alone: bool) -> bool:
-        """``--kd``/``--no-kd`` when given; else distil unless ``labels_alone`` (``--kd-layers`` distils)."""
+        """``--kd``/``--no-kd`` when given; else distil unless ``labels_alone`` (``--kd-weight`` and
+        ``--kd-layers`` distil)."""
         if self.kd is not None:
             return self.kd
-        return self.kd_layers > 0 or not labels_alone
+        return self.kd_weight is not None or self.kd_layers > 0 or not labels_alone
 
     @property
     def phase_lr(self) -> float:
@@ -222,7 +232,8 @@ class RecoverConfig(StageConfig):
             raise ConfigError(f"--lr must be a finite number > 0, got {self.lr!r}")  # as FinetuneConfig
         if self.optimizer not in choices.optimizers():
             raise ConfigError(f"--optimizer {self.optimizer!r} is not one of {', '.join(choices.optimizers())}")
-        check_fraction("--kd-weight", self.kd_weight, low_open=True, high_open=False)
+        if self.kd_weight is not None:
+            check_fraction("--kd-weight", self.kd_weight, low_open=True, high_open=False)
         check_finite_nonnegative("--kd-layers", self.kd_layers)
         if not isinstance(self.recon_samples, int) or self.recon_samples < 1:
             raise ConfigError(f"--recon-samples must be ≥ 1, got {self.recon_samples}")

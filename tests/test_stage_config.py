@@ -166,22 +166,55 @@ def test_a_learning_rate_must_be_positive_and_finite() -> None:
 
 
 @pytest.mark.parametrize(
-    ("given", "kd", "weight"),
+    ("given", "kd", "weight", "distils"),
     [
-        ({}, None, 0.5),
-        ({"kd_weight": 0.7}, True, 0.7),  # a weight given is a wish to distil
-        ({"kd_weight": 0.7, "kd": False}, False, 0.7),
-        ({"method": "search"}, None, 0.9),
+        ({}, None, 0.5, False),
+        ({"kd_weight": 0.7}, True, 0.7, True),  # a weight given is a wish to distil
+        ({"method": "search"}, None, 0.9, True),  # TAS's transfer
+        ({"method": "search", "kd_weight": 0.5}, True, 0.5, True),
     ],
 )
-def test_the_cli_reads_a_distillation_weight_as_distillation(given, kd, weight) -> None:
+def test_a_distillation_weight_given_distils_in_the_cli_and_the_api_alike(given, kd, weight, distils) -> None:
     from slimmer.cli.compress import build_config
 
     opts = {"method": "channel", "kd": None, "kd_weight": None, "macs_target": 0.5} | given
     if opts["method"] == "search":
         opts |= {"data": "fashion-mnist", "finetune_steps": 1}
-    config = build_config(**opts)
-    assert (config.kd, config.kd_weight) == (kd, weight)
+    api = {k: v for k, v in opts.items() if k != "method" and v is not None} | {"methods": (opts["method"],)}
+    for config in (build_config(**opts), CompressConfig(**api)):
+        recover = config.stages.recover
+        assert (config.kd, recover.distillation_weight, recover.distils) == (kd, weight, distils)
+        assert recover.phase_distils == (distils or opts["method"] != "channel")
+
+
+def test_a_distillation_weight_with_no_kd_is_a_usage_error() -> None:
+    with pytest.raises(ConfigError, match="--kd-weight sets distillation's share.*--no-kd turns distillation off"):
+        CompressConfig(methods=("channel",), macs_target=0.5, kd=False, kd_weight=0.7)
+
+
+@pytest.mark.parametrize(
+    ("recorded", "kd", "weight", "distils"),
+    [
+        ({"kd": None, "kd_weight": 0.5}, None, None, False),  # the default an older report recorded
+        ({"kd": False, "kd_weight": 0.5}, False, None, False),  # --no-kd beside it
+        ({"kd": True, "kd_weight": 0.5}, True, 0.5, True),
+        ({"kd": True, "kd_weight": 0.8}, True, 0.8, True),  # the older CLI's --kd-weight 0.8
+        ({"kd": None, "kd_weight": None}, None, None, False),  # this version's default
+        ({"kd": None, "kd_weight": 0.9, "methods": ["search"], "data": "x", "finetune_steps": 1}, None, None, True),
+    ],
+)
+def test_a_replayed_report_distils_as_the_recorded_run_did(recorded, kd, weight, distils) -> None:
+    d = CompressConfig(methods=("channel",), macs_target=0.5).to_dict() | recorded
+    config = CompressConfig.from_dict(d)
+    assert (config.kd, config.kd_weight, config.stages.recover.distils) == (kd, weight, distils)
+    again = CompressConfig.from_dict(config.to_dict())  # and this version's record replays to itself
+    assert (again.kd, again.kd_weight) == (config.kd, config.kd_weight)
+
+
+def test_a_distillation_weight_given_on_replay_distils() -> None:
+    d = CompressConfig(methods=("channel",), macs_target=0.5).to_dict() | {"kd_weight": 0.5}
+    config = CompressConfig.from_dict(d, kd_weight=0.5)
+    assert (config.kd, config.stages.recover.distils) == (True, True)
 
 
 def test_data_without_labels_always_distils() -> None:

@@ -24,10 +24,6 @@ def build_config(**opts) -> CompressConfig:
     opts["input_shape"] = parse_shape(opts.get("input_shape"))
     opts["round_to"] = parse_round_to(opts.get("round_to"))
     opts["methods"] = tuple(m.strip() for m in str(opts.pop("method")).split(",") if m.strip())
-    if "kd_weight" in opts and opts["kd_weight"] is None:  # TAS transfers with α 0.9 (Dong & Yang 2019)
-        opts["kd_weight"] = 0.9 if "search" in opts["methods"] else 0.5
-    elif opts.get("kd_weight") is not None and opts.get("kd") is None:
-        opts["kd"] = True  # a distillation weight given is a wish to distil, --method channel included
     opts["mean"] = parse_floats(opts.get("mean"), "--mean")
     opts["std"] = parse_floats(opts.get("std"), "--std")
     for key in ("inputs", "dynamic_axes"):

@@ -47,7 +47,7 @@ def finetune_config(
         optimizer=config.optimizer,
         device=config.device,
         seed=config.seed,
-        kd_alpha=config.kd_weight if distils else 0.0,
+        kd_alpha=config.distillation_weight if distils else 0.0,
         progress_every_s=config.progress_every_s,
         augment=pad_crop_flip(pad=max(1, first.shape[-1] // 8)) if config.augment and image else None,
         output_name=config.output_name,
