@@ -191,3 +191,13 @@ def test_row29_ctrl_c_during_finetuning_exits_130_and_writes_nothing(r20, fmnist
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert sorted(p.name for p in r20.parent.iterdir()) == ["data.npz", "r20.pt"]
+
+
+def test_kd_weight_with_no_kd_is_a_usage_error(cli, r20, fmnist_like_npz, tmp_path):
+    out = tmp_path / "m.onnx"
+    run = cli(
+        "compress", r20, "--arch", "resnet20-fmnist", "--data", fmnist_like_npz, *FT, "--kd-weight", "0.7", "--no-kd",
+        "-o", out,
+    )  # fmt: skip
+    assert run.code == 2 and "--no-kd turns distillation off" in run.stderr and "drop one of them" in run.stderr
+    assert [f.name for f in tmp_path.iterdir() if f.name.startswith("m.")] == []  # no model, no report
