@@ -87,7 +87,8 @@ def slimmer_row(data, test, steps, seed, fixed_nm_mask: bool = False, **opts) ->
 
     opts.setdefault("reconstruct", False)  # rows before least-squares reconstruction existed keep their meaning
     opts.setdefault("augment", True)  # so do the rows from when compress augmented by default ("no augmentation" rows)
-    opts.setdefault("kd_weight", 0.9)  # and distilled with weight 0.9 ("KD"; "KD 0.5" rows use today's default)
+    if opts.get("kd") is not False:  # and distilled with weight 0.9 ("KD"; "KD 0.5" rows use today's default)
+        opts.setdefault("kd_weight", 0.9)
     opts.setdefault("kd", True)  # every row distils unless it says CE: the default stopped after pruning (6acb244)
     with tempfile.TemporaryDirectory(prefix="slimmer-bench-") as tmp:
         cfg = CompressConfig(

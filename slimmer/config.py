@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from slimmer.errors import ConfigError
-from slimmer.stage_config import REGULARIZER_METHODS, SCOPES, Stages
+from slimmer.stage_config import PRUNING_ONLY, REGULARIZER_METHODS, SCOPES, Stages
 
 __all__ = ["REGULARIZER_METHODS", "SCOPES", "CompressConfig", "parse_floats", "parse_shape"]
 
@@ -70,10 +70,12 @@ class CompressConfig:
     finetune_steps: int = 0
     batch_size: int = 128
     optimizer: str = "sgd"
-    # None: distil, except after unstructured/channel pruning with labels (RecoverConfig.distils)
+    # None: distil, except after unstructured/channel pruning with labels when no kd_weight or kd_layers is given
+    # (RecoverConfig.distils)
     kd: bool | None = None
     # distillation's share of the loss with labels; the rest is cross-entropy. A weight given turns distillation
-    # on (kd becomes True), as --kd-weight does; None: 0.5, or 0.9 with search (RecoverConfig.distillation_weight)
+    # on, as --kd-weight does: __post_init__ sets kd True (and dataclasses.replace keeps it True when the weight is
+    # taken away). None: 0.5, or 0.9 with search (RecoverConfig.distillation_weight)
     kd_weight: float | None = None
     kd_layers: float = 0.0  # weight of layer-wise distillation (train/feature_kd.py); 0 = logits only
     regrow: bool = False  # dense straight-through fine-tuning of a one-shot unstructured mask (recover.regrows)
@@ -297,7 +299,7 @@ class CompressConfig:
             elif isinstance(value, list):
                 value = tuple(value)
             values[key] = value
-        _read_legacy_kd_weight(values, overrides)
+        _reconcile_kd(values, overrides)
         values.update(overrides)
         try:
             return cls(**values)
@@ -305,14 +307,27 @@ class CompressConfig:
             raise ConfigError(f"the recorded config does not fit this version of slimmer: {exc}") from None
 
 
-def _read_legacy_kd_weight(values: dict[str, Any], overrides: dict[str, Any]) -> None:
-    """Reports written before a distillation weight turned distillation on by itself recorded the
-    default weight (0.5, or 0.9 with search) whether or not it was asked for, beside ``kd`` null or
-    false. Read that default as not given, so a replay distils as the recorded run did. Configs of
-    this version never record a weight beside ``kd`` null or false (``__post_init__``)."""
-    if "kd_weight" in overrides or values.get("kd") is True:
+def _reconcile_kd(values: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Make a recorded ``kd``/``kd_weight`` pair and the options given beside ``--replay`` agree, in ``values``
+    (the recorded config, before ``overrides`` are applied).
+
+    - ``--no-kd`` given turns off the recorded distillation, its weight with it; a ``--kd-weight`` given
+      distils over a recorded ``--no-kd``.
+    - Reports written before a weight turned distillation on by itself (this version never records a weight
+      beside ``kd`` null or false: ``__post_init__``) recorded the default weight (0.5, 0.9 with search)
+      whether or not it was asked for, and a weight the API was given even where it did not apply. A weight
+      beside ``kd`` false, or beside ``kd`` null where the run trained on labels alone (unstructured or channel
+      pruning without ``--kd-layers``), never took effect and is read as not given; so is the default one.
+      Beside ``kd`` null on a run that distilled by default, the weight is kept: it ran.
+    """
+    if overrides.get("kd") is False and "kd_weight" not in overrides:
+        values["kd_weight"] = None
+    if overrides.get("kd_weight") is not None and "kd" not in overrides and values.get("kd") is False:
+        values["kd"] = None
+    if "kd_weight" in overrides or values.get("kd") is True or values.get("kd_weight") is None:
         return
-    methods = values.get("methods", ())
-    default = 0.9 if isinstance(methods, (tuple, list)) and "search" in methods else 0.5
-    if values.get("kd_weight") == default:
+    methods = set(values.get("methods") or ())
+    labels_alone = methods <= PRUNING_ONLY and not values.get("kd_layers")
+    default = 0.9 if "search" in methods else 0.5
+    if values.get("kd") is False or labels_alone or values["kd_weight"] == default:
         values["kd_weight"] = None

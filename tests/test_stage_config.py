@@ -201,6 +201,10 @@ def test_a_distillation_weight_with_no_kd_is_a_usage_error() -> None:
         ({"kd": True, "kd_weight": 0.8}, True, 0.8, True),  # the older CLI's --kd-weight 0.8
         ({"kd": None, "kd_weight": None}, None, None, False),  # this version's default
         ({"kd": None, "kd_weight": 0.9, "methods": ["search"], "data": "x", "finetune_steps": 1}, None, None, True),
+        ({"kd": False, "kd_weight": 0.5, "methods": ["search"], "data": "x", "finetune_steps": 1}, False, None, False),
+        ({"kd": False, "kd_weight": 0.7}, False, None, False),  # the older CLI's --kd-weight 0.7 --no-kd
+        ({"kd": None, "kd_weight": 0.7}, None, None, False),  # the older API's weight where labels alone trained
+        ({"kd": None, "kd_weight": 0.7, "methods": ["nm"], "macs_target": None}, True, 0.7, True),  # it ran
     ],
 )
 def test_a_replayed_report_distils_as_the_recorded_run_did(recorded, kd, weight, distils) -> None:
@@ -211,10 +215,19 @@ def test_a_replayed_report_distils_as_the_recorded_run_did(recorded, kd, weight,
     assert (again.kd, again.kd_weight) == (config.kd, config.kd_weight)
 
 
-def test_a_distillation_weight_given_on_replay_distils() -> None:
-    d = CompressConfig(methods=("channel",), macs_target=0.5).to_dict() | {"kd_weight": 0.5}
-    config = CompressConfig.from_dict(d, kd_weight=0.5)
-    assert (config.kd, config.stages.recover.distils) == (True, True)
+@pytest.mark.parametrize(
+    ("recorded", "given", "kd", "weight"),
+    [
+        ({"kd": None, "kd_weight": 0.5}, {"kd_weight": 0.5}, True, 0.5),  # a weight given distils
+        ({"kd": False, "kd_weight": None}, {"kd_weight": 0.3}, True, 0.3),  # over a recorded --no-kd
+        ({"kd": True, "kd_weight": 0.7}, {"kd": False}, False, None),  # --no-kd over a recorded --kd-weight
+        ({"kd": True, "kd_weight": 0.7}, {"kd_weight": 0.3}, True, 0.3),
+    ],
+)
+def test_options_given_beside_replay_override_the_recorded_distillation(recorded, given, kd, weight) -> None:
+    d = CompressConfig(methods=("channel",), macs_target=0.5).to_dict() | recorded
+    config = CompressConfig.from_dict(d, **given)
+    assert (config.kd, config.kd_weight, config.stages.recover.distils) == (kd, weight, kd)
 
 
 def test_data_without_labels_always_distils() -> None:

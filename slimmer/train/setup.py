@@ -30,9 +30,10 @@ def finetune_config(
     and distilling or not (``distils``); by default those of the fine-tuning after pruning
     (``config.finetune_lr``, ``config.distils``).
 
-    Pad-crop-flip augmentation only with ``--augment``, and distillation weighted ``--kd-weight`` (0.5)
-    against cross-entropy: a brief fine-tune from a trained model recovers more on the images as they
-    are, and more when the labels weigh as much as the original's outputs. Measured on resnet20-fmnist,
+    Pad-crop-flip augmentation only with ``--augment``, and distillation weighted ``--kd-weight``
+    (:attr:`~slimmer.stage_config.RecoverConfig.distillation_weight`: 0.5, 0.9 with search) against
+    cross-entropy: a brief fine-tune from a trained model recovers more on the images as they are, and
+    more when the labels weigh as much as the original's outputs. Measured on resnet20-fmnist,
     468 steps (docs/BENCHMARKS.md, Accuracy: the "no augmentation" and "KD 0.5" rows)."""
     distils = config.distils if distils is None else distils
     info = init_from_env()
