@@ -74,6 +74,21 @@ def test_heads_and_ffn_pruned_equal_to_the_masked_original(name):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
+def test_latency_aware_ranking_plans_every_transformer(name):
+    """BERT builds its attention mask with ``.item()``, which meta tensors cannot do; the latency table is
+    recorded on the same copy as the MACs counts (real when meta fails), not on a meta copy of its own (a
+    RuntimeError, exit 1, with ``--latency-aware`` on BERT before)."""
+    torch.manual_seed(0)
+    model = getattr(hf_models, name)()
+    x = _inputs(name)
+    groups = build_groups(model, x)
+    plan = plan_channels(groups, model, macs_target=0.5, example_inputs=x, round_to=1, latency_aware=True)
+    assert 0.4 * plan.macs_before <= plan.macs_after <= 0.5 * plan.macs_before
+    assert "channels ranked by score per estimated time per MAC (latency-aware)" in plan.notes
+    assert any(len(g.kept) < g.channels for g in plan.groups)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_compress_cli_verifies_onnx_at_two_batches_and_two_lengths(compress_json, tmp_path, name):
     torch.manual_seed(0)
     checkpoint = tmp_path / f"{name}.pt"

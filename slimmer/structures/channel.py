@@ -40,7 +40,7 @@ from torch import nn
 
 from slimmer.errors import ConfigError
 from slimmer.graph.groups import ChannelGroup, GroupSet
-from slimmer.graph.macs import MacsByWeight, count_macs, counting_copy, to_meta
+from slimmer.graph.macs import MacsByWeight, count_macs, counting_copy
 from slimmer.structures.breaks import ForwardBreaks, breaking_groups
 from slimmer.structures.budget import refill, removed_by_order, removed_counts, smallest_passing
 from slimmer.structures.latency_cost import BUILT_IN, LatencyByWeight, LatencyCosts
@@ -203,8 +203,14 @@ def plan_channels(
         order[group.id] = sorted(range(group.channels), key=lambda j, s=scores: (-float(s[j]), j))
         mean = float(scores.mean()) or 1.0
         normalized.extend((float(scores[j]) / mean, g, j) for j in range(group.channels))
+    # The copy every count runs on: meta when the forward runs there, else a real copy (Hugging Face models
+    # read mask values with .item()); the latency table records its shapes from the same copy.
+    meta: tuple[nn.Module, tuple[Any, ...]] | None = None
+    if example_inputs is not None:
+        meta = counting_copy(model, example_inputs)
     if latency_aware:
-        table = LatencyByWeight(*to_meta(model, example_inputs), costs=latency_costs or BUILT_IN)
+        assert meta is not None  # latency_aware without example_inputs was refused above
+        table = LatencyByWeight(*meta, costs=latency_costs or BUILT_IN)
         costs = table.relative_cost(groups)
         normalized = [(value / costs[g] ** LATENCY_EXPONENT, g, j) for value, g, j in normalized]
         notes.append("channels ranked by score per estimated time per MAC (latency-aware)")
@@ -256,10 +262,8 @@ def plan_channels(
     def keeps_at(k: int) -> list[int]:
         return keeps_for([0 if g in excluded else c for g, c in enumerate(raw_counts(k))])
 
-    meta: tuple[nn.Module, tuple[Any, ...]] | None = None
     macs_before = None
-    if example_inputs is not None:
-        meta = counting_copy(model, example_inputs)
+    if meta is not None:
         by_weight = MacsByWeight(*meta)
         macs_before = by_weight.total
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from slimmer.errors import InputError
-from slimmer.graph.macs import MacsByWeight, count_macs, to_meta
+from slimmer.graph.macs import MacsByWeight, count_macs, counting_copy
 from slimmer.structures.depth import DepthSite, ResidualBlock, drop_blocks
 from slimmer.structures.plan import PruningPlan
 from slimmer.surgery import remove_channels
@@ -62,7 +62,8 @@ class Cost:
     def __init__(
         self, model: nn.Module, example_inputs: Sequence[Any], sites: list[_Site], depth: list[DepthSite]
     ) -> None:
-        self.meta_model, self.meta_inputs = to_meta(model, example_inputs)
+        # meta when the forward runs there, else a real copy (a Hugging Face model reads mask values with .item())
+        self.meta_model, self.meta_inputs = counting_copy(model, example_inputs)
         counts = MacsByWeight(self.meta_model, self.meta_inputs)
         self.total = float(counts.total)
         if self.total <= 0:
