@@ -368,6 +368,24 @@ def versions() -> dict[str, str]:
     return out
 
 
+def cpu() -> str:
+    """The CPU model and its widest x86 vector extension ("AMD EPYC, avx512f"): training runs of the same plan
+    and seed on CPUs with different vector units take different float paths and diverge, so records say which
+    kind of machine made them (docs/BENCHMARKS.md, "Accuracy on the model set: reading")."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    widest = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), "")
+    return f"{name}, {widest}" if widest else name
+
+
 def today() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 

@@ -161,6 +161,25 @@ ROWS = {
         "slimmer --method channel --macs-target 0.5 --criterion l2 (otherwise the defaults)",
         {"methods": ("channel",), "macs_target": 0.5, "criterion": "l2"},
     ),
+    "channel-scope-layer": (
+        "slimmer --method channel --macs-target 0.5 --scope layer (a uniform ratio, as Torch-Pruning; otherwise the "
+        "defaults)",
+        {"methods": ("channel",), "macs_target": 0.5, "scope": "layer"},
+    ),
+    "channel-scope-layer-l2": (
+        "slimmer --method channel --macs-target 0.5 --scope layer --criterion l2 (Torch-Pruning's plan shape and "
+        "criterion; otherwise the defaults)",
+        {"methods": ("channel",), "macs_target": 0.5, "scope": "layer", "criterion": "l2"},
+    ),
+    "channel-latency-aware": (
+        "slimmer --method channel --macs-target 0.5 --latency-aware (cost exponent 0.5; otherwise the defaults)",
+        {"methods": ("channel",), "macs_target": 0.5, "latency_aware": True},
+    ),
+    "channel-at-tp": (
+        "slimmer --method channel --macs-target T, T = the MACs the Torch-Pruning row kept on that member (the same "
+        "budget; otherwise the defaults)",
+        {"methods": ("channel",), "macs_target": "tp"},
+    ),
     "channel-lr05": (
         "slimmer --method channel --macs-target 0.5 --lr 0.05",
         {"methods": ("channel",), "macs_target": 0.5, "lr": 0.05},
@@ -320,7 +339,13 @@ def main() -> None:
                 t0 = time.time()
                 peer = opts.get("peer")
                 lr = opts.get("lr", LR)
-                if peer is None:
+                if peer is None and opts.get("macs_target") == "tp":  # the budget the peer landed on
+                    records = _common.read_jsonl(args.out) + (_common.read_jsonl(OUT) if args.out != OUT else [])
+                    ref = [r for r in records if r["member"] == member and r["row"] == "tp"]
+                    if not ref:
+                        raise SystemExit(f"row {row!r} needs the tp row of {member} first")
+                    result = slimmer_run(model, args.steps, seed, **{**opts, "macs_target": ref[-1]["macs_kept"]})
+                elif peer is None:
                     result = slimmer_run(model, args.steps, seed, **opts)
                 elif peer == "tp":
                     records = _common.read_jsonl(args.out) + (_common.read_jsonl(OUT) if args.out != OUT else [])
@@ -336,6 +361,7 @@ def main() -> None:
                     "seed": seed,
                     "steps": args.steps,
                     "seconds": round(time.time() - t0),
+                    "cpu": _common.cpu(),
                     **result,
                 }
                 _common.append_jsonl(args.out, record)
