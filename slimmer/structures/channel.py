@@ -61,19 +61,26 @@ def _per_channel(group: ChannelGroup, member_index: int, per_index: torch.Tensor
     return out.index_add_(0, torch.tensor(channels), per_index[torch.tensor(positions)])
 
 
-def group_scores(group: ChannelGroup, model: nn.Module, kind: str = "l1", seed: int = 0) -> torch.Tensor:
+def group_scores(
+    group: ChannelGroup,
+    model: nn.Module,
+    kind: str = "l1",
+    seed: int = 0,
+    parameters: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Importance of each channel of ``group`` (float64, length ``group.channels``).
 
     ``l1``/``l2``: magnitude summed over every parameter slice of the channel; ``bn-scale``: |γ|
     summed over the group's BatchNorms (raises :class:`ConfigError` if it has none); ``random``:
-    uniform, seeded by ``seed`` and the group id.
+    uniform, seeded by ``seed`` and the group id. ``parameters`` is ``dict(model.named_parameters())``
+    when the caller scores many groups (built here otherwise).
     """
     if kind not in SCORE_KINDS:
         raise ConfigError(f"unknown channel criterion {kind!r}; choose one of {', '.join(SCORE_KINDS)}")
     if kind == "random":
         generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(group.id.encode()))
         return torch.rand(group.channels, generator=generator, dtype=torch.float64)
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters()) if parameters is None else parameters
     total = torch.zeros(group.channels, dtype=torch.float64)
     found = False
     for k, member in enumerate(group.members):
@@ -85,8 +92,11 @@ def group_scores(group: ChannelGroup, model: nn.Module, kind: str = "l1", seed: 
             if not (isinstance(owner, nn.modules.batchnorm._BatchNorm) and member.name.endswith(".weight")):
                 continue
         found = True
-        values = tensor.detach().to(torch.float64).movedim(member.dim, 0).reshape(tensor.shape[member.dim], -1)
-        per_index = values.abs().sum(1) if kind in ("l1", "bn-scale") else values.square().sum(1)
+        # one float64 copy, laid out (channel, rest) as before, squared or made absolute in place: the same sums
+        # as before with two fewer full-size temporaries (a third of resnet50's planning time went to them)
+        rows = tensor.detach().movedim(member.dim, 0).reshape(tensor.shape[member.dim], -1)
+        values = rows.to(torch.float64, copy=True)
+        per_index = values.abs_().sum(1) if kind in ("l1", "bn-scale") else values.square_().sum(1)
         total += _per_channel(group, k, per_index)
     if kind == "bn-scale" and not found:
         raise ConfigError(f"group {group.id!r} has no BatchNorm, so bn-scale cannot score it")
@@ -192,9 +202,12 @@ def plan_channels(
     groups: list[ChannelGroup] = []
     order: dict[str, list[int]] = {}  # channel indices, most important first
     normalized: list[tuple[float, int, int]] = []
+    parameters = dict(model.named_parameters())
     for group in groupset.prunable:
         try:
-            scores = channel_scores(group) if channel_scores else group_scores(group, model, criterion, seed)
+            scores = (
+                channel_scores(group) if channel_scores else group_scores(group, model, criterion, seed, parameters)
+            )
         except ConfigError as error:
             notes.append(f"group {group.id} kept whole: {error}")
             continue
