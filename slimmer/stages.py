@@ -20,7 +20,14 @@ from slimmer.config import CompressConfig
 from slimmer.errors import ConfigError
 from slimmer.export import files
 from slimmer.export import onnx as onnx_export
-from slimmer.export.verify import Verification, agreement, reference_logits, verify_onnx
+from slimmer.export.verify import (
+    Verification,
+    agreement,
+    agreement_of,
+    model_outputs,
+    reference_logits,
+    verify_onnx,
+)
 from slimmer.inputs import ExampleInputs, InputSpec, load_example_file, parse_dynamic_axis, parse_input_spec
 from slimmer.outputs import describe, logits_of, register_output_types
 from slimmer.runplan import RunPlan
@@ -296,6 +303,9 @@ class Reference:
 
     inputs: Any
     logits: torch.Tensor
+    # which verification batches (:func:`verification_inputs`, in order) ``inputs`` concatenates; None when
+    # they are held-out samples. The pruned model's outputs on those batches then give its logits directly.
+    batches: tuple[int, ...] | None = None
 
 
 def dense_reference(
@@ -308,10 +318,12 @@ def dense_reference(
         compare = measured.eval_feed(compare) if measured.eval_feed is not None else compare
     else:
         batches = verification_inputs(inputs, plan, config.seed)
-        same = [b for b, s in zip(batches, _scales(plan), strict=True) if s == 1.0]
+        chosen = tuple(k for k, s in enumerate(_scales(plan)) if s == 1.0)
+        same = [batches[k] for k in chosen]
         compare = tuple(
             torch.cat([b[i] for b in same]) if same[0][i] is not None else None for i in range(len(same[0]))
         )
+        return Reference(compare, reference_logits(model, compare, config.output_name), chosen)
     return Reference(compare, reference_logits(model, compare, config.output_name))
 
 
@@ -326,7 +338,12 @@ def export_and_verify(
 ) -> Verified:
     """Export ``model`` to a temporary file beside the output and verify it; the caller commits or
     deletes the temporary file. ``reference`` is the original's output from :func:`dense_reference`. Raises
-    :class:`ExportError` (exit 4) when the export fails."""
+    :class:`ExportError` (exit 4) when the export fails.
+
+    The model runs once per verification batch: those outputs name the graph's outputs, are what onnxruntime
+    is compared with, and, without held-out data, are the pruned side of the agreement."""
+    batches = verification_inputs(inputs, plan, config.seed)
+    outputs = model_outputs(model.eval(), batches)
     exported = onnx_export.export_onnx(
         model,
         example,
@@ -335,13 +352,19 @@ def export_and_verify(
         dynamic_batch=config.dynamic_batch,
         exporter=config.exporter,
         inputs=inputs,
+        output=outputs[0],
     )
     try:
-        batches = verification_inputs(inputs, plan, config.seed)
-        verification = verify_onnx(exported.temp_path, model, batches, atol=config.atol, rtol=config.rtol)
-        verification.cosine, verification.top1_agreement = agreement(
-            reference.logits, model, reference.inputs, config.output_name
+        verification = verify_onnx(
+            exported.temp_path, model, batches, atol=config.atol, rtol=config.rtol, outputs=outputs
         )
+        if reference.batches is not None:
+            logits = torch.cat([logits_of(outputs[k], config.output_name) for k in reference.batches])
+            verification.cosine, verification.top1_agreement = agreement_of(reference.logits, logits)
+        else:
+            verification.cosine, verification.top1_agreement = agreement(
+                reference.logits, model, reference.inputs, config.output_name
+            )
     except BaseException:
         exported.temp_path.unlink(missing_ok=True)
         raise

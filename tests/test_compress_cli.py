@@ -90,8 +90,8 @@ def test_row25_existing_output_kept_without_force(cli, r20, partial_files):
 
 
 def test_row19_verification_failure_exits_5_and_leaves_no_output(cli, r20, partial_files, monkeypatch):
-    real = verify_mod.named_torch_outputs
-    monkeypatch.setattr(verify_mod, "named_torch_outputs", lambda m, x: [(n, o + 0.5) for n, o in real(m, x)])
+    real = verify_mod.named_arrays
+    monkeypatch.setattr(verify_mod, "named_arrays", lambda out: [(n, o + 0.5) for n, o in real(out)])
     out = r20.with_name("r20.slim.onnx")
     run = cli("compress", r20, "--arch", "resnet20-fmnist", "--json")
     assert run.code == 5
@@ -106,8 +106,8 @@ def test_row19_verification_failure_exits_5_and_leaves_no_output(cli, r20, parti
 
 
 def test_keep_failed_keeps_artifact_under_a_failed_name(cli, r20, monkeypatch):
-    real = verify_mod.named_torch_outputs
-    monkeypatch.setattr(verify_mod, "named_torch_outputs", lambda m, x: [(n, o * np.nan) for n, o in real(m, x)])
+    real = verify_mod.named_arrays
+    monkeypatch.setattr(verify_mod, "named_arrays", lambda out: [(n, o * np.nan) for n, o in real(out)])
     run = cli("compress", r20, "--arch", "resnet20-fmnist", "--keep-failed", "--json")
     assert run.code == 5
     assert "non-finite" in run.json()["error"]

@@ -111,13 +111,15 @@ def export_onnx(
     dynamic_batch: bool = True,
     exporter: str = "dynamo",
     inputs: ExampleInputs | None = None,
+    output: Any = None,
 ) -> ExportResult:
     """Export ``model`` on ``example`` to a temporary file beside ``final_path`` and check it.
 
     ``example`` is one input tensor or a tuple of positional arguments; ``inputs`` (when given)
     names the graph's inputs and declares its dynamic axes (batch, and e.g. a sequence length), and
-    the outputs are named after the model's output leaves (``logits``, ``0``, ...). Without it the
-    single input is named ``input`` and only the batch is dynamic.
+    the outputs are named after the model's output leaves (``logits``, ``0``, ...), read from ``output``
+    (the model's output on any batch, when the caller has one: it saves a forward) or from a forward on
+    ``example``. Without ``inputs`` the single input is named ``input`` and only the batch is dynamic.
 
     ``exporter`` is ``dynamo`` (torch.export-based, the default) or ``legacy`` (TorchScript
     tracing: faster, but it records only the branch the example input takes; a tracer warning
@@ -143,9 +145,10 @@ def export_onnx(
     else:
         dynamic_shapes = tuple({0: torch.export.Dim.DYNAMIC} for _ in args) if dynamic_batch else None
         input_names = ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
-    with torch.no_grad():
-        out = model(*args)
-    names = _unique_outputs(output_names(out), input_names)
+    if output is None:
+        with torch.no_grad():
+            output = model(*args)
+    names = _unique_outputs(output_names(output), input_names)
     if len(names) == 1 and names[0] == "output":
         names = None  # one tensor: the exporter's own name, as before
     legacy_axes = None

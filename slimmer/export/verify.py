@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -117,16 +118,19 @@ def open_session(path: Path):
         raise InputError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
 
 
-def torch_outputs(model: nn.Module, x) -> list[np.ndarray]:
-    """Every tensor leaf of ``model``'s output on ``x`` (a tensor or positional arguments), as float arrays."""
-    return [a for _, a in named_torch_outputs(model, x)]
+def named_arrays(out: Any) -> list[tuple[str, np.ndarray]]:
+    """``(leaf name, float array)`` for every tensor leaf of a model output, in pytree (ONNX) order."""
+    return [(name, t.detach().float().cpu().numpy()) for name, t in named_leaves(out)]
 
 
 def named_torch_outputs(model: nn.Module, x) -> list[tuple[str, np.ndarray]]:
-    """``(leaf name, float array)`` for every tensor leaf of the output, in pytree (ONNX) order."""
-    with torch.no_grad():
-        out = model(*as_args(x))
-    return [(name, t.detach().float().cpu().numpy()) for name, t in named_leaves(out)]
+    """:func:`named_arrays` of ``model``'s output on ``x`` (a tensor or positional arguments)."""
+    return named_arrays(model_outputs(model, [x])[0])
+
+
+def torch_outputs(model: nn.Module, x) -> list[np.ndarray]:
+    """Every tensor leaf of ``model``'s output on ``x`` (a tensor or positional arguments), as float arrays."""
+    return [a for _, a in named_torch_outputs(model, x)]
 
 
 def _feed(session, x) -> dict[str, np.ndarray]:
@@ -193,6 +197,21 @@ def compare(name: str, batch: int, got: np.ndarray, want: np.ndarray, atol: floa
     return OutputCheck(name, batch, max_abs, max_rel, True, ok, "" if ok else "outputs differ beyond tolerance")
 
 
+def model_outputs(model: nn.Module, inputs: list) -> list[Any]:
+    """``model``'s output on each entry of ``inputs`` (as :func:`verify_onnx` takes them), without grad.
+    Raises :class:`InputError` naming the batch's shapes when the model fails on one."""
+    outputs = []
+    for x in inputs:
+        try:
+            with torch.no_grad():
+                outputs.append(model(*as_args(x)))
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(
+                f"the torch model fails on a batch of shape {_shapes(x)}: {str(exc).splitlines()[0]}"
+            ) from None
+    return outputs
+
+
 def verify_onnx(
     onnx_path: Path,
     model: nn.Module,
@@ -200,19 +219,21 @@ def verify_onnx(
     *,
     atol: float,
     rtol: float,
+    outputs: list[Any] | None = None,
 ) -> Verification:
     """Run ``onnx_path`` in onnxruntime on each input batch and compare every output leaf with ``model``.
 
     ``inputs`` holds one entry per batch: a tensor (a one-input model) or a tuple of positional
-    arguments. Outputs are matched in order (the pytree order the exporter keeps) and named by the
-    torch output's leaf names (``logits``, ``0``, ...). Raises :class:`InputError` when onnxruntime
-    or the torch model cannot run an input.
+    arguments; ``outputs``, when given, is ``model``'s output on each (:func:`model_outputs`), taken
+    once by a caller that reads them too. Outputs are matched in order (the pytree order the exporter
+    keeps) and named by the torch output's leaf names (``logits``, ``0``, ...). Raises
+    :class:`InputError` when onnxruntime or the torch model cannot run an input.
     """
     session = open_session(onnx_path)
     output_names = [o.name for o in session.get_outputs()]
     checks: list[OutputCheck] = []
     warnings: list[str] = []
-    for x in inputs:
+    for index, x in enumerate(inputs):
         feed = _feed(session, x)
         batch = batch_size_of(x)
         try:
@@ -221,12 +242,7 @@ def verify_onnx(
             raise InputError(
                 f"onnxruntime failed on a batch of shape {_shapes(x)}: {str(exc).splitlines()[0]}"
             ) from None
-        try:
-            want = named_torch_outputs(model, x)
-        except Exception as exc:  # noqa: BLE001
-            raise InputError(
-                f"the torch model fails on a batch of shape {_shapes(x)}: {str(exc).splitlines()[0]}"
-            ) from None
+        want = named_arrays(outputs[index] if outputs is not None else model_outputs(model, [x])[0])
         if len(got) != len(want):
             checks.append(
                 OutputCheck(
@@ -274,9 +290,14 @@ def agreement(
     """Cosine similarity of the logits leaves of the original (``reference``, from
     :func:`reference_logits` on the same ``x``) and of ``pruned`` on ``x``, and top-1 agreement
     when they are (N, classes) scores."""
-    a = reference
     with torch.no_grad():
-        b = logits_of(pruned(*as_args(x)), output_name).detach().double().cpu()
+        return agreement_of(reference, logits_of(pruned(*as_args(x)), output_name))
+
+
+def agreement_of(reference: torch.Tensor, logits: torch.Tensor) -> tuple[float, float | None]:
+    """:func:`agreement` of the original's ``reference`` logits with the pruned model's ``logits`` on the
+    same inputs (same shape)."""
+    a, b = reference, logits.detach().double().cpu()
     cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
     top1 = None
     if a.ndim == 2 and a.shape[1] > 1:
