@@ -325,7 +325,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument(
+        "--compare",
+        metavar="A,B",
+        help="print the paired table of row B against row A from the records (no runs) and exit",
+    )
     args = ap.parse_args()
+    if args.compare:
+        a, b = args.compare.split(",")
+        records = _common.read_jsonl(args.out) + (_common.read_jsonl(OUT) if args.out != OUT else [])
+        print("\n".join(compare(records, a, b, args.steps, [m for m in args.members.split(",") if m])))
+        return
     torch.set_num_threads(args.threads)
     data = load_data("fashion-mnist", SHAPE, FMNIST_MEAN, FMNIST_STD)
     test = (data.eval.x, data.eval.y)
@@ -397,6 +407,40 @@ def table(rows: list[dict]) -> list[str]:
     lines += ["", "| method | steps | models | mean drop over the models (points) |", "|---|---|---|---|"]
     for (row, steps), drops in per_row.items():
         lines.append(f"| {ROWS[row][0]} | {steps} | {len(drops)} | {statistics.mean(drops):.2f} |")
+    return lines
+
+
+def compare(records: list[dict], a: str, b: str, steps: int, members: list[str]) -> list[str]:
+    """Markdown lines: per member, the drops of rows ``a`` and ``b`` per seed, their means, the difference
+    (b − a, points; > 0: b loses more), its Welch standard error, and whether b is worse beyond noise, the
+    rule fixed before the runs: a difference larger than twice its standard error. One record per
+    (member, row, seed) at ``steps``: the last one, which is what the runs of one CPU kind should give."""
+    lines = [
+        f"| member | `{a}`: drop per seed | `{b}`: drop per seed | means | difference (b − a) | 2 × standard error "
+        "| b worse beyond noise |",
+        "|---|---|---|---|---:|---:|---|",
+    ]
+
+    def drops(member: str, row: str) -> dict[int, float]:
+        out = {}
+        for r in records:
+            if r["member"] == member and r["row"] == row and r["steps"] == steps and r.get("status", "ok") == "ok":
+                out[r["seed"]] = 100 * (r["before"] - r["after_finetune"])
+        return dict(sorted(out.items()))
+
+    for member in members:
+        da, db = drops(member, a), drops(member, b)
+        if len(da) < 2 or len(db) < 2:
+            lines.append(f"| {member} | {len(da)} seed(s) | {len(db)} seed(s) | | | | too few seeds |")
+            continue
+        ma, mb = statistics.mean(da.values()), statistics.mean(db.values())
+        se = (statistics.variance(da.values()) / len(da) + statistics.variance(db.values()) / len(db)) ** 0.5
+        diff = mb - ma
+        seeds_a, seeds_b = (" / ".join(f"{v:.2f}" for v in d.values()) for d in (da, db))
+        lines.append(
+            f"| {member} | {seeds_a} | {seeds_b} "
+            f"| {ma:.2f} → {mb:.2f} | {diff:+.2f} | {2 * se:.2f} | {'**yes**' if diff > 2 * se else 'no'} |"
+        )
     return lines
 
 
