@@ -413,8 +413,9 @@ def table(rows: list[dict]) -> list[str]:
 def compare(records: list[dict], a: str, b: str, steps: int, members: list[str]) -> list[str]:
     """Markdown lines: per member, the drops of rows ``a`` and ``b`` per seed, their means, the difference
     (b − a, points; > 0: b loses more), its Welch standard error, and whether b is worse beyond noise, the
-    rule fixed before the runs: a difference larger than twice its standard error. One record per
-    (member, row, seed) at ``steps``: the last one, which is what the runs of one CPU kind should give."""
+    rule fixed before the runs: a difference larger than twice its standard error. Only the seeds both rows ran
+    count. One record per (member, row, seed) at ``steps``: the last one, which is what the runs of one CPU kind
+    should give."""
     lines = [
         f"| member | `{a}`: drop per seed | `{b}`: drop per seed | means | difference (b − a) | 2 × standard error "
         "| b worse beyond noise |",
@@ -430,6 +431,8 @@ def compare(records: list[dict], a: str, b: str, steps: int, members: list[str])
 
     for member in members:
         da, db = drops(member, a), drops(member, b)
+        common = set(da) & set(db)  # the seeds both rows ran
+        da, db = ({k: v for k, v in d.items() if k in common} for d in (da, db))
         if len(da) < 2 or len(db) < 2:
             lines.append(f"| {member} | {len(da)} seed(s) | {len(db)} seed(s) | | | | too few seeds |")
             continue
