@@ -29,7 +29,6 @@ from slimmer.assemble import Scores, assemble
 from slimmer.config import CompressConfig
 from slimmer.export import files
 from slimmer.export import onnx as onnx_export
-from slimmer.inputs import batch_of
 from slimmer.paths import check_paths, compress_reads, compress_writes
 from slimmer.prune import PruneResult, after_shrink, prune, shrink_model
 from slimmer.prune_schedule import schedule_hooks, schedule_outcome
@@ -179,7 +178,7 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
     if recovered.accuracy_after_reconstruct is not None:
         scores.acc["after_reconstruct"] = recovered.accuracy_after_reconstruct
     if pruned.plan is not None and plan.scheduled:  # the schedule's last channel masks, removed once
-        pruned, surgery = _shrink(model, pruned, _surgery_inputs(example, config), say)
+        pruned, surgery = _shrink(model, pruned, example, say)
     if finetune and finetune.get("steps_done"):
         scores.record("after_finetune", model)
         clock.lap("finetune")
@@ -235,7 +234,7 @@ def _prune_stage(
             scores.acc["after_prune"] = scores.evaluate(model)  # what the one-shot prune would have given
         model.load_state_dict(original.state_dict())
     elif pruned.plan is not None:
-        pruned, surgery = _shrink(model, pruned, _surgery_inputs(example, config), say)
+        pruned, surgery = _shrink(model, pruned, example, say)
     pruned = after_shrink(model, config, example, pruned, data)
     if pruned.model is not None:  # --method search dropped residual blocks: a traced GraphModule without them
         model = pruned.model
@@ -256,13 +255,6 @@ def _target(config: CompressConfig) -> str:
     if config.speedup is not None:
         return f"measured speedup {config.speedup:g}x"
     return f"sparsity {config.target_sparsity:g}"
-
-
-def _surgery_inputs(example: tuple, config: CompressConfig) -> tuple:
-    """What surgery checks the removal on (the masked model against the pruned one): the example's first row
-    when the batch is dynamic (in eval mode no layer surgery edits mixes rows, so one row shows what two do, at
-    half the cost), else the example as given (a model may accept its static batch only)."""
-    return batch_of(example, 1) if config.dynamic_batch else example
 
 
 def _shrink(model: nn.Module, pruned: PruneResult, example: tuple, say: Progress) -> tuple[PruneResult, dict]:
