@@ -366,6 +366,13 @@ def as_args(example: Any) -> tuple[Any, ...]:
     return (example,) if isinstance(example, torch.Tensor) else tuple(example)
 
 
+def fresh(args: Any) -> tuple[Any, ...]:
+    """Positional arguments (a tensor or a sequence) with every tensor cloned, for a forward whose inputs are
+    read again afterwards: a user's forward may modify its inputs in place (``x.mul_(2)``), and the next
+    forward, onnxruntime, or a later evaluation on the same tensors would then see other values."""
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in as_args(args))
+
+
 def batch_size_of(args: tuple[Any, ...]) -> int:
     """The batch size of the first tensor argument."""
     return next(int(a.shape[0]) for a in as_args(args) if isinstance(a, torch.Tensor))

@@ -21,7 +21,7 @@ from torch import nn
 from slimmer.config import CompressConfig
 from slimmer.errors import ConfigError
 from slimmer.graph.groups import build_groups
-from slimmer.inputs import as_args, batch_of
+from slimmer.inputs import as_args, batch_of, fresh
 from slimmer.outputs import named_leaves
 from slimmer.structures.depth import drop_blocks, find_stages, masked_original
 from slimmer.structures.plan import removed_per_layer
@@ -127,7 +127,7 @@ def drop_searched_blocks(model: nn.Module, config: CompressConfig, example: tupl
     pruned.eval(), reference.eval()
     try:
         with torch.no_grad():
-            got, want = pruned(*args), reference(*args)
+            got, want = pruned(*fresh(args)), reference(*fresh(args))
     finally:
         pruned.train(was), reference.train(was)
     diff, scale = 0.0, 0.0

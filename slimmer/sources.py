@@ -75,12 +75,12 @@ def check_sources(model: nn.Module, example: Any, data: Any, data_spec: str | No
                 f"--data {data_spec}: the inputs hold {values} non-finite values (NaN/Inf), in {samples} samples",
                 hint="clean the data file (or check --mean/--std); the model cannot be judged on NaN inputs",
             )
-    from slimmer.inputs import as_args
+    from slimmer.inputs import as_args, fresh
 
     args = as_args(example)
     if out is None:
         with torch.no_grad():
-            out = model(*args)
+            out = model(*fresh(args))
     shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
     _check_finite_outputs(out, f"a random input of shape {shapes}")
     logits = first_float_output(out)

@@ -23,12 +23,18 @@ from slimmer.export import onnx as onnx_export
 from slimmer.export.verify import (
     Verification,
     agreement,
-    agreement_of,
     model_outputs,
     reference_logits,
     verify_onnx,
 )
-from slimmer.inputs import ExampleInputs, InputSpec, load_example_file, parse_dynamic_axis, parse_input_spec
+from slimmer.inputs import (
+    ExampleInputs,
+    InputSpec,
+    fresh,
+    load_example_file,
+    parse_dynamic_axis,
+    parse_input_spec,
+)
 from slimmer.outputs import describe, logits_of, register_output_types
 from slimmer.runplan import RunPlan
 from slimmer.stats import accuracy, count_macs, count_nonzero, count_params
@@ -147,7 +153,7 @@ def check_forward(model: nn.Module, inputs: ExampleInputs, args: tuple[Any, ...]
     the output's types with the pytree and returns the output. Raises :class:`ConfigError`."""
     try:
         with torch.no_grad():
-            out = model(*args)
+            out = model(*fresh(args))
     except Exception as exc:  # noqa: BLE001
         text = _ANSI.sub("", str(exc)).strip()
         first = text.splitlines()[0] if text else type(exc).__name__
@@ -303,9 +309,6 @@ class Reference:
 
     inputs: Any
     logits: torch.Tensor
-    # which verification batches (:func:`verification_inputs`, in order) ``inputs`` concatenates; None when
-    # they are held-out samples. The pruned model's outputs on those batches then give its logits directly.
-    batches: tuple[int, ...] | None = None
 
 
 def dense_reference(
@@ -318,12 +321,10 @@ def dense_reference(
         compare = measured.eval_feed(compare) if measured.eval_feed is not None else compare
     else:
         batches = verification_inputs(inputs, plan, config.seed)
-        chosen = tuple(k for k, s in enumerate(_scales(plan)) if s == 1.0)
-        same = [batches[k] for k in chosen]
+        same = [b for b, s in zip(batches, _scales(plan), strict=True) if s == 1.0]
         compare = tuple(
             torch.cat([b[i] for b in same]) if same[0][i] is not None else None for i in range(len(same[0]))
         )
-        return Reference(compare, reference_logits(model, compare, config.output_name), chosen)
     return Reference(compare, reference_logits(model, compare, config.output_name))
 
 
@@ -340,8 +341,8 @@ def export_and_verify(
     deletes the temporary file. ``reference`` is the original's output from :func:`dense_reference`. Raises
     :class:`ExportError` (exit 4) when the export fails.
 
-    The model runs once per verification batch: those outputs name the graph's outputs, are what onnxruntime
-    is compared with, and, without held-out data, are the pruned side of the agreement."""
+    The model runs once per verification batch: those outputs name the graph's outputs and are what onnxruntime
+    is compared with."""
     batches = verification_inputs(inputs, plan, config.seed)
     outputs = model_outputs(model.eval(), batches)
     exported = onnx_export.export_onnx(
@@ -358,13 +359,11 @@ def export_and_verify(
         verification = verify_onnx(
             exported.temp_path, model, batches, atol=config.atol, rtol=config.rtol, outputs=outputs
         )
-        if reference.batches is not None:
-            logits = torch.cat([logits_of(outputs[k], config.output_name) for k in reference.batches])
-            verification.cosine, verification.top1_agreement = agreement_of(reference.logits, logits)
-        else:
-            verification.cosine, verification.top1_agreement = agreement(
-                reference.logits, model, reference.inputs, config.output_name
-            )
+        # one forward on the reference's own inputs: an output may mix the rows of a batch (CLIP's (B, B) logits,
+        # a batch-centred output), so logits stitched from the verification batches would not be comparable
+        verification.cosine, verification.top1_agreement = agreement(
+            reference.logits, model, reference.inputs, config.output_name
+        )
     except BaseException:
         exported.temp_path.unlink(missing_ok=True)
         raise

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from slimmer.graph.macs import count_macs as count_graph_macs
 from slimmer.graph.macs import to_meta
-from slimmer.inputs import as_args, batch_of
+from slimmer.inputs import as_args, batch_of, fresh
 from slimmer.outputs import logits_of
 
 
@@ -61,6 +61,6 @@ def accuracy(
     correct = 0
     for i in range(0, len(x), batch_size):
         batch = x[i : i + batch_size]
-        out = logits_of(model(*feed(batch)) if feed is not None else model(batch), output_name)
+        out = logits_of(model(*fresh(feed(batch) if feed is not None else batch)), output_name)
         correct += int((out.argmax(1) == y[i : i + batch_size]).sum())
     return correct / max(1, len(x))

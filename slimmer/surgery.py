@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_leaves
 
 from slimmer.graph.attention import update_head_attributes
 from slimmer.graph.groups import build_groups
+from slimmer.inputs import fresh
 from slimmer.structures.plan import PruningPlan
 
 
@@ -132,7 +133,7 @@ def remove_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
 
 def _outputs(model: nn.Module, example_inputs: Sequence[Any]) -> list[torch.Tensor]:
     with torch.no_grad():
-        result = model(*example_inputs)
+        result = model(*fresh(example_inputs))  # the masked and the pruned model read the same inputs
     return [t for t in tree_leaves(result) if isinstance(t, torch.Tensor)]
 
 

@@ -217,3 +217,38 @@ def test_an_output_named_like_an_input_gets_a_distinct_onnx_name(tmp_path):
     assert [i.name for i in session.get_inputs()] == ["x"]
     assert [o.name for o in session.get_outputs()] == ["output.x", "y"]
     assert {c["output"] for c in result.report.verification["outputs"]} == {"x", "y"}
+
+
+def test_a_forward_that_modifies_its_input_in_place(compress_json, tmp_path):
+    """Every forward whose inputs are read again runs on a copy: onnxruntime, surgery's masked original and the
+    agreement see the inputs the user gave, not ones a forward has already normalized (exit 5 before)."""
+    ckpt = _save(tmp_path, user_models.InplaceInput(), "inplace")
+    run, report = compress_json(
+        ckpt, "--arch", "user_models:InplaceInput", "--input-shape", "1,1,28,28", "--method", "channel"
+    )
+    assert run.code == 0, run.stderr
+    _pruned(report, "channel")
+    assert report["verification"]["max_abs_diff"] < 1e-4
+    assert report["surgery"]["rolled_back"] == {} and report["surgery"]["max_abs_diff"] < 1e-4
+
+
+def test_outputs_that_mix_the_rows_of_a_batch(compress_json, tmp_path):
+    """(B, B) logits (CLIP-style) and a batch-centred output: the agreement compares the pruned model with the
+    original on the same whole batch, and surgery's check sees a non-zero output (exit 1 before on the first)."""
+    ckpt = _save(tmp_path, user_models.PairLogits(), "pair")
+    run, report = compress_json(
+        ckpt,
+        "--arch", "user_models:PairLogits",
+        "--input", "image:float32[2,1,28,28]",
+        "--input", "text:float32[2,12]",
+        "--method", "unstructured", "--sparsity", "0.5",
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    _pruned(report, "unstructured")
+    assert report["verification"]["cosine"] is not None and report["verification"]["cosine"] > 0.5
+    ckpt = _save(tmp_path, user_models.BatchCentred(), "centred")
+    run, report = compress_json(
+        ckpt, "--arch", "user_models:BatchCentred", "--input-shape", "2,1,28,28", "--method", "channel", "--force"
+    )
+    assert run.code == 0, run.stderr
+    assert report["surgery"]["output_scale"] > 0 and report["surgery"]["rolled_back"] == {}

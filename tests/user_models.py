@@ -98,3 +98,34 @@ class OrderedDictOut(_ConvNet):
     def forward(self, x: torch.Tensor) -> ModelOutputLike:
         f = self.features(x)
         return ModelOutputLike(logits=self.head(f), pooler_output=f)
+
+
+class InplaceInput(_ConvNet):
+    """Normalizes its input in place before the convolutions (a preprocessing habit users bring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.mul_(2.0).add_(1.0)
+        return self.head(self.features(x))
+
+
+class PairLogits(nn.Module):
+    """Two towers, CLIP-style: ``(B, B)`` similarity logits first, then the image embeddings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = _branch(1, 32)
+        self.image_proj = nn.Linear(32, 8)
+        self.text = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 8))
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        a = nn.functional.normalize(self.image_proj(self.image(image)), dim=-1)
+        b = nn.functional.normalize(self.text(text), dim=-1)
+        return {"logits_per_image": 10 * a @ b.T, "image_embeds": a}
+
+
+class BatchCentred(_ConvNet):
+    """Logits centred over the batch: every row is zero at batch 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.head(self.features(x))
+        return y - y.mean(0, keepdim=True)

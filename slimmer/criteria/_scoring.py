@@ -15,6 +15,7 @@ from torch import nn
 
 from slimmer.criteria.base import ScoreContext
 from slimmer.errors import ConfigError
+from slimmer.inputs import fresh
 from slimmer.outputs import logits_of
 
 DEFAULT_MAX_BATCHES = 10
@@ -66,7 +67,7 @@ def forward(model: nn.Module, x: torch.Tensor, ctx: ScoreContext) -> torch.Tenso
     """The logits leaf of ``model`` on a data batch ``x`` (unpacked by ``ctx.extra["feed"]``, the
     dataset's :attr:`~slimmer.train.data.Dataset.feed`, when the data packs several inputs)."""
     feed = ctx.extra.get("feed")
-    out = model(*feed(x)) if feed is not None else model(x)
+    out = model(*fresh(feed(x) if feed is not None else x))  # x may be a view of the data: never modified
     return logits_of(out, ctx.extra.get("output_name"))
 
 

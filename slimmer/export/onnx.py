@@ -24,7 +24,7 @@ from torch import nn
 
 from slimmer.errors import ConfigError, ExportError, InputError
 from slimmer.export.files import temp_path_for
-from slimmer.inputs import ExampleInputs, as_args, batch_size_of
+from slimmer.inputs import ExampleInputs, as_args, batch_size_of, fresh
 from slimmer.outputs import output_names
 from slimmer.paths import is_utf8
 
@@ -147,7 +147,7 @@ def export_onnx(
         input_names = ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
     if output is None:
         with torch.no_grad():
-            output = model(*args)
+            output = model(*fresh(args))
     names = _unique_outputs(output_names(output), input_names)
     if len(names) == 1 and names[0] == "output":
         names = None  # one tensor: the exporter's own name, as before

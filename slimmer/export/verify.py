@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from slimmer.errors import InputError
-from slimmer.inputs import as_args, batch_size_of
+from slimmer.inputs import as_args, batch_size_of, fresh
 from slimmer.outputs import logits_of, named_leaves
 from slimmer.paths import ort_model_arg
 
@@ -204,7 +204,7 @@ def model_outputs(model: nn.Module, inputs: list) -> list[Any]:
     for x in inputs:
         try:
             with torch.no_grad():
-                outputs.append(model(*as_args(x)))
+                outputs.append(model(*fresh(x)))
         except Exception as exc:  # noqa: BLE001
             raise InputError(
                 f"the torch model fails on a batch of shape {_shapes(x)}: {str(exc).splitlines()[0]}"
@@ -281,7 +281,7 @@ def reference_logits(original: nn.Module, x, output_name: str | None = None) -> 
     positional arguments), float64 on the CPU: what :func:`agreement` compares the pruned model with.
     Taken before pruning, so that no copy of the dense model has to be kept for the comparison."""
     with torch.no_grad():
-        return logits_of(original(*as_args(x)), output_name).detach().double().cpu()
+        return logits_of(original(*fresh(x)), output_name).detach().double().cpu()
 
 
 def agreement(
@@ -291,7 +291,7 @@ def agreement(
     :func:`reference_logits` on the same ``x``) and of ``pruned`` on ``x``, and top-1 agreement
     when they are (N, classes) scores."""
     with torch.no_grad():
-        return agreement_of(reference, logits_of(pruned(*as_args(x)), output_name))
+        return agreement_of(reference, logits_of(pruned(*fresh(x)), output_name))
 
 
 def agreement_of(reference: torch.Tensor, logits: torch.Tensor) -> tuple[float, float | None]:

@@ -13,6 +13,7 @@ import torch
 from torch import fx, nn
 
 from slimmer.folding.linearize import LinearizableActivation
+from slimmer.inputs import fresh
 
 
 class _Tracer(fx.Tracer):
@@ -45,7 +46,7 @@ def _differs(model: nn.Module, gm: fx.GraphModule, example: tuple[Any, ...]) -> 
     model.eval()
     try:
         with torch.no_grad():
-            want, got = model(*example), gm(*example)
+            want, got = model(*fresh(example)), gm(*fresh(example))
     finally:
         model.train(was)
     pairs = list(zip(want, got, strict=False)) if isinstance(want, (tuple, list)) else [(want, got)]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimmer.inputs import fresh
 from slimmer.outputs import logits_of
 
 
@@ -63,7 +64,7 @@ def embedding_cosine(
     for i in range(0, len(dataset), batch_size):  # type: ignore[arg-type]
         x = dataset.x[i : i + batch_size]  # type: ignore[attr-defined]
         args, mask = feed(x), feed.mask(x)
-        s = mean_pool(logits_of(model(*args), output_name).float(), mask)
+        s = mean_pool(logits_of(model(*fresh(args)), output_name).float(), mask)
         t = mean_pool(logits_of(original(*args), output_name).float(), mask)
         total += float(F.cosine_similarity(s, t, dim=-1).sum())
         count += int(x.shape[0])

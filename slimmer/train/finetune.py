@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimmer.errors import ConfigError, InputError, VerificationError
+from slimmer.inputs import fresh
 from slimmer.outputs import logits_of
 from slimmer.train import distributed
 from slimmer.train.data import Augment, Dataset, iterate_batches
@@ -282,7 +283,7 @@ def _loop(
         y = y.to(device, non_blocking=True) if y is not None else None
         args = train.args(x)
         with torch.autocast(device.type, dtype=torch.float16, enabled=cfg.amp):
-            out = logits_of(student(*args), cfg.output_name)
+            out = logits_of(student(*(fresh(args) if teacher is not None else args)), cfg.output_name)
             t_out = None
             if teacher is not None:
                 with torch.no_grad():
