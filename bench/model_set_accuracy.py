@@ -333,7 +333,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.compare:
         a, b = args.compare.split(",")
-        records = _common.read_jsonl(args.out) + (_common.read_jsonl(OUT) if args.out != OUT else [])
+        records = _records(args.out)
         print("\n".join(compare(records, a, b, args.steps, [m for m in args.members.split(",") if m])))
         return
     torch.set_num_threads(args.threads)
@@ -350,7 +350,7 @@ def main() -> None:
                 peer = opts.get("peer")
                 lr = opts.get("lr", LR)
                 if peer is None and opts.get("macs_target") == "tp":  # the budget the peer landed on
-                    records = _common.read_jsonl(args.out) + (_common.read_jsonl(OUT) if args.out != OUT else [])
+                    records = _records(args.out)
                     ref = [r for r in records if r["member"] == member and r["row"] == "tp"]
                     if not ref:
                         raise SystemExit(f"row {row!r} needs the tp row of {member} first")
@@ -358,7 +358,7 @@ def main() -> None:
                 elif peer is None:
                     result = slimmer_run(model, args.steps, seed, **opts)
                 elif peer == "tp":
-                    records = _common.read_jsonl(args.out) + (_common.read_jsonl(OUT) if args.out != OUT else [])
+                    records = _records(args.out)
                     ref = [r for r in records if r["member"] == member and r["row"] == "channel"]
                     goal = ref[-1]["macs_kept"] if ref else 0.5
                     result = tp_run(model, data, test, args.steps, seed, goal, lr)
@@ -408,6 +408,11 @@ def table(rows: list[dict]) -> list[str]:
     for (row, steps), drops in per_row.items():
         lines.append(f"| {ROWS[row][0]} | {steps} | {len(drops)} | {statistics.mean(drops):.2f} |")
     return lines
+
+
+def _records(out: Path) -> list[dict]:
+    """The records of ``out``, then those of ``bench/model_set_accuracy.jsonl`` when ``out`` is another file."""
+    return _common.read_jsonl(out) + (_common.read_jsonl(OUT) if out != OUT else [])
 
 
 def compare(records: list[dict], a: str, b: str, steps: int, members: list[str]) -> list[str]:

@@ -123,16 +123,6 @@ def named_arrays(out: Any) -> list[tuple[str, np.ndarray]]:
     return [(name, t.detach().float().cpu().numpy()) for name, t in named_leaves(out)]
 
 
-def named_torch_outputs(model: nn.Module, x) -> list[tuple[str, np.ndarray]]:
-    """:func:`named_arrays` of ``model``'s output on ``x`` (a tensor or positional arguments)."""
-    return named_arrays(model_outputs(model, [x])[0])
-
-
-def torch_outputs(model: nn.Module, x) -> list[np.ndarray]:
-    """Every tensor leaf of ``model``'s output on ``x`` (a tensor or positional arguments), as float arrays."""
-    return [a for _, a in named_torch_outputs(model, x)]
-
-
 def _feed(session, x) -> dict[str, np.ndarray]:
     """onnxruntime's input dict for positional arguments ``x``: by position over the graph's inputs
     (``None`` arguments are not graph inputs), each array in the dtype the graph declares."""
@@ -290,14 +280,9 @@ def agreement(
     """Cosine similarity of the logits leaves of the original (``reference``, from
     :func:`reference_logits` on the same ``x``) and of ``pruned`` on ``x``, and top-1 agreement
     when they are (N, classes) scores."""
+    a = reference
     with torch.no_grad():
-        return agreement_of(reference, logits_of(pruned(*fresh(x)), output_name))
-
-
-def agreement_of(reference: torch.Tensor, logits: torch.Tensor) -> tuple[float, float | None]:
-    """:func:`agreement` of the original's ``reference`` logits with the pruned model's ``logits`` on the
-    same inputs (same shape)."""
-    a, b = reference, logits.detach().double().cpu()
+        b = logits_of(pruned(*fresh(x)), output_name).detach().double().cpu()
     cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
     top1 = None
     if a.ndim == 2 and a.shape[1] > 1:
