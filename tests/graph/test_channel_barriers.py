@@ -95,8 +95,15 @@ def test_attention_is_blocked_and_mlp_pruned(check, fused: bool) -> None:
     assert model.attn.in_proj_weight.shape == (96, 32)
 
 
+def _hard_coded() -> HardCoded:
+    """Seeded: on a few random initializations (2 of 40 seeds) a 0.6 MACs target is met without touching the
+    hard-coded group, so a test would depend on the RNG state the tests before it left (one failed under xdist)."""
+    torch.manual_seed(0)
+    return HardCoded()
+
+
 def test_hard_coded_shape_is_kept_whole_not_broken(check) -> None:
-    model = HardCoded()
+    model = _hard_coded()
     groups, result = check(model, X, sparsity=0.5)
     b_group = next(g for g in groups.prunable if ("b.0.weight", 0) in g.signature)
     # the planner tries the removal on a meta copy first and keeps the group whole
@@ -109,7 +116,7 @@ def test_hard_coded_shape_is_kept_whole_not_broken(check) -> None:
     "target", [dict(sparsity=0.5, scope="layer"), dict(macs_target=0.6), dict(macs_target=0.6, scope="layer")]
 )
 def test_hard_coded_shape_is_kept_whole_at_every_scope_and_target(target) -> None:
-    model = HardCoded().eval()
+    model = _hard_coded().eval()
     groups = build_groups(model, (X,))
     plan = plan_channels(groups, model, example_inputs=(X,), **target)
     b_group = next(g for g in groups.prunable if ("b.0.weight", 0) in g.signature)
@@ -172,7 +179,7 @@ def test_the_search_for_breaking_groups_costs_nothing_when_the_plan_runs(monkeyp
 
 
 def test_hard_coded_shape_in_a_plan_made_without_inputs_is_rolled_back_by_surgery() -> None:
-    model = HardCoded().eval()
+    model = _hard_coded().eval()
     groups = build_groups(model, (X,))
     plan = plan_channels(groups, model, sparsity=0.5)  # no example inputs: no meta check
     result = shrink(model, plan, (X,))
@@ -186,7 +193,7 @@ def test_a_rolled_back_group_is_not_counted_in_the_channel_sparsity_achieved() -
     from slimmer.prune import shrink_model
     from slimmer.prune_result import PruneResult
 
-    model = HardCoded().eval()
+    model = _hard_coded().eval()
     groups = build_groups(model, (X,))
     plan = plan_channels(groups, model, sparsity=0.5)  # no example inputs: the planner cannot see the break
     planned = plan.channels_pruned / plan.channels_total
@@ -216,7 +223,7 @@ def test_uncapturable_model_is_an_input_error() -> None:
 
 
 def test_rollback_restores_the_exact_weights_without_copying_the_model(monkeypatch) -> None:
-    model = HardCoded().eval()
+    model = _hard_coded().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     groups = build_groups(model, (X,))
     plan = plan_channels(groups, model, sparsity=0.5)
