@@ -117,9 +117,12 @@ def resolve_inputs(config: CompressConfig, model: nn.Module, default_shape: tupl
 
 def from_module(model: nn.Module, example_inputs: Any, config: CompressConfig) -> Loaded:
     """An in-memory model and its example inputs (a tensor, a tuple of tensors, a dict of named
-    tensors, or :class:`ExampleInputs`) as a :class:`Loaded` stage result."""
+    tensors, or :class:`ExampleInputs`) as a :class:`Loaded` stage result. ``model`` (the caller's copy) is
+    put in eval mode, as a loaded checkpoint is: a module left in training mode would otherwise update its
+    BatchNorm statistics and apply dropout in the forwards that measure it before pruning."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"compress() needs an nn.Module, got {type(model).__name__}")
+    model.eval()
     if isinstance(example_inputs, ExampleInputs):
         inputs = example_inputs
     else:

@@ -52,3 +52,46 @@ def test_compress_takes_named_inputs_and_structured_outputs(tmp_path):
 def test_compress_refuses_what_is_not_a_module(tmp_path):
     with pytest.raises(ConfigError, match="nn.Module"):
         api.compress("model.pt", torch.randn(1, 3), CompressConfig(output=tmp_path / "x.onnx"))
+
+
+@pytest.mark.parametrize("method", ["unstructured", "channel"])
+def test_a_module_left_in_training_mode_is_measured_as_in_inference(tmp_path, method):
+    # torchvision and hand-written models are built in training mode; before the fix the forwards that check and
+    # measure the model ran in it: the copy's BatchNorm statistics moved towards the random example and dropout
+    # was on, so the pruned model carried other statistics than the user's and the agreement read 0.75 at sparsity 0
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, padding=1),
+        torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Dropout(0.5),
+        torch.nn.Linear(16, 10),
+    )
+    with torch.no_grad():  # statistics far from what a random example gives, so that an update shows
+        for bn in (model[1], model[4]):
+            bn.running_mean.uniform_(2.0, 3.0)
+            bn.running_var.uniform_(4.0, 5.0)
+    assert model.training
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sparsity = {"unstructured": {"sparsity": 0.0}, "channel": {"sparsity": 0.25}}[method]
+    config = CompressConfig(methods=(method,), output=tmp_path / "m.onnx", **sparsity)
+    result = api.compress(model, torch.randn(1, 1, 12, 12), config)
+
+    assert result.report.status == "ok"
+    assert model.training, "the module given is left as it is"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    bns = [m for m in result.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert torch.equal(bns[0].num_batches_tracked, before["1.num_batches_tracked"]), "no forward in training mode"
+    if method == "unstructured":  # nothing removed: the same model, so the same outputs
+        assert all(torch.equal(before[k], v) for k, v in result.model.state_dict().items())
+        assert result.report.verification["cosine"] == pytest.approx(1.0, abs=1e-6)
+        assert result.report.verification["top1_agreement"] == 1.0
+    else:  # the kept channels keep their statistics
+        kept = result.model[1].num_features
+        assert kept < 8
+        assert set(result.model[1].running_mean.tolist()) <= set(before["1.running_mean"].tolist())
