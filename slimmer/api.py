@@ -162,7 +162,7 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
     # schedule, latency); agreement needs only its logits, taken now: no copy of a large model otherwise
     original = copy.deepcopy(model).eval() if _needs_original(config, plan, data) else None
     measured = measure(model, example, out, data, config)
-    reference = dense_reference(model, measured, inputs, plan, config)
+    reference = dense_reference(model, measured, example, out, config)
     scores = Scores(measured, original, config, data)
     clock.lap("measure")
 
