@@ -233,6 +233,7 @@ def _prune_stage(
         if scores.evaluate:
             scores.acc["after_prune"] = scores.evaluate(model)  # what the one-shot prune would have given
         model.load_state_dict(original.state_dict())
+        pruned = pruned.but(masked_values=None)  # training moves the weights: a rollback keeps the trained ones
     elif pruned.plan is not None:
         pruned, surgery = _shrink(model, pruned, example, say)
     pruned = after_shrink(model, config, example, pruned, data)

@@ -121,7 +121,7 @@ def shrink_model(model: nn.Module, result: PruneResult, example: tuple) -> tuple
     applied (rolled-back groups named in the warnings), and the surgery's result (None without a plan)."""
     if result.plan is None:
         return result, None
-    surgery = shrink(model, result.plan, as_args(example))
+    surgery = shrink(model, result.plan, as_args(example), masked_values=result.masked_values)
     rolled = (f"group {gid} was rolled back (kept whole): {why}" for gid, why in surgery.rolled_back.items())
     # before surgery only channel pruning to a sparsity sets one (unstructured masks wait for the surgery,
     # N:M comes after it): count what was really removed
@@ -129,7 +129,7 @@ def shrink_model(model: nn.Module, result: PruneResult, example: tuple) -> tuple
         result = result.but(sparsity_achieved=surgery.plan.channels_pruned / max(1, surgery.plan.channels_total))
     # the groups were captured from the unpruned model: they no longer describe it, and their
     # exported program holds every tensor the surgery replaced (a whole model's worth of memory)
-    return result.but(plan=surgery.plan, groups=None).warn(*rolled), surgery
+    return result.but(plan=surgery.plan, groups=None, masked_values=None).warn(*rolled), surgery
 
 
 def after_shrink(

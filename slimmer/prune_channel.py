@@ -28,7 +28,7 @@ from slimmer.structures.channel import plan_channels
 from slimmer.structures.plan import PruningPlan, removed_per_layer
 from slimmer.structures.rounding import describe as describe_rounding
 from slimmer.structures.unstructured import prunable_weights
-from slimmer.surgery import mask_model
+from slimmer.surgery import mask_model, slice_values
 from slimmer.train.data import DataSplits
 
 CHANNEL_CRITERIA = {"magnitude": "l1", "l1": "l1", "l2": "l2", "bn-scale": "bn-scale", "random": "random"}
@@ -121,9 +121,10 @@ def channel_method(
     )
     round_to = config.round_to or DEFAULT_ROUND_TO
     latency_aware = config.latency_aware or config.speedup is not None
+    masked_values = slice_values(model, plan)  # a group the surgery rolls back gets these back
     mask_model(model, plan)
     found = blockers(groups, model, batch_of(example, 1))  # largest first
-    result = result.but(plan=plan, groups=groups, per_layer=removed_per_layer(plan, model))
+    result = result.but(plan=plan, groups=groups, per_layer=removed_per_layer(plan, model), masked_values=masked_values)
     result = result.warn(*plan.notes, *(f"not pruned: {b.describe()}" for b in found if not by_design(b)))
     if config.macs_target is None and speedup is None:
         result = result.but(

@@ -24,7 +24,8 @@ class PruneResult:
     masks, ``nm`` an N:M pattern; ``fold`` what BatchNorm/layer folding did and ``model`` the rebuilt
     model to export when folding replaced it (a traced GraphModule). ``per_layer`` maps a layer to
     its sparsity (unstructured) or removed-channel fraction (channel); ``dense`` keeps the weights a
-    mask zeroed, for ``--regrow``."""
+    mask zeroed, for ``--regrow``; ``masked_values`` the values of the slices ``plan`` zeroed
+    (:func:`slimmer.surgery.slice_values`), until the surgery, which puts back a rolled-back group's."""
 
     masks: MaskSet | None = None
     nm: NMResult | None = None
@@ -38,6 +39,7 @@ class PruneResult:
     warnings: tuple[str, ...] = ()
     details: dict = field(default_factory=dict)
     dense: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    masked_values: tuple | None = field(default=None, repr=False)
 
     def but(self, **changes: Any) -> PruneResult:
         """A copy with ``changes`` (field values)."""

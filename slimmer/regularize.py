@@ -32,7 +32,7 @@ from slimmer.config import CompressConfig
 from slimmer.errors import ConfigError
 from slimmer.prune import PruneResult, prune, record_masks, weights_before_masking
 from slimmer.structures.unstructured import MaskSet, prunable_weights
-from slimmer.surgery import mask_model
+from slimmer.surgery import mask_model, slice_values
 from slimmer.train.data import DataSplits
 from slimmer.train.distributed import init_from_env, wrap_ddp
 from slimmer.train.finetune import finetune
@@ -176,6 +176,7 @@ def apply_chosen(model: nn.Module, chosen: PruneResult, keep_dense: bool = False
     """Zero what greg chose (its channel plan or weight masks) in ``model``. Returns ``chosen``, with
     the weights that were zeroed kept in ``dense`` when ``keep_dense`` (``--regrow``)."""
     if chosen.plan is not None:
+        chosen = chosen.but(masked_values=slice_values(model, chosen.plan))  # for a group surgery rolls back
         mask_model(model, chosen.plan)
     if chosen.masks is not None:
         if keep_dense:

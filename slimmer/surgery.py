@@ -59,6 +59,24 @@ def _get(model: nn.Module, name: str) -> torch.Tensor:
     return getattr(module, attr)
 
 
+Slice = tuple[str, torch.Tensor, int, torch.Tensor, torch.Tensor]
+"""One masked slice: tensor name, the tensor, dimension, channel indices (int64) and their values."""
+
+
+@torch.no_grad()
+def slice_values(model: nn.Module, plan: PruningPlan) -> tuple[Slice, ...]:
+    """The values of every tensor slice :func:`mask_model` zeroes for ``plan`` (the removed fraction of
+    the touched tensors, copied): what puts a group surgery rolls back to its weights before masking.
+    Take them before masking and pass them to :func:`shrink` as ``masked_values``."""
+    taken: list[Slice] = []
+    for name, dims in plan.removals().items():
+        tensor = _get(model, name)
+        for dim, removed in dims.items():
+            index = torch.tensor(sorted(removed), dtype=torch.long, device=tensor.device)
+            taken.append((name, tensor, dim, index, tensor.detach().index_select(dim, index)))
+    return tuple(taken)
+
+
 @torch.no_grad()
 def mask_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """Zero, in place, every tensor slice of every pruned channel (the masked original)."""
@@ -166,19 +184,19 @@ class _RestorePoint:
     Removal puts new tensors into a module and never writes into the old ones, so each module's
     attribute dict (its parameter, buffer and submodule dicts copied, the tensors shared) undoes it;
     masking zeroes slices in place, so the values of those slices are kept (the removed fraction of
-    the touched tensors, not the whole model).
+    the touched tensors, not the whole model). ``masked_values`` (from :func:`slice_values`, taken
+    before the model was masked) are used instead when they are the plan's slices of the model's
+    current tensors: then a restore also undoes that earlier masking.
     """
 
     _DICTS = ("_parameters", "_buffers", "_modules")
 
-    def __init__(self, model: nn.Module, plan: PruningPlan) -> None:
+    def __init__(self, model: nn.Module, plan: PruningPlan, masked_values: tuple[Slice, ...] | None = None) -> None:
         self.modules = [(module, self._copy(module.__dict__)) for module in model.modules()]
-        self.slices: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
-        for name, dims in plan.removals().items():
-            tensor = _get(model, name)
-            for dim, removed in dims.items():
-                index = torch.tensor(sorted(removed), dtype=torch.long, device=tensor.device)
-                self.slices.append((tensor, dim, index, tensor.detach().index_select(dim, index)))
+        own = slice_values(model, plan) if masked_values is None else None
+        if own is None and not _same_slices(model, plan, masked_values):
+            own = slice_values(model, plan)  # the tensors were replaced or the plan changed since
+        self.slices = own if own is not None else masked_values
 
     @classmethod
     def _copy(cls, attributes: dict[str, Any]) -> dict[str, Any]:
@@ -190,8 +208,19 @@ class _RestorePoint:
         for module, saved in self.modules:
             module.__dict__.clear()  # an attribute surgery added (over a class attribute) goes too
             module.__dict__.update(self._copy(saved))
-        for tensor, dim, index, values in self.slices:
+        for _, tensor, dim, index, values in self.slices:
             tensor.index_copy_(dim, index, values)
+
+
+def _same_slices(model: nn.Module, plan: PruningPlan, taken: tuple[Slice, ...]) -> bool:
+    """Whether ``taken`` holds exactly ``plan``'s slices of ``model``'s current tensors."""
+    wanted = [(name, dim, sorted(removed)) for name, dims in plan.removals().items() for dim, removed in dims.items()]
+    if len(wanted) != len(taken):
+        return False
+    return all(
+        name == t_name and dim == t_dim and t_tensor is _get(model, name) and t_index.tolist() == removed
+        for (name, dim, removed), (t_name, t_tensor, t_dim, t_index, _) in zip(wanted, taken, strict=True)
+    )
 
 
 def _attempt(
@@ -219,6 +248,7 @@ def shrink(
     example_inputs: Sequence[Any],
     *,
     rtol: float = 1e-5,
+    masked_values: tuple[Slice, ...] | None = None,
 ) -> SurgeryResult:
     """Physically remove the plan's channels from ``model`` (in place) and check the result.
 
@@ -226,6 +256,10 @@ def shrink(
     (:func:`mask_model` of the same plan). If the whole plan fails, groups are retried one by one
     on top of the ones that passed; a group whose removal breaks the forward or the equality is
     rolled back and reported in ``rolled_back``. The model is never left broken.
+
+    ``masked_values`` are the slices' values from before ``model`` was masked with ``plan``
+    (:func:`slice_values`): a rolled-back group then gets its weights back, so "kept whole" holds. Without
+    them a group masked before the call stays zeroed when it is rolled back.
     """
     was_training = model.training
     model.eval()
@@ -233,7 +267,7 @@ def shrink(
         if not plan.is_bound:
             plan.bind(build_groups(model, example_inputs))
         before = _param_count(model)
-        restore_point = _RestorePoint(model, plan)
+        restore_point = _RestorePoint(model, plan, masked_values)
         diff, scale, failure = _attempt(model, plan, example_inputs, rtol)
         rolled_back: dict[str, str] = {}
         applied = plan

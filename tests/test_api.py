@@ -95,3 +95,21 @@ def test_a_module_left_in_training_mode_is_measured_as_in_inference(tmp_path, me
         kept = result.model[1].num_features
         assert kept < 8
         assert set(result.model[1].running_mean.tolist()) <= set(before["1.running_mean"].tolist())
+
+
+def test_a_group_surgery_rolls_back_keeps_its_weights_not_the_pruning_mask(tmp_path):
+    """Channel pruning zeroes the planned channels before surgery; a group the surgery rolls back
+    ("kept whole") must get its weights back, not stay zeroed in the returned and exported model."""
+    torch.manual_seed(0)
+    model = user_models.BranchOnWidth().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = CompressConfig(methods=("channel",), sparsity=0.5, output=tmp_path / "w.onnx", keep_failed=True)
+    result = api.compress(model, torch.randn(1, 3, 16, 16), config)
+
+    assert any("a.bias" in w and "rolled back" in w for w in result.report.warnings), result.report.warnings
+    assert result.model.a.out_channels == 16
+    assert torch.equal(result.model.a.weight, before["a.weight"])
+    assert torch.equal(result.model.a.bias, before["a.bias"])
+    kept = result.model.b.out_channels
+    assert kept < 16 and result.model.b.in_channels == 16
+    assert int((result.model.b.weight.abs().sum((0, 2, 3)) == 0).sum()) == 0, "b's inputs from a are not masked"

@@ -129,3 +129,20 @@ class BatchCentred(_ConvNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.head(self.features(x))
         return y - y.mean(0, keepdim=True)
+
+
+class BranchOnWidth(nn.Module):
+    """Runs a block only when its input has the width it was built for (Python control flow on a
+    channel count): removing ``a``'s channels silently skips ``b``, so surgery must roll ``a`` back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.a(x))
+        if x.shape[1] == 16:
+            x = torch.relu(self.b(x))
+        return self.fc(x.flatten(2).mean(-1))
