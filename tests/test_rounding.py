@@ -164,3 +164,34 @@ def test_channel_sparsity_with_rounding_removes_no_more_than_it_must():
     groups = build_groups(model, (X,))
     plan = plan_channels(groups, model, sparsity=0.3, round_to="relative", scope="global", example_inputs=(X,))
     assert plan.channels_pruned == 36 and plan.channels_total == 112
+
+
+class FlattenHead(torch.nn.Module):
+    """A 16-channel conv whose 2×2 map is flattened into the classifier: the Linear holds four input
+    features per channel (64 in all), the conv 16 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(1, 8, 3)
+        self.b = torch.nn.Conv2d(8, 16, 3)
+        self.pool = torch.nn.AdaptiveAvgPool2d(2)
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(torch.relu(self.b(torch.relu(self.a(x))))).flatten(1))
+
+
+def test_relative_rounding_follows_the_narrowest_layer_of_a_group_not_a_flattened_consumer():
+    """The 16-channel group was rounded as if 64 wide (its flattened Linear's features): a multiple of
+    16 channels, so it could only stay whole and a 0.5 sparsity was never reached."""
+    torch.manual_seed(0)
+    model = FlattenHead().eval()
+    x = torch.randn(1, 1, 12, 12)
+    groups = build_groups(model, (x,))
+    wide = next(g for g in groups.prunable if ("b.weight", 0) in g.signature)
+    assert multiple_for(wide, RELATIVE) == 4
+    plan = plan_channels(groups, model, sparsity=0.5, round_to=RELATIVE, example_inputs=(x,))
+    kept = {p.id: len(p.kept) for p in plan.groups}
+    assert kept[wide.id] == 8 and plan.channels_pruned == 12 == 0.5 * plan.channels_total
+    pruned = remove_channels(copy.deepcopy(model), plan)
+    assert pruned.fc.in_features == 32 and pruned.fc.in_features % 16 == 0

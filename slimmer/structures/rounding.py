@@ -60,9 +60,11 @@ def relative_multiple(width: int) -> int:
 
 
 def group_width(group: ChannelGroup) -> int:
-    """The group's width in channels: the most indices any of its tensors holds along the pruned dim
-    (a plain conv: its output channels; attention heads: heads × head width)."""
-    return max((sum(len(idx) for idx in m.indices) for m in group.members), default=group.channels)
+    """The group's width in channels: the fewest indices any of its tensors holds along the pruned dim
+    (a plain conv: its output channels; attention heads: heads × head width). The fewest, because a
+    member can hold several indices per channel (a Linear after flattening a 2×2 map holds four): the
+    rule is relative to the narrowest layer the group cuts, which would otherwise only be kept whole."""
+    return min((sum(len(idx) for idx in m.indices) for m in group.members), default=group.channels)
 
 
 def multiple_for(group: ChannelGroup, round_to: RoundTo) -> int:
