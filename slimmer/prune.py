@@ -97,7 +97,7 @@ def apply_masks(model: nn.Module, masks: MaskSet, config: CompressConfig, result
 
 def weights_before_masking(model: nn.Module, masks: MaskSet) -> dict[str, torch.Tensor]:
     """Copies of the weights ``masks`` is about to zero: ``--regrow`` fine-tunes from them."""
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))
     return {name: params[name].detach().clone() for name in masks.masks}
 
 

@@ -85,7 +85,7 @@ def regrows(config: CompressConfig, pruned: PruneResult) -> bool:
 def restore_dense(model: nn.Module, dense: dict[str, torch.Tensor]) -> None:
     """Put the N:M layers' weights from before masking back: SR-STE recomputes the mask from them
     at every step (Zhou et al. keep dense weights throughout), and leaves them exactly N:M at the end."""
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))
     with torch.no_grad():
         for name, weight in dense.items():
             params[name].copy_(weight)
@@ -230,7 +230,7 @@ def recover(
 def nm_mask_changed(model: nn.Module, masks: MaskSet) -> float:
     """Fraction of the one-shot N:M pattern's entries (kept or zeroed) that fine-tuning changed: SR-STE
     may swap a pruned weight in when it outgrows a kept one; 0.0 when the mask was held."""
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))
     flips = sum(int(((params[n].detach() != 0) != m).sum()) for n, m in masks.masks.items() if n in params)
     return flips / max(1, masks.total)
 

@@ -189,7 +189,7 @@ def _keep_masks(model: nn.Module, chosen: PruneResult) -> dict[str, torch.Tensor
     """True = keep, by parameter name: the unstructured masks, or every slice a channel plan zeroes."""
     if chosen.plan is None:
         return dict(chosen.masks.masks)
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))
     keep: dict[str, torch.Tensor] = {}
     for tensor, dims in chosen.plan.removals().items():
         if tensor not in params:  # a buffer (BN running statistics): not trained
@@ -203,7 +203,7 @@ def _keep_masks(model: nn.Module, chosen: PruneResult) -> dict[str, torch.Tensor
 
 def _pushed_magnitude(model: nn.Module, keep: dict[str, torch.Tensor]) -> dict[str, float]:
     """Mean |w| of the weights being removed and of the kept ones, after the phase."""
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))
     pushed = [params[n].detach()[~m].abs() for n, m in keep.items() if (~m).any()]
     kept = [params[n].detach()[m].abs() for n, m in keep.items() if m.any()]
     return {

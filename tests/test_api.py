@@ -113,3 +113,25 @@ def test_a_group_surgery_rolls_back_keeps_its_weights_not_the_pruning_mask(tmp_p
     kept = result.model.b.out_channels
     assert kept < 16 and result.model.b.in_channels == 16
     assert int((result.model.b.weight.abs().sum((0, 2, 3)) == 0).sum()) == 0, "b's inputs from a are not masked"
+
+
+@pytest.mark.parametrize("method", ["unstructured", "nm"])
+def test_tied_weights_are_pruned_once_and_stay_tied(tmp_path, method):
+    """Unstructured and N:M pruning name a shared weight after the layer they prune (``out.weight``),
+    which ``named_parameters()`` lists under its first name only: every lookup of a weight by name
+    failed with KeyError (exit 1)."""
+    torch.manual_seed(0)
+    model = user_models.TiedLM().eval()
+    ids = torch.randint(0, 50, (1, 5), generator=torch.Generator().manual_seed(1))
+    sparsity = {"sparsity": 0.5} if method == "unstructured" else {}
+    result = api.compress(model, ids, CompressConfig(methods=(method,), output=tmp_path / "t.onnx", **sparsity))
+
+    assert result.report.status == "ok", result.report.warnings
+    pruned = result.model
+    assert pruned.out.weight is pruned.emb.weight, "the tie is kept"
+    zero = pruned.out.weight == 0
+    assert 0.3 <= float(zero.float().mean()) <= 0.7, "the shared weight is pruned"
+    if method == "nm":  # 2:4 along the input dimension of the Linear that reads it
+        assert bool((zero.view(50, -1, 4).sum(-1) >= 2).all())
+    else:
+        assert result.report.sparsity["achieved"] == pytest.approx(0.5, abs=0.01)

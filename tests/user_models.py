@@ -146,3 +146,19 @@ class BranchOnWidth(nn.Module):
         if x.shape[1] == 16:
             x = torch.relu(self.b(x))
         return self.fc(x.flatten(2).mean(-1))
+
+
+class TiedLM(nn.Module):
+    """A token model whose output projection is its embedding (tied weights, as in most language
+    models): the shared tensor is ``emb.weight`` to ``named_parameters()`` and ``out.weight`` to the
+    Linear that unstructured and N:M pruning cover."""
+
+    def __init__(self, vocab: int = 50, width: int = 16) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, width)
+        self.mid = nn.Sequential(nn.Linear(width, 48), nn.ReLU(), nn.Linear(48, width))
+        self.out = nn.Linear(width, vocab, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(self.mid(self.emb(ids)))

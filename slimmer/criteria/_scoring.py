@@ -118,7 +118,7 @@ def weight_grads_per_batch(
 
 def parameters_by_name(model: nn.Module, names: Iterable[str], criterion: str) -> dict[str, nn.Parameter]:
     """The parameters of ``model`` (e.g. a deep copy) called ``names``; a missing one is an error."""
-    found = dict(model.named_parameters())
+    found = dict(model.named_parameters(remove_duplicate=False))
     missing = [n for n in names if n not in found]
     if missing:
         raise ConfigError(f"--criterion {criterion}: the model has no parameter {', '.join(missing)}")

@@ -72,7 +72,7 @@ def group_scores(
 
     ``l1``/``l2``: magnitude summed over every parameter slice of the channel; ``bn-scale``: |γ|
     summed over the group's BatchNorms (raises :class:`ConfigError` if it has none); ``random``:
-    uniform, seeded by ``seed`` and the group id. ``parameters`` is ``dict(model.named_parameters())``
+    uniform, seeded by ``seed`` and the group id. ``parameters`` maps every parameter name (shared ones too)
     when the caller scores many groups (built here otherwise).
     """
     if kind not in SCORE_KINDS:
@@ -80,7 +80,7 @@ def group_scores(
     if kind == "random":
         generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(group.id.encode()))
         return torch.rand(group.channels, generator=generator, dtype=torch.float64)
-    params = dict(model.named_parameters()) if parameters is None else parameters
+    params = dict(model.named_parameters(remove_duplicate=False)) if parameters is None else parameters
     total = torch.zeros(group.channels, dtype=torch.float64)
     found = False
     for k, member in enumerate(group.members):
@@ -202,7 +202,7 @@ def plan_channels(
     groups: list[ChannelGroup] = []
     order: dict[str, list[int]] = {}  # channel indices, most important first
     normalized: list[tuple[float, int, int]] = []
-    parameters = dict(model.named_parameters())
+    parameters = dict(model.named_parameters(remove_duplicate=False))
     for group in groupset.prunable:
         try:
             scores = (

@@ -31,7 +31,7 @@ class ChannelMasks:
 
     @classmethod
     def from_plan(cls, plan: PruningPlan, model: nn.Module, per_layer: dict[str, float]) -> ChannelMasks:
-        params = dict(model.named_parameters())
+        params = dict(model.named_parameters(remove_duplicate=False))
         masks: dict[str, torch.Tensor] = {}
         for name, dims in plan.removals().items():
             if name not in params:  # buffers (BN running stats): a zeroed channel's γ and β silence them

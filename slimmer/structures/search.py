@@ -163,7 +163,7 @@ class _Site:
 def _masked_members(group: ChannelGroup, model: nn.Module) -> list[tuple[str, int, torch.Tensor]]:
     """(parameter, dim, channel of each position) of the tensors where the group's channels are
     produced: its BatchNorms' weight and bias, else its Conv/Linear producers' output rows and bias."""
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))
     modules = dict(model.named_modules())
     norms, producers = [], []
     for member in group.members:

@@ -74,7 +74,7 @@ class MaskSet:
 
     def apply(self, model: nn.Module) -> None:
         """Zero every pruned weight in place (idempotent)."""
-        params = dict(model.named_parameters())
+        params = dict(model.named_parameters(remove_duplicate=False))
         with torch.no_grad():
             for name, mask in self.masks.items():
                 p = params[name]

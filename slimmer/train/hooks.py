@@ -61,7 +61,7 @@ class MaskHook(TrainHook):
     def set_masks(self, model: nn.Module, masks: KeepMasks) -> None:
         """Switch to new masks (a schedule's update) and zero the newly pruned weights now."""
         self.masks = masks
-        params = dict(model.named_parameters())
+        params = dict(model.named_parameters(remove_duplicate=False))
         missing = sorted(set(masks.masks) - set(params))
         if missing:
             raise ConfigError(f"masks name parameters the model does not have: {', '.join(missing[:5])}")

@@ -26,7 +26,7 @@ REGULARIZERS: Registry[type[TrainHook]] = Registry("regularizer")
 
 
 def _params(model: nn.Module, names: Iterable[str], who: str) -> dict[str, nn.Parameter]:
-    found = dict(model.named_parameters())
+    found = dict(model.named_parameters(remove_duplicate=False))
     missing = [n for n in names if n not in found]
     if missing:
         raise ConfigError(f"{who}: the model has no parameter {', '.join(sorted(missing))}")

@@ -73,7 +73,7 @@ class SRSTEHook(TrainHook):
         self._handle: Any = None
 
     def on_start(self, model: nn.Module, total_steps: int) -> None:
-        params = dict(model.named_parameters())
+        params = dict(model.named_parameters(remove_duplicate=False))
         missing = [n for n in self.names if n not in params]
         if missing:
             raise ValueError(f"SR-STE: the model has no parameter(s) {', '.join(missing)}")
