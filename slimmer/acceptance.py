@@ -44,9 +44,10 @@ def failures(v: Verification, pruned: PruneResult, config: PruneConfig, macs: di
 
 
 def final_accuracy(acc: dict) -> float | None:
-    """The accuracy of the model that is exported: after fine-tuning, else after reconstruction, else
-    right after pruning (fractions in [0, 1]; None without labelled data)."""
-    for key in ("after_finetune", "after_reconstruct", "after_prune"):
+    """The accuracy of the model that is exported: after fine-tuning, else after BatchNorm
+    re-estimation, else after reconstruction, else right after pruning (fractions in [0, 1]; None
+    without labelled data)."""
+    for key in ("after_finetune", "after_recalibrate", "after_reconstruct", "after_prune"):
         if acc.get(key) is not None:
             return acc[key]
     return None

@@ -177,6 +177,8 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
         finetune.update(figures)
     if recovered.accuracy_after_reconstruct is not None:
         scores.acc["after_reconstruct"] = recovered.accuracy_after_reconstruct
+    if recovered.accuracy_after_recalibrate is not None:
+        scores.acc["after_recalibrate"] = recovered.accuracy_after_recalibrate
     if pruned.plan is not None and plan.scheduled:  # the schedule's last channel masks, removed once
         pruned, surgery = _shrink(model, pruned, example, say)
     if finetune and finetune.get("steps_done"):

@@ -41,12 +41,15 @@ class Recovered:
     model given, fine-tuned in place). ``pruned``: the pruning result as recovery leaves it (the
     regrown masks of ``--regrow``, layer folding's record). ``finetune``: the figures for the
     report's ``finetune`` section, None when there was no training data. ``accuracy_after_reconstruct``:
-    top-1 in % after least-squares reconstruction, when it ran and labels exist."""
+    top-1 in % after least-squares reconstruction, when it ran and labels exist;
+    ``accuracy_after_recalibrate``: the same after BatchNorm statistics were re-estimated (which
+    changes the model the earlier figures were taken on)."""
 
     model: nn.Module
     pruned: PruneResult
     finetune: dict | None
     accuracy_after_reconstruct: float | None = None
+    accuracy_after_recalibrate: float | None = None
 
 
 def scheduled(config: CompressConfig) -> bool:
@@ -167,7 +170,7 @@ def recover(
     if data is None or not len(data.train):
         return Recovered(model, pruned, None)
     done: dict = {}
-    after_reconstruct = None
+    after_reconstruct = after_recalibrate = None
     if reconstructs(config, pruned) and data.train.feed is not None:  # text: several inputs per sample
         done["reconstruction"] = {"skipped": "layer-wise reconstruction reads one float input; not run on text data"}
     elif reconstructs(config, pruned):
@@ -184,8 +187,10 @@ def recover(
         say("recalibrate", "re-estimating BatchNorm statistics after channel removal")
         recalibrate_bn(model, data.train, batches=20, batch_size=min(128, len(data.train)), seed=config.seed)
         done["bn_recalibrated"] = True
+        if evaluate is not None:  # the model the pruning and reconstruction figures describe has changed
+            after_recalibrate = evaluate(model)
     if config.finetune_steps == 0:
-        return Recovered(model, pruned, done, after_reconstruct)
+        return Recovered(model, pruned, done, after_reconstruct, after_recalibrate)
     hooks = _hooks(model, config, pruned, list(strategy))
     cfg = finetune_config(config.stages.recover, example, len(data.train), config.finetune_steps)
     teacher_or_none = distillation_teacher(teacher, config.stages.recover, data)
@@ -224,7 +229,7 @@ def recover(
             moved = sum(int((final[n] != m).sum()) for n, m in pruned.masks.masks.items())
             done["regrow"] = {"mask_changed": moved / max(1, pruned.masks.total)}
             pruned = pruned.but(masks=MaskSet(final, warnings=pruned.masks.warnings))
-    return Recovered(model, pruned, done, after_reconstruct)
+    return Recovered(model, pruned, done, after_reconstruct, after_recalibrate)
 
 
 def nm_mask_changed(model: nn.Module, masks: MaskSet) -> float:

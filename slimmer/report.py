@@ -81,7 +81,14 @@ class Report:
             table.add_row(
                 "accuracy",
                 _pct(acc.get("before")),
-                _pct(_last(acc.get("after_finetune"), acc.get("after_reconstruct"), acc.get("after_prune"))),
+                _pct(
+                    _last(
+                        acc.get("after_finetune"),
+                        acc.get("after_recalibrate"),
+                        acc.get("after_reconstruct"),
+                        acc.get("after_prune"),
+                    )
+                ),
             )
         lat = self.latency_ms
         if lat.get("before") is not None:

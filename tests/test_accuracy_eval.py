@@ -125,3 +125,25 @@ def test_max_accuracy_drop_without_labelled_data_is_a_usage_error(cli, tiny_ckpt
     assert run.code == 2, run.stderr
     assert "--max-accuracy-drop needs label" in run.json()["error"]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_the_accuracy_gated_is_the_exported_models_after_batchnorm_re_estimation(cli, tiny_ckpt, own_labels_npz):
+    """Channel pruning re-estimates BatchNorm statistics after surgery; the accuracy figures (and the
+    --max-accuracy-drop gate on them) were taken before it, on a model that is not the one exported."""
+    import onnxruntime as ort
+
+    out = tiny_ckpt.parent / "bn.onnx"
+    flags = ("--arch", "toy_models:Tiny", "--method", "channel", "--sparsity", "0.5", "--no-reconstruct")
+    run = cli("compress", tiny_ckpt, *flags, "--data", own_labels_npz, "--finetune-steps", "0", "-o", out, "--json")
+    assert run.code == 0, run.stderr
+    rep = run.json()
+    assert rep["finetune"]["bn_recalibrated"] is True
+    acc = rep["accuracy"]
+    splits = load_data(str(own_labels_npz), (1, 1, 8, 8), (0.0,), (1.0,))
+    n = rep["accuracy"]["evaluation"]["samples"]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: splits.eval.x[:n].numpy()})[0]
+    exported = float((logits.argmax(1) == splits.eval.y[:n].numpy()).mean())
+    assert acc["drop_points"] == pytest.approx(100 * (acc["before"] - exported), abs=1e-3)
+    assert acc["after_recalibrate"] == pytest.approx(exported, abs=1e-9)
+    assert acc["after_recalibrate"] != acc["after_prune"], "the re-estimation changed the model here"
