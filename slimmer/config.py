@@ -279,7 +279,8 @@ class CompressConfig:
     def from_dict(cls, d: dict[str, Any], **overrides: Any) -> CompressConfig:
         """The config a report's ``config`` section records (``--replay``), with ``overrides`` applied.
 
-        ``trust_remote_code`` is never taken from the file: only an override (the command line) sets it.
+        ``trust_remote_code`` and ``force`` are never taken from the file: only an override (the command
+        line) sets them (a replayed run never replaces files, nor runs code, because the recorded one did).
         Raises :class:`ConfigError` for a key this version does not know or a value of the wrong kind.
         """
         if not isinstance(d, dict):
@@ -292,7 +293,7 @@ class CompressConfig:
             )
         values: dict[str, Any] = {}
         for key, value in d.items():
-            if key == "trust_remote_code":
+            if key in ("trust_remote_code", "force"):
                 continue
             if key in _PATH_FIELDS and value is not None:
                 value = Path(value)

@@ -98,12 +98,26 @@ def check_paths(reads: Iterable[Path], writes: Mapping[str, Path], force: bool) 
                 )
     for option, path in items:
         check_name_length(path, option=option)
+        refuse_special(path, option)
         if os.path.lexists(path) and not force:
             what = f"a symbolic link to {os.readlink(path)}" if path.is_symlink() else "a file"
             raise OutputError(
                 f"{path} already exists ({what})",
                 hint="pass --force to replace it, or choose another -o/--output",
             )
+
+
+def refuse_special(path: Path, option: str = "-o/--output") -> None:
+    """Raises :class:`OutputError` (exit 3) when ``path`` (or what a link there points to) exists and is
+    neither a regular file nor a directory: a device such as ``/dev/null``, a pipe or a socket. Outputs
+    are written beside their name and renamed over it, which would replace the device node itself,
+    even with ``--force``."""
+    path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise OutputError(
+            f"{option} {path} is not a regular file (a device, pipe or socket); slimmer writes only regular files",
+            hint=f"choose another {option.split('/')[-1]} path",
+        )
 
 
 def _inside(folder: Path, path: Path) -> bool:

@@ -100,3 +100,41 @@ def test_demo_options_shared_with_compress_default_alike_unless_they_are_the_dem
     shared = (set(compress) & set(demo)) - recipe
     assert "--criterion" in shared
     assert {o: demo[o] for o in shared} == {o: compress[o] for o in shared}
+
+
+def test_replay_never_takes_force_from_the_file_and_never_overwrites_the_report_it_reads(cli, r20, tmp_path):
+    """The recorded run's --force used to be replayed: ``--replay R`` alone replaced R and the ONNX it
+    described; and ``-o R --force`` wrote the ONNX over the report being replayed."""
+    first = tmp_path / "a.onnx"
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "-o", first, "--force")
+    assert run.code == 0, run.stderr
+    report = tmp_path / "a.onnx.report.json"
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    again = cli("compress", "--replay", report, "--json")  # the recorded report path is the one read
+    assert again.code == 2, again.stderr
+    assert "would overwrite the input" in again.json()["error"]
+    taken = tmp_path / "b.onnx"
+    taken.write_bytes(b"not slimmer's")
+    before[taken.name] = taken.read_bytes()
+    kept = cli("compress", "--replay", report, "-o", taken, "--json")
+    assert kept.code == 3, kept.stderr
+    assert "already exists" in kept.json()["error"]
+    over = cli("compress", "--replay", report, "-o", report, "--report", tmp_path / "other.json", "--force", "--json")
+    assert over.code == 2, over.stderr
+    assert "would overwrite the input" in over.json()["error"]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_an_output_that_is_not_a_regular_file_is_refused_even_with_force(cli, r20, tmp_path):
+    """``-o /dev/null --force`` (as root) renamed the ONNX file over the device node itself."""
+    import os
+    import stat
+
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "-o", fifo, "--force", "--json")
+    assert run.code == 3, run.stderr
+    assert "not a regular file" in run.json()["error"]
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.onnx", r20.name]

@@ -16,6 +16,7 @@ from slimmer.cli import compress_options as options
 from slimmer.cli.render import emit_report, run_guarded, stage_printer
 from slimmer.config import CompressConfig, parse_floats, parse_shape
 from slimmer.errors import ConfigError, InputError
+from slimmer.paths import check_paths, compress_writes
 from slimmer.structures.rounding import parse_round_to
 
 
@@ -63,6 +64,7 @@ def run_compress(json_output: bool, debug: bool, replay: Path | None = None, giv
 
         if replay is not None:
             config = replay_config(replay, dict(given or {}))
+            check_paths([replay], compress_writes(config), force=True)  # the report replayed is an input too
         else:
             if opts.get("model") is None:
                 raise ConfigError(

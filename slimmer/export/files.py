@@ -18,11 +18,13 @@ from pathlib import Path
 import onnx
 
 from slimmer.errors import OutputError
+from slimmer.paths import refuse_special
 
 
 def check_writable(path: Path, force: bool) -> None:
     """Refuse early: an existing output without ``force``, or a directory we cannot write to."""
     path = Path(path)
+    refuse_special(path)
     if path.exists() and not force:
         raise OutputError(f"{path} already exists", hint="pass --force to replace it, or choose another -o/--output")
     if path.is_dir():
