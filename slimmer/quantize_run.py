@@ -19,6 +19,7 @@ from slimmer.export import int8
 from slimmer.export.files import check_writable, write_atomic
 from slimmer.export.quantize import default_output, quantize
 from slimmer.export.quantize_config import QuantizationFailed, QuantizeConfig, QuantizeResult
+from slimmer.paths import check_paths, data_reads
 from slimmer.report import Report
 
 
@@ -51,6 +52,8 @@ def run_quantize(job: QuantizeJob) -> Report:
     paths = [p.resolve() for p in (graph, output, report_path)]
     if len(set(paths)) != 3:
         raise ConfigError("the input graph, the int8 output and the report must be three different paths")
+    reads = [graph, *data_reads(job.data), *([Path(job.example_inputs)] if job.example_inputs is not None else [])]
+    check_paths(reads, {"-o/--output": output, "--report": report_path}, force=True)  # --force never replaces an input
     check_writable(output, job.force)
     check_writable(report_path, job.force)
     calibration, held_out, labels, source = _feeds(graph, job)

@@ -390,3 +390,17 @@ def test_compact_names_keeps_the_computation(graphs, tmp_path):
     x = graphs["x"][:8]
     want = ort.InferenceSession(str(src)).run(None, {"x": x})[0]
     assert np.array_equal(ort.InferenceSession(str(dst)).run(None, {"x": x})[0], want)
+
+
+def test_force_never_replaces_the_data_or_example_inputs_quantize_reads(cli, graphs, data_npz, tmp_path):
+    """``quantize --data D --report D --force`` wrote the report over the calibration data."""
+    graph = _copy(graphs["conv"], tmp_path)
+    data = data_npz("y_conv")
+    kept = data.read_bytes()
+    run = cli("quantize", graph, "--data", data, "--report", data, "--force", "--json")
+    assert run.code == 2, run.stderr
+    assert "would overwrite the input" in run.json()["error"]
+    run = cli("quantize", graph, "--example-inputs", data, "-o", data, "--force", "--json")
+    assert run.code == 2, run.stderr
+    assert data.read_bytes() == kept
+    assert not (tmp_path / "conv.int8.onnx").exists()
