@@ -2,6 +2,7 @@
 ``--data`` and NaN from the original model itself are refused before any work, naming the source."""
 
 import numpy as np
+import pytest
 import torch
 import toy_models
 from json_stdout import one_json
@@ -28,6 +29,24 @@ def test_kind11_negative_labels(cli, tiny_ckpt, tmp_path):
     data = _npz(tmp_path / "d.npz", x, np.r_[np.full(10, -1), np.arange(10)])
     run = cli("compress", tiny_ckpt, "--arch", "toy_models:Tiny", "--data", data)
     assert run.code == 3 and "labels range over -1..9" in run.stderr
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.eye(10)[np.arange(40) % 10], "'y' has shape (40, 10); labels must be one class id per sample"),
+        (np.full(40, 3.5), "'y' holds values that are not whole numbers"),
+    ],
+    ids=["one-hot", "fractional"],
+)
+def test_kind11_labels_that_are_not_class_ids(cli, tiny_ckpt, tmp_path, labels, message):
+    """One-hot labels crashed the accuracy count (exit 1); fractional ones were silently truncated."""
+    x = np.zeros((40, 8, 8), np.uint8)
+    data = _npz(tmp_path / "d.npz", x, labels)
+    run = cli("compress", tiny_ckpt, "--arch", "toy_models:Tiny", "--data", data, "--json")
+    assert run.code == 3, run.stderr
+    assert message in one_json(run.stdout)["error"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "tiny.pt"]
 
 
 def test_kind12_nan_pixel_in_the_data_names_the_data(cli, tiny_ckpt, tmp_path):

@@ -91,7 +91,22 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise InputError(f"{path}: 'x' has {len(x)} samples but 'y' has {len(y)}")
     if x.dtype == object or (y is not None and y.dtype == object):
         raise InputError(f"{path}: object arrays are not accepted")
+    if y is not None:
+        _check_class_ids(y, path)
     return x, y
+
+
+def _check_class_ids(y: np.ndarray, path: Path) -> None:
+    """Labels are one integer class id per sample: shape (N,), integer values. Raises :class:`InputError`."""
+    if y.ndim != 1:
+        hint = "; one-hot or soft labels: save y.argmax(1)" if y.ndim == 2 else ""
+        raise InputError(
+            f"{path}: 'y' has shape {tuple(y.shape)}; labels must be one class id per sample, shape (N,){hint}"
+        )
+    if y.dtype.kind not in "biuf":
+        raise InputError(f"{path}: 'y' has dtype {y.dtype}; labels must be integer class ids")
+    if y.dtype.kind == "f" and not bool(np.all(np.isfinite(y) & (y == np.round(y)))):
+        raise InputError(f"{path}: 'y' holds values that are not whole numbers; labels must be integer class ids")
 
 
 def to_model_input(
