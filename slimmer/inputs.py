@@ -203,6 +203,11 @@ def load_example_file(path: Path) -> list[InputSpec]:
     for name, value in arrays.items():
         if value.ndim == 0:
             raise InputError(f"--example-inputs {path}: array {name!r} is a scalar; inputs need a batch dimension")
+        if 0 in value.shape:
+            raise InputError(
+                f"--example-inputs {path}: array {name!r} has shape {tuple(value.shape)}: every dimension must be "
+                "at least 1 (at least one sample)"
+            )
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise InputError(f"--example-inputs {path}: array {name!r} holds NaN or infinite values")
         specs.append(InputSpec(name, value.dtype, tuple(value.shape), value=value.contiguous()))
@@ -384,7 +389,13 @@ def batch_of(args: tuple[Any, ...], size: int) -> tuple[Any, ...]:
 
 
 def check_finite_inputs(args: tuple[Any, ...], names: list[str]) -> None:
-    """Real example inputs must be finite (random ones are by construction)."""
+    """Real example inputs must be finite (random ones are by construction) and hold at least one
+    sample: a dimension of size 0 is an :class:`InputError` too."""
     for name, a in zip(names, (a for a in args if a is not None), strict=False):
+        if isinstance(a, torch.Tensor) and 0 in a.shape:
+            raise InputError(
+                f"the example input {name!r} has shape {tuple(a.shape)}: every dimension must be at least 1",
+                hint="give at least one sample (batch ≥ 1)",
+            )
         if isinstance(a, torch.Tensor) and a.is_floating_point() and not bool(torch.isfinite(a).all()):
             raise InputError(f"the example input {name!r} holds NaN or infinite values")

@@ -30,6 +30,7 @@ from slimmer.export.verify import (
 from slimmer.inputs import (
     ExampleInputs,
     InputSpec,
+    check_finite_inputs,
     fresh,
     load_example_file,
     parse_dynamic_axis,
@@ -145,6 +146,7 @@ def from_module(model: nn.Module, example_inputs: Any, config: CompressConfig) -
             if not isinstance(value, torch.Tensor) or value.ndim == 0:
                 raise ConfigError(f"example input {name!r} must be a tensor with a batch dimension")
             specs.append(InputSpec(name, value.dtype, tuple(value.shape), value=value.detach().cpu().contiguous()))
+        check_finite_inputs(tuple(s.value for s in specs), [s.name for s in specs])  # finite, at least one sample
         inputs = ExampleInputs.bind(model, specs, axes, config.dynamic_batch)
     return Loaded(
         model=model, inputs=inputs, source={"path": None, "sha256": None, "format": "nn.Module", "arch": None}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -135,3 +137,30 @@ def test_tied_weights_are_pruned_once_and_stay_tied(tmp_path, method):
         assert bool((zero.view(50, -1, 4).sum(-1) >= 2).all())
     else:
         assert result.report.sparsity["achieved"] == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "example, message",
+    [
+        (torch.randn(0, 3, 16, 16), "has shape (0, 3, 16, 16): every dimension must be at least 1"),
+        (torch.full((1, 3, 16, 16), float("nan")), "holds NaN or infinite values"),
+    ],
+    ids=["empty-batch", "nan"],
+)
+def test_an_example_input_without_samples_or_with_nan_is_an_input_error(tmp_path, example, message):
+    """A batch-0 example crashed the batch resizing with ZeroDivisionError (exit 1)."""
+    from slimmer.errors import InputError
+
+    model = user_models.BranchOnWidth().eval()
+    with pytest.raises(InputError, match=re.escape(message)) as caught:
+        api.compress(model, example, CompressConfig(output=tmp_path / "e.onnx"))
+    assert caught.value.exit_code == 3
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_example_inputs_file_with_an_empty_array_exits_3(cli, tiny_ckpt, tmp_path):
+    path = tmp_path / "ex.npz"
+    np.savez(path, x=np.zeros((0, 1, 8, 8), np.float32))
+    run = cli("compress", tiny_ckpt, "--arch", "toy_models:Tiny", "--example-inputs", path, "--json")
+    assert run.code == 3, run.stderr
+    assert "has shape (0, 1, 8, 8): every dimension must be at least 1" in run.json()["error"]
