@@ -158,6 +158,18 @@ def example_specs(model: nn.Module, config: Any) -> tuple[list[Any], list[tuple[
     )
 
 
+def read_json_object(path: Path) -> dict:
+    """The JSON object in ``path`` (a folder's ``config.json``, ``slimmer_pruned.json``). Raises
+    :class:`InputError` (exit 3) when the file cannot be read, is not JSON, or holds no object."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise InputError(f"{path}: not a readable JSON file ({type(error).__name__}: {error})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
 def load_folder(config: CompressConfig) -> Loaded:
     """Build the model of a Hugging Face folder, load its weights, derive its example inputs.
 
@@ -171,7 +183,7 @@ def load_folder(config: CompressConfig) -> Loaded:
 
     transformers = _transformers()
     folder = Path(config.model)
-    raw = json.loads((folder / "config.json").read_text())
+    raw = read_json_object(folder / "config.json")
     task = getattr(config, "task", None) or default_task(raw)
     if task not in TASKS:
         raise ConfigError(f"--task {task}: unknown; use one of {', '.join(TASKS)}")
@@ -182,9 +194,16 @@ def load_folder(config: CompressConfig) -> Loaded:
             f"{folder}/config.json needs code from the model's repository (auto_map)",
             hint="pass --trust-remote-code only if you trust that code",
         )
-    hf_config = transformers.AutoConfig.from_pretrained(
-        str(folder), trust_remote_code=config.trust_remote_code, local_files_only=True
-    )
+    try:
+        hf_config = transformers.AutoConfig.from_pretrained(
+            str(folder), trust_remote_code=config.trust_remote_code, local_files_only=True
+        )
+    except (ValueError, KeyError, OSError) as error:  # an unknown model_type, a field transformers refuses
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(
+            f"transformers cannot read {folder}/config.json: {first}",
+            hint="check the folder's config.json (model_type) and the installed transformers version",
+        ) from None
     auto = transformers.AutoModel if task == "feature-extraction" else transformers.AutoModelForSequenceClassification
     try:
         model = auto.from_config(hf_config, trust_remote_code=config.trust_remote_code)

@@ -165,14 +165,14 @@ def load_pruned(folder: Path, task: str | None = None) -> nn.Module:
     from safetensors.torch import load_file
 
     from slimmer.graph import build_groups
-    from slimmer.hf import _transformers, example_specs
+    from slimmer.hf import _transformers, example_specs, read_json_object
     from slimmer.inputs import ExampleInputs
     from slimmer.structures.plan import PruningPlan
     from slimmer.surgery import remove_channels
 
     transformers = _transformers()
     folder = Path(folder)
-    info = json.loads((folder / INFO_FILE).read_text())
+    info = read_json_object(folder / INFO_FILE)
     task = task or info.get("task", "feature-extraction")
     config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
     for key in ("auto_map", "slimmer_pruned"):  # the original class, never the folder's code

@@ -87,6 +87,28 @@ def test_weights_that_do_not_match_the_config_are_refused(compress_json, bert_fo
     assert not list(tmp_path.glob("*.onnx"))
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "config.json: not a readable JSON file (JSONDecodeError"),
+        ("[1, 2]", "config.json: holds a JSON list, not an object"),
+        (None, "transformers cannot read"),  # a model_type transformers does not know
+    ],
+    ids=["not-json", "not-an-object", "unknown-model-type"],
+)
+def test_a_config_json_that_cannot_be_read_exits_3_naming_it(compress_json, bert_folder, tmp_path, text, message):
+    """These crashed with JSONDecodeError, AttributeError or transformers' ValueError (exit 1)."""
+    if text is None:
+        config = json.loads((bert_folder / "config.json").read_text())
+        config["model_type"] = "nosuchmodel"
+        text = json.dumps(config)
+    (bert_folder / "config.json").write_text(text)
+    run, report = compress_json(bert_folder, "--method", "channel")
+    assert run.code == 3, run.stderr
+    assert message in report["error"]
+    assert not list(tmp_path.glob("*.onnx"))
+
+
 def test_remote_code_needs_trust(compress_json, bert_folder):
     config = json.loads((bert_folder / "config.json").read_text())
     config["auto_map"] = {"AutoModel": "modeling_custom.CustomModel"}
