@@ -78,10 +78,14 @@ def accuracy_failures(acc: dict, config: VerifyConfig) -> tuple[list[str], dict]
 def nm_failures(path: Path, pruned: PruneResult) -> tuple[list[str], dict]:
     """Read the exported initializers back and check the N:M pattern in each of them; returns the
     failures and the figures for the report's ``pruning.nm``."""
-    from slimmer.structures.nm import check_onnx_nm, compressed_size
+    from slimmer.structures.nm import check_onnx_nm, compressed_size, locate_pruned_weights
 
-    skipped = {f"{layer}.weight" for layer in pruned.nm.skipped}
-    checked = {k: v for k, v in check_onnx_nm(path, pruned.nm.n, pruned.nm.m).items() if k not in skipped}
+    located = locate_pruned_weights(path, pruned.nm.masks.masks)
+    if located is not None:  # every pruned weight found: those are the ones held to the pattern
+        checked = check_onnx_nm(path, pruned.nm.n, pruned.nm.m, names=sorted(set(located.values())))
+    else:  # one was transformed on export: every weight initializer but the layers left dense
+        skipped = {f"{layer}.weight" for layer in pruned.nm.skipped}
+        checked = {k: v for k, v in check_onnx_nm(path, pruned.nm.n, pruned.nm.m).items() if k not in skipped}
     bad = sorted(name for name, ok in checked.items() if not ok)
     figures = {
         "onnx_initializers_checked": len(checked),

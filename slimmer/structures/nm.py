@@ -191,6 +191,45 @@ def check_onnx_nm(path: str | Path, n: int, m: int, names: Iterable[str] | None 
     }
 
 
+def locate_pruned_weights(path: str | Path, masks: dict[str, torch.Tensor]) -> dict[str, str] | None:
+    """``{parameter name: initializer name}``: where each N:M-pruned weight of ``masks`` (keep-masks by
+    parameter name, torch layout) is in the ONNX file, or None when one of them cannot be found.
+
+    An initializer of a Conv, Gemm or MatMul is a pruned weight's when it carries the parameter's name,
+    or when, in the torch layout, it has the mask's shape and is zero wherever the mask removed a
+    weight. Weights that N:M did not prune (``nn.MultiheadAttention.in_proj_weight``, a bare parameter
+    in a matmul) are none of these, so the read-back does not hold them to the pattern.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    layouts = onnx_weight_layouts(model)
+    arrays = {}
+    for init in model.graph.initializer:
+        if init.name in layouts:
+            array = numpy_helper.to_array(init)
+            arrays[init.name] = array.T if layouts[init.name] == "IO" and array.ndim == 2 else array
+    found: dict[str, str] = {}
+    for name, mask in masks.items():
+        if name in arrays:
+            found[name] = name
+            continue
+        removed = ~mask.cpu().numpy().astype(bool)
+        match = next(
+            (
+                init
+                for init, array in arrays.items()
+                if init not in found.values() and array.shape == removed.shape and not array[removed].any()
+            ),
+            None,
+        )
+        if match is None:
+            return None
+        found[name] = match
+    return found
+
+
 def nm_metadata(n: int, m: int, layers: Iterable[str]) -> dict[str, str]:
     """ONNX ``metadata_props`` entries recording the pattern and which weights carry it."""
     names = sorted(layers)

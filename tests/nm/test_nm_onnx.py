@@ -83,3 +83,64 @@ def test_transposed_matmul_weights_are_checked_on_their_input_axis(tmp_path) -> 
     for name, layout in layouts.items():
         wrong = "OI" if layout == "IO" else "IO"
         assert not check_nm(weights[name], 2, 4, wrong) or weights[name].shape[0] == weights[name].shape[1]
+
+
+class BareMatmul(nn.Module):
+    """A weight N:M does not prune (a bare parameter in a matmul) beside a Linear it does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Parameter(torch.randn(16, 32))
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(x @ self.proj))
+
+
+@pytest.mark.parametrize(
+    "build, example",
+    [
+        (BareMatmul, (2, 16)),
+        (lambda: nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0), (2, 6, 32)),
+    ],
+    ids=["bare-parameter", "multi-head-attention"],
+)
+def test_weights_nm_did_not_prune_are_not_held_to_the_pattern(tmp_path, build, example) -> None:
+    """The read-back checked every weight initializer of the file, so a weight N:M never pruned
+    (``in_proj_weight``, a bare parameter) failed the run with exit 5."""
+    from slimmer import api
+    from slimmer.config import CompressConfig
+
+    torch.manual_seed(0)
+    result = api.compress(
+        build().eval(), torch.randn(*example), CompressConfig(methods=("nm",), output=tmp_path / "n.onnx")
+    )
+    assert result.report.status == "ok", result.report.error
+    nm = result.report.pruning["nm"]
+    assert nm["onnx_initializers_checked"] == nm["onnx_initializers_with_pattern"] == len(nm["layers"]) >= 1
+
+
+def test_a_pruned_weight_that_lost_its_pattern_in_the_file_is_still_caught(tmp_path) -> None:
+    from slimmer.acceptance import nm_failures
+    from slimmer.prune_result import PruneResult
+
+    torch.manual_seed(0)
+    model = BareMatmul().eval()
+    result = nm_masks(model, 2, 4)
+    assert result.layers == ["fc.weight"]
+    result.masks.apply(model)
+    path = tmp_path / "bare.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 16),), str(path), dynamo=True, external_data=False)
+    failures, figures = nm_failures(path, PruneResult(nm=result))
+    assert failures == [] and figures["onnx_initializers_checked"] == 1
+
+    graph = onnx.load(str(path))
+    layouts = onnx_weight_layouts(graph)
+    for init in graph.graph.initializer:  # every weight in the file made dense again
+        if init.name in layouts:
+            init.CopyFrom(numpy_helper.from_array(np.ones_like(numpy_helper.to_array(init)), init.name))
+    onnx.save(graph, str(path))
+    failures, figures = nm_failures(path, PruneResult(nm=result))
+    assert len(failures) == 1 and "N:M pattern broken in the exported initializers" in failures[0]
