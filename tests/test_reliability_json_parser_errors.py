@@ -27,6 +27,8 @@ def _main(monkeypatch, capsys, *args: str):
         (["inspect", "m.pt", "--json", "--bogus"], "--bogus"),
         (["verify", "--json", "m.pt"], "exported"),
         (["nosuchcommand", "--json"], "nosuchcommand"),
+        (["compress", "m.pt", "--json", "-h"], "-h"),  # -h is no help option: it printed no JSON at all
+        (["compress", "m.pt", "--output-name", "--help", "--bogus", "--json"], "--bogus"),  # --help as a value
     ],
 )
 def test_parser_errors_print_one_json_object(monkeypatch, capsys, tmp_path, args, named):

@@ -75,7 +75,7 @@ def _main_json() -> int:
         code = 1
     if code == EXIT_INTERRUPTED and not message:
         message = "interrupted; no output was written"
-    if JSON_WRITTEN["count"] == before and not _printed_help() and not _other_rank():
+    if JSON_WRITTEN["count"] == before and not _printed_help(code) and not _other_rank():
         payload = Report(status="ok" if code == 0 else "failed", exit_code=code, error=message or None).to_dict()
         payload["hint"] = hint
         write_json(payload)
@@ -88,9 +88,11 @@ def _other_rank() -> bool:
     return bool(dist is not None and dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
 
 
-def _printed_help() -> bool:
-    """``--help`` (or no arguments) prints the usage text instead of running: no JSON object then."""
-    return any(a in ("--help", "-h") for a in sys.argv[1:])
+def _printed_help(code: int) -> bool:
+    """``--help`` printed the usage text instead of running (exit 0): no JSON object then. ``-h`` is not
+    a help option, and a ``--help`` that did not print help (an option value, a run that failed) leaves
+    the failure's JSON object to be written."""
+    return code == 0 and "--help" in sys.argv[1:]
 
 
 def _leave(code: int | str | None) -> None:
