@@ -126,6 +126,8 @@ class CompressConfig:
 
     def __post_init__(self) -> None:
         """Build the stage configs (each validates its own options), then check the rules that span stages."""
+        if isinstance(self.methods, str):  # methods="channel,nm": the names, as --method takes them
+            object.__setattr__(self, "methods", tuple(m.strip() for m in self.methods.split(",") if m.strip()))
         if self.kd_weight is not None:
             if self.kd is False:
                 raise ConfigError(

@@ -23,6 +23,11 @@ def default_criterion(methods: tuple[str, ...], regularizer: str | None = None) 
     return "magnitude"
 
 
+MAX_SEED = 2**63 - 2**20
+"""The largest --seed: random streams are seeded with the seed plus an offset (a batch, an epoch, a rank),
+which must stay within the 64-bit range torch and numpy take."""
+
+
 @dataclass(frozen=True)
 class PruneConfig(StageConfig):
     """The pruning stage (``slimmer.prune``): the methods, their target, criterion and scope, the schedule."""
@@ -101,8 +106,8 @@ class PruneConfig(StageConfig):
             from slimmer.structures.rounding import check_round_to
 
             check_round_to(self.round_to)  # an int ≥ 1 or "relative"; ConfigError otherwise
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"--seed must be ≥ 0, got {self.seed}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"--seed must be an integer from 0 to {MAX_SEED}, got {self.seed}")
 
     @property
     def latency_constants(self):

@@ -59,3 +59,21 @@ def test_default_output_and_report_paths(tmp_path):
 def test_config_rejects_with_named_option(kwargs, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         CompressConfig(model=tmp_path / "m.pt", **kwargs)
+
+
+def test_a_seed_beyond_the_64_bit_range_is_a_usage_error(cli, tiny_ckpt):
+    """--seed 18446744073709551615 overflowed when the verification batches were seeded (exit 1)."""
+    from slimmer.prune_config import MAX_SEED
+
+    run = cli("compress", tiny_ckpt, "--arch", "toy_models:Tiny", "--seed", str(2**64 - 1), "--json")
+    assert run.code == 2, run.stderr
+    assert f"--seed must be an integer from 0 to {MAX_SEED}" in run.json()["error"]
+    ok = cli("compress", tiny_ckpt, "--arch", "toy_models:Tiny", "--seed", str(MAX_SEED), "--json")
+    assert ok.code == 0, ok.stderr
+
+
+def test_methods_given_as_one_string_are_split_like_the_option():
+    from slimmer.config import CompressConfig
+
+    assert CompressConfig(methods="channel").methods == ("channel",)
+    assert CompressConfig(methods="channel, nm").methods == ("channel", "nm")
