@@ -86,6 +86,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], arch_name: str, 
     BatchNorm's own loader fills an absent counter with 0.
     """
     check_tensors(state)
+    state, tied = _fill_tied(model, state)
     own = model.state_dict()
     counters = [k for k in own if k not in state and k.endswith("num_batches_tracked")]
     missing = [k for k in own if k not in state and k not in counters]
@@ -108,9 +109,29 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], arch_name: str, 
             hint="check that --arch names the architecture these weights were trained with",
         )
     model.load_state_dict(state, strict=True, assign=assign)
+    notes = []
     if counters:
-        return [f"{len(counters)} BatchNorm num_batches_tracked counters were absent from the checkpoint (not needed)"]
-    return []
+        notes.append(
+            f"{len(counters)} BatchNorm num_batches_tracked counters were absent from the checkpoint (not needed)"
+        )
+    if tied:
+        notes.append(f"{', '.join(tied[:3])}: a tied weight the checkpoint stores once, taken from the name it shares")
+    return notes
+
+
+def _fill_tied(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` with every name of a tied tensor (one tensor registered under several names, such as
+    an embedding shared with the output projection) that it lacks taken from a name it holds, as
+    ``safetensors.torch.save_model`` stores shared tensors once; and the names filled."""
+    names: dict[int, list[str]] = {}
+    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        names.setdefault(id(tensor), []).append(name)
+    filled: dict[str, torch.Tensor] = {}
+    for aliases in names.values():
+        present = [n for n in aliases if n in state]
+        if len(aliases) > 1 and present:
+            filled.update({n: state[present[0]] for n in aliases if n not in state})
+    return ({**state, **filled}, sorted(filled)) if filled else (state, [])
 
 
 def check_finite(model: nn.Module) -> None:

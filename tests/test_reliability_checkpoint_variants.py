@@ -76,3 +76,34 @@ def test_kind13_other_globals_are_still_refused(cli, tmp_path):
     torch.save(ckpt, tmp_path / "mod.pt")
     run = _compress(cli, tmp_path / "mod.pt", "toy_models:Tiny")
     assert run.code == 3 and "toy_models.Tiny" in run.stderr and "Refused" in run.stderr
+
+
+def test_tied_weights_stored_once_as_safetensors_save_model_writes_them_are_accepted(cli, tmp_path):
+    """``safetensors.torch.save_model`` keeps one name of a shared tensor; the other was a missing key (exit 3)."""
+    import user_models
+    from safetensors.torch import load_file, save_model
+
+    torch.manual_seed(0)
+    model = user_models.TiedLM()
+    save_model(model, str(tmp_path / "tied.safetensors"))
+    stored = load_file(str(tmp_path / "tied.safetensors"))
+    assert ("emb.weight" in stored) != ("out.weight" in stored), "one name of the two is stored"
+    run = cli(
+        "compress", tmp_path / "tied.safetensors", "--arch", "user_models:TiedLM",
+        "--input", "ids:int64[1,5]:0..49", "--json",
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    report = one_json(run.stdout)
+    assert any("a tied weight the checkpoint stores once" in w for w in report["warnings"])
+    assert report["params"]["before"] == sum(p.numel() for p in model.parameters())
+
+
+def test_a_missing_key_that_is_not_tied_is_still_refused(cli, tmp_path):
+    import user_models
+    from safetensors.torch import save_file
+
+    state = {k: v for k, v in user_models.TiedLM().state_dict().items() if k not in ("emb.weight", "out.weight")}
+    save_file(state, str(tmp_path / "cut.safetensors"))
+    ckpt = tmp_path / "cut.safetensors"
+    run = cli("compress", ckpt, "--arch", "user_models:TiedLM", "--input", "ids:int64[1,5]:0..49")
+    assert run.code == 3 and "2 missing keys" in run.stderr
