@@ -107,6 +107,11 @@ def check_paths(reads: Iterable[Path], writes: Mapping[str, Path], force: bool) 
             )
 
 
+PUBLISHED: list[Path] = []
+"""Every output this process has published (appended by :func:`slimmer.export.files.commit`): what a run
+interrupted or failing later, in a later stage, must not claim it did not write."""
+
+
 def refuse_special(path: Path, option: str = "-o/--output") -> None:
     """Raises :class:`OutputError` (exit 3) when ``path`` (or what a link there points to) exists and is
     neither a regular file nor a directory: a device such as ``/dev/null``, a pipe or a socket. Outputs

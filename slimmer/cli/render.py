@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from slimmer.cli.stdio import stdout_to_stderr, strip_ansi
 from slimmer.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, SlimmerError
+from slimmer.paths import PUBLISHED
 from slimmer.report import Report
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -68,7 +69,14 @@ def emit_report(report: Report, json_mode: bool) -> None:
 
 
 def run_guarded(fn: Callable[[], Any], *, debug: bool, json_mode: bool) -> Any:
-    """Call ``fn``; map errors to exit codes with one clear message (tracebacks only with --debug)."""
+    """Call ``fn``; map errors to exit codes with one clear message (tracebacks only with --debug). A
+    failure after an output was published (the float ONNX file before ``--quantize int8``) names it."""
+    start = len(PUBLISHED)
+
+    def written(message: str) -> str:
+        done = PUBLISHED[start:]
+        return f"{message}; written before it: {', '.join(map(str, done))}" if done else message
+
     try:
         with stdout_to_stderr(json_mode):
             return fn()
@@ -77,11 +85,12 @@ def run_guarded(fn: Callable[[], Any], *, debug: bool, json_mode: bool) -> Any:
     except SlimmerError as exc:
         if debug:
             traceback.print_exc()
-        _fail(exc.exit_code, exc.message, exc.hint, json_mode)
+        _fail(exc.exit_code, written(exc.message), exc.hint, json_mode)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # we are exiting: a second Ctrl-C must not escape
         try:
-            _fail(EXIT_INTERRUPTED, "interrupted; no output was written", None, json_mode)
+            message = written("interrupted") if PUBLISHED[start:] else "interrupted; no output was written"
+            _fail(EXIT_INTERRUPTED, message, None, json_mode)
         finally:
             # The temporary files are already removed (the interrupt unwound through their cleanup).
             # Exit now: an interrupt landing inside torch's exporter can leave a pending signal that
@@ -94,10 +103,10 @@ def run_guarded(fn: Callable[[], Any], *, debug: bool, json_mode: bool) -> Any:
         if debug:
             traceback.print_exc()
         if is_out_of_memory(exc):
-            _fail(3, f"out of memory: {first_line(exc)}", OOM_HINT, json_mode)
+            _fail(3, written(f"out of memory: {first_line(exc)}"), OOM_HINT, json_mode)
         _fail(
             EXIT_INTERNAL,
-            f"internal error: {type(exc).__name__}: {exc}",
+            written(f"internal error: {type(exc).__name__}: {exc}"),
             "this is a bug in slimmer; rerun with --debug and report the traceback",
             json_mode,
         )

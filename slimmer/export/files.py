@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 
 from slimmer.errors import OutputError
-from slimmer.paths import refuse_special
+from slimmer.paths import PUBLISHED, refuse_special
 
 
 def check_writable(path: Path, force: bool) -> None:
@@ -97,6 +97,7 @@ def commit(temp: Path, final: Path, *, replace: bool = True) -> None:
         temp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from None
     _fsync_dir(final.parent if str(final.parent) else Path("."))
+    PUBLISHED.append(Path(final))
 
 
 def _publish_new(temp: Path, final: Path) -> None:
