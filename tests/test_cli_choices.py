@@ -138,3 +138,18 @@ def test_an_output_that_is_not_a_regular_file_is_refused_even_with_force(cli, r2
     assert "not a regular file" in run.json()["error"]
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.onnx", r20.name]
+
+
+def test_no_help_text_turns_into_an_emoji():
+    """rich renders ``:name:`` as an emoji: "N:M: hold" showed as "NⓂ hold" in --help."""
+    import re
+
+    import typer.main
+    from rich._emoji_codes import EMOJI
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        for text in texts:
+            codes = [c for c in re.findall(r":([a-zA-Z0-9_+-]+):", text) if c.lower() in EMOJI]
+            assert not codes, f"{name}: {text!r} renders {codes} as emoji"

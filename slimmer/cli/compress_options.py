@@ -253,7 +253,7 @@ regrow = typer.Option(
 nm_fixed_mask = typer.Option(
     False,
     "--nm-fixed-mask",
-    help="N:M: hold the one-shot pattern fixed while fine-tuning (default: SR-STE may move it)",
+    help="hold the one-shot N:M pattern fixed while fine-tuning (default: SR-STE may move it)",
     rich_help_panel=RECOVERY,
 )
 reconstruct = typer.Option(
