@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from slimmer.config import CompressConfig
-from slimmer.errors import ConfigError
+from slimmer.errors import ConfigError, InputError
 from slimmer.export import files
 from slimmer.export import onnx as onnx_export
 from slimmer.export.verify import (
@@ -194,9 +194,20 @@ class Measured:
 
 def read_data(config: CompressConfig, loaded: Loaded) -> DataSplits | None:
     """``--data`` for a one-input model (images normalized with ``--mean``/``--std`` or the
-    architecture's). Raises :class:`ConfigError` for a model with other inputs."""
+    architecture's). Raises :class:`ConfigError` for a model with other inputs, :class:`InputError`
+    when ``--finetune-steps`` asks for training and no sample is left to train on."""
     if config.data is None:
         return None
+    data = _read_data(config, loaded)
+    if config.finetune_steps > 0 and not len(data.train):
+        raise InputError(
+            f"--data {config.data}: no sample is left to fine-tune on ({len(data.eval)} held out for evaluation)",
+            hint="give more samples, or a smaller --val-fraction, or drop --finetune-steps",
+        )
+    return data
+
+
+def _read_data(config: CompressConfig, loaded: Loaded) -> DataSplits:
     from slimmer.train.text import is_text_source
 
     if is_text_source(config.data):  # .txt / .jsonl, tokenized with the model folder's tokenizer

@@ -69,3 +69,12 @@ def test_kind12_nan_from_the_model_itself_names_the_model(cli, tmp_path):
     assert "the original model itself produces non-finite outputs" in error and "before any pruning" in error
     assert "onnxruntime" not in error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.pt"]
+
+
+def test_fine_tuning_asked_with_no_sample_left_to_train_on_exits_3(cli, tiny_ckpt, tmp_path):
+    """One sample, all held out for evaluation: --finetune-steps 3 ran nothing, exit 0, no warning."""
+    data = _npz(tmp_path / "one.npz", np.zeros((1, 8, 8), np.uint8), np.zeros(1, np.int64))
+    run = cli("compress", tiny_ckpt, "--arch", "toy_models:Tiny", "--data", data, "--finetune-steps", "3", "--json")
+    assert run.code == 3, run.stderr
+    assert "no sample is left to fine-tune on (1 held out for evaluation)" in one_json(run.stdout)["error"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.npz", "tiny.pt"]
