@@ -184,6 +184,8 @@ def _flow(loaded: Loaded, config: CompressConfig, say: Progress, start: float) -
     if finetune and finetune.get("steps_done"):
         scores.record("after_finetune", model)
         clock.lap("finetune")
+    elif finetune:  # reconstruction or BatchNorm re-estimation without training: not export's time
+        clock.lap("recover")
 
     report = assemble(loaded, config, plan, measured, pruned, surgery, finetune, scores, model, example)
     info = current_dist()
