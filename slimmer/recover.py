@@ -187,7 +187,7 @@ def recover(
         say("recalibrate", "re-estimating BatchNorm statistics after channel removal")
         recalibrate_bn(model, data.train, batches=20, batch_size=min(128, len(data.train)), seed=config.seed)
         done["bn_recalibrated"] = True
-        if evaluate is not None:  # the model the pruning and reconstruction figures describe has changed
+        if evaluate is not None and config.finetune_steps == 0:  # else after_finetune describes the model
             after_recalibrate = evaluate(model)
     if config.finetune_steps == 0:
         return Recovered(model, pruned, done, after_reconstruct, after_recalibrate)

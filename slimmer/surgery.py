@@ -193,10 +193,9 @@ class _RestorePoint:
 
     def __init__(self, model: nn.Module, plan: PruningPlan, masked_values: tuple[Slice, ...] | None = None) -> None:
         self.modules = [(module, self._copy(module.__dict__)) for module in model.modules()]
-        own = slice_values(model, plan) if masked_values is None else None
-        if own is None and not _same_slices(model, plan, masked_values):
-            own = slice_values(model, plan)  # the tensors were replaced or the plan changed since
-        self.slices = own if own is not None else masked_values
+        if masked_values is None or not _same_slices(model, plan, masked_values):
+            masked_values = slice_values(model, plan)  # none given, or the tensors or the plan changed since
+        self.slices = masked_values
 
     @classmethod
     def _copy(cls, attributes: dict[str, Any]) -> dict[str, Any]:
