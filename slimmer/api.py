@@ -27,6 +27,7 @@ from torch import nn
 from slimmer import acceptance
 from slimmer.assemble import Scores, assemble
 from slimmer.config import CompressConfig
+from slimmer.errors import ConfigError
 from slimmer.export import files
 from slimmer.export import onnx as onnx_export
 from slimmer.paths import check_paths, compress_reads, compress_writes
@@ -120,6 +121,7 @@ def run(config: CompressConfig, progress: Progress | None = None) -> Report:
 
 def _preflight(config: CompressConfig) -> None:
     onnx_export.preflight()
+    _check_applies(config)
     init_from_env()  # joins the torchrun process group when there is one
     check_paths(compress_reads(config), compress_writes(config), config.force)  # no output aliases an input
     for path in (config.output_path, config.report_path, plan_path(config.output_path), config.int8_path):
@@ -129,6 +131,21 @@ def _preflight(config: CompressConfig) -> None:
         from slimmer.hf_save import check_target
 
         check_target(config)
+
+
+def _check_applies(config: CompressConfig) -> None:
+    """Options that would be ignored on this run are usage errors (exit 2), not silent no-ops."""
+    from slimmer.hf import is_folder
+    from slimmer.train.distributed import resolve_device
+
+    if config.task is not None and not (config.model is not None and is_folder(config.model)):
+        raise ConfigError(
+            f"--task {config.task} chooses the head of a Hugging Face model folder; {config.model or 'this model'} "
+            "is not one",
+            hint="drop --task",
+        )
+    if config.device != "auto":
+        resolve_device(config.device)  # --device cuda without CUDA is refused even when nothing is trained
 
 
 class _Clock:

@@ -71,6 +71,13 @@ class PruneConfig(StageConfig):
             check_fraction("--macs-target", self.macs_target, low_open=True, high_open=False)
             if not {"channel", "search"} & set(self.methods):
                 raise ConfigError("--macs-target applies to --method channel or search", hint="add --method channel")
+            if self.sparsity is not None and "channel" in self.methods and "unstructured" not in self.methods:
+                # with unstructured,channel the sparsity is the unstructured one; alone, one would be dropped
+                raise ConfigError(
+                    f"--sparsity {self.sparsity:g} and --macs-target {self.macs_target:g} both set how many "
+                    "channels --method channel removes",
+                    hint="give one: --macs-target keeps a fraction of the MACs, --sparsity a fraction of channels",
+                )
         self._check_speedup()
         if self.latency_aware and "channel" not in self.methods:
             raise ConfigError("--latency-aware applies to --method channel", hint="add --method channel")

@@ -161,3 +161,29 @@ def test_output_name_too_long_is_refused_before_loading(cli, tiny_ckpt, tmp_path
     assert "loading" not in run.stderr  # refused before any work
     assert one_json(run.stdout)["exit_code"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.pt"]
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (["--task", "sequence-classification"], "is not one"),  # --task chooses a Hugging Face folder's head
+        (["--device", "cuda"], "CUDA is not available"),  # nothing trained: it was ignored
+        (["--device", "cuda:3"], "CUDA"),
+    ],
+)
+def test_options_that_would_be_ignored_are_usage_errors(cli, tiny_ckpt, options, says):
+    if options[0] == "--device" and torch.cuda.device_count() > 3:
+        pytest.skip("this machine has the CUDA devices asked for")
+    run = cli("compress", tiny_ckpt, "--arch", "toy_models:Tiny", *options, "--json")
+    assert run.code == 2, run.stderr
+    assert says in run.json()["error"]
+    assert sorted(p.name for p in tiny_ckpt.parent.iterdir()) == ["tiny.pt"]
+
+
+def test_sparsity_beside_a_macs_target_is_a_usage_error_unless_unstructured_takes_it(cli, tiny_ckpt):
+    both = ("--macs-target", "0.5", "--sparsity", "0.3", "--json")
+    run = cli("compress", tiny_ckpt, "--arch", "toy_models:Tiny", "--method", "channel", *both)
+    assert run.code == 2 and "both set how many channels" in run.json()["error"]
+    from slimmer.config import CompressConfig
+
+    CompressConfig(methods=("unstructured", "channel"), macs_target=0.5, sparsity=0.3)  # each has its own target

@@ -54,6 +54,7 @@ def test_stage_configs_are_built_once_from_the_options_and_frozen() -> None:
     [
         (PruneConfig, {"sparsity": 1.0}, "--sparsity must be a number in [0, 1)"),
         (PruneConfig, {"methods": ("unstructured",), "macs_target": 0.5}, "--macs-target applies to --method channel"),
+        (PruneConfig, {"methods": ("channel",), "macs_target": 0.5, "sparsity": 0.3}, "both set how many channels"),
         (PruneConfig, {"criterion": "magnitud"}, "--criterion 'magnitud' is not one of"),
         (PruneConfig, {"methods": ("channel", "nm"), "schedule": "gradual"}, "works with --method unstructured or"),
         (RecoverConfig, {"lr": 0.0}, "--lr must be a finite number > 0"),
