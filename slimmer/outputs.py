@@ -108,6 +108,28 @@ def named_leaves(out: Any) -> list[tuple[str, torch.Tensor]]:
     return [(_key_name(path), leaf) for path, leaf in leaves if isinstance(leaf, torch.Tensor)]
 
 
+def has_other_leaves(out: Any) -> bool:
+    """True when ``out`` holds leaves that are not tensors (an ``int`` or ``str`` field, a float in a
+    dict): the ONNX graph cannot return them, so the exporter is given :class:`TensorLeaves`."""
+    if isinstance(out, torch.Tensor):
+        return False
+    register_output_types(out)
+    return any(not isinstance(leaf, torch.Tensor) for leaf in pytree.tree_leaves(out))
+
+
+class TensorLeaves(torch.nn.Module):
+    """``model`` returning the tuple of its output's tensor leaves in pytree order (the names
+    :func:`output_names` gives), without the non-tensor leaves. Exported in place of a model whose
+    output :func:`has_other_leaves`; its parameters are ``model.``-prefixed."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(leaf for leaf in pytree.tree_leaves(self.model(*args)) if isinstance(leaf, torch.Tensor))
+
+
 def output_names(out: Any) -> list[str]:
     """ONNX-friendly names of the tensor leaves (unique, ``.`` kept)."""
     return [name for name, _ in named_leaves(out)]

@@ -114,6 +114,26 @@ def test_structured_outputs_are_verified_leaf_by_leaf(compress_json, tmp_path, m
     assert report["verification"]["top1_agreement"] is not None  # read from the logits leaf
 
 
+@pytest.mark.parametrize(
+    ("model", "options", "leaves"),
+    [
+        ("DataclassScalarsOut", ["--method", "channel"], ["logits", "embedding"]),
+        ("DictScalarsOut", ["--exporter", "legacy"], ["logits"]),
+    ],
+)
+def test_outputs_with_non_tensor_fields_export_their_tensors(compress_json, tmp_path, model, options, leaves):
+    """An int, str, float or bool beside the tensors is left out of the graph (exit 4 before)."""
+    ckpt = _save(tmp_path, getattr(user_models, model)(), model)
+    run, report = compress_json(ckpt, "--arch", f"user_models:{model}", "--input-shape", "1,1,28,28", *options)
+    assert run.code == 0, run.stderr
+    _pruned(report, options[1] if options[0] == "--method" else "unstructured")
+    assert [c["output"] for c in report["verification"]["outputs"]] == leaves * 2  # batches 1 and 3
+    session = ort.InferenceSession(report["onnx"]["path"])
+    assert [o.name for o in session.get_outputs()] == leaves
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    assert all(out.shape[0] == 2 for out in session.run(None, {session.get_inputs()[0].name: x}))
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_example_inputs_from_an_npz(compress_json, tmp_path, method):
     torch.manual_seed(0)

@@ -84,6 +84,29 @@ class DataclassOut(_ConvNet):
         return Prediction(logits=self.head(f), embedding=f)
 
 
+@dataclasses.dataclass
+class PredictionWithScalars:
+    logits: torch.Tensor
+    num_layers: int
+    label: str
+    embedding: torch.Tensor | None = None
+
+
+class DataclassScalarsOut(_ConvNet):
+    """A dataclass holding an ``int`` and a ``str`` beside its tensors (no ONNX graph returns them)."""
+
+    def forward(self, x: torch.Tensor) -> PredictionWithScalars:
+        f = self.features(x)
+        return PredictionWithScalars(logits=self.head(f), num_layers=2, label="conv", embedding=f)
+
+
+class DictScalarsOut(_ConvNet):
+    """A plain dict with a float, a bool and a string beside the logits."""
+
+    def forward(self, x: torch.Tensor) -> dict:
+        return {"temperature": 0.5, "logits": self.head(self.features(x)), "normalized": True, "kind": "cls"}
+
+
 class ModelOutputLike(collections.OrderedDict):
     """The shape of Hugging Face's ``ModelOutput``: an ``OrderedDict`` subclass with attribute access."""
 

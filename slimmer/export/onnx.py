@@ -25,7 +25,7 @@ from torch import nn
 from slimmer.errors import ConfigError, ExportError, InputError
 from slimmer.export.files import temp_path_for
 from slimmer.inputs import ExampleInputs, as_args, batch_size_of, fresh
-from slimmer.outputs import output_names
+from slimmer.outputs import TensorLeaves, has_other_leaves, output_names
 from slimmer.paths import is_utf8
 
 MAX_PROTO_BYTES = 2**31 - 1
@@ -149,6 +149,10 @@ def export_onnx(
         with torch.no_grad():
             output = model(*fresh(args))
     names = _unique_outputs(output_names(output), input_names)
+    if has_other_leaves(output):  # an int or str beside the tensors: the graph returns the tensors only
+        model = TensorLeaves(model).eval()
+        if dynamic_shapes is not None:  # TensorLeaves.forward takes *args: one tuple of specs
+            dynamic_shapes = (tuple(dynamic_shapes),)
     if len(names) == 1 and names[0] == "output":
         names = None  # one tensor: the exporter's own name, as before
     legacy_axes = None
