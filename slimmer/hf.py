@@ -204,6 +204,8 @@ def load_folder(config: CompressConfig) -> Loaded:
             f"transformers cannot read {folder}/config.json: {first}",
             hint="check the folder's config.json (model_type) and the installed transformers version",
         ) from None
+    if getattr(hf_config, "use_cache", False):  # a decoder's key/value cache is no output of a pruned graph
+        hf_config.use_cache = False
     auto = transformers.AutoModel if task == "feature-extraction" else transformers.AutoModelForSequenceClassification
     try:
         model = auto.from_config(hf_config, trust_remote_code=config.trust_remote_code)

@@ -161,7 +161,9 @@ def _nm(
             f"--nm {n}:{m}: no layer can take the pattern ("
             + "; ".join(f"{k}: {v}" for k, v in list(nm.skipped.items())[:3])
             + ")",
-            hint="choose an M that divides the layers' input channels, e.g. --nm 2:4",
+            hint="choose an M that divides the layers' input channels, e.g. --nm 2:4"
+            if any("multiple of M" in why for why in nm.skipped.values())
+            else "N:M prunes nn.Linear and nn.Conv* weights; use --method unstructured or channel for this model",
         )
     nm.dense = weights_before_masking(model, nm.masks)
     nm.masks.apply(model)

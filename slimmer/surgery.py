@@ -114,6 +114,8 @@ def _update_attributes(module: nn.Module, old: dict[str, Any]) -> None:
         module.num_embeddings, module.embedding_dim = weight.shape[0], weight.shape[1]
     elif isinstance(module, nn.PReLU):
         module.num_parameters = weight.numel()
+    elif type(module).__name__ == "Conv1D" and hasattr(module, "nf") and weight is not None and weight.dim() == 2:
+        module.nx, module.nf = weight.shape  # transformers' GPT-2 Conv1D: a Linear storing weight as [in, out]
 
 
 _ATTRIBUTES = ("in_channels", "out_channels", "groups", "num_channels", "num_groups")

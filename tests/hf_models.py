@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel, ViTConfig, ViTModel
+from transformers import (
+    BertConfig,
+    BertModel,
+    DistilBertConfig,
+    DistilBertModel,
+    GPT2Config,
+    GPT2Model,
+    ViTConfig,
+    ViTModel,
+)
 
 VOCAB = 100
 
@@ -39,3 +48,11 @@ def tiny_vit() -> ViTModel:
         intermediate_size=64,
     )
     return ViTModel(config).eval()
+
+
+def tiny_gpt2() -> GPT2Model:
+    """GPT-2: hidden 32, 2 layers, 4 heads of 8, FFN 128 (transformers' Conv1D layers), vocabulary 100."""
+    config = GPT2Config(
+        vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+    )
+    return GPT2Model(config).eval()

@@ -78,6 +78,21 @@ def test_a_folder_is_compressed_without_input_options(compress_json, bert_folder
         AutoModel.from_pretrained(saved, trust_remote_code=False)
 
 
+def test_a_decoder_folder_with_conv1d_layers_and_a_cache(compress_json, tmp_path):
+    """GPT-2: its key/value cache is no graph output (exit 4 before), and surgery updates Conv1D's ``nf``
+    (nothing was removed before); the fused q/k/v projection is kept whole and the report says so."""
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-gpt2"
+    hf_models.tiny_gpt2().save_pretrained(folder)
+    run, report = compress_json(folder, "--method", "channel", "--sparsity", "0.5")
+    assert run.code == 0, run.stderr
+    assert report["surgery"]["channels_removed"] > 0 and report["params"]["after"] < report["params"]["before"]
+    assert report["verification"]["passed"] and [n for n in report["input"]["outputs"]] == ["last_hidden_state"]
+    assert any("h.0.attn.c_attn" in w and "kept whole" in w for w in report["warnings"])
+    run = compress_json(folder, "--method", "nm", "-o", tmp_path / "nm.onnx")[0]
+    assert run.code == 2 and "Conv1D" in run.json()["error"] and "--method unstructured" in run.json()["hint"]
+
+
 def test_weights_that_do_not_match_the_config_are_refused(compress_json, bert_folder, tmp_path):
     state = {"pooler.dense.weight": torch.zeros(32, 32), "extra.weight": torch.zeros(3)}
     save_file(state, bert_folder / "model.safetensors")

@@ -94,6 +94,9 @@ def _skip_reason(module: nn.Module, m: int) -> str | None:
     return None
 
 
+CONV1D_SKIP = "transformers Conv1D (GPT-2 style, weight stored [in, out]): N:M prunes nn.Linear and nn.Conv* layers"
+
+
 def nm_masks(model: nn.Module, n: int, m: int, exclude: Iterable[str] = ()) -> NMResult:
     """N:M keep-masks for every Conv/Linear weight of ``model`` (magnitude within each group).
 
@@ -110,6 +113,9 @@ def nm_masks(model: nn.Module, n: int, m: int, exclude: Iterable[str] = ()) -> N
     prunable = (nn.modules.conv._ConvNd, nn.Linear)
     for path, module in model.named_modules():
         weight = getattr(module, "weight", None)
+        if type(module).__name__ == "Conv1D" and isinstance(weight, nn.Parameter) and path not in skip:
+            skipped[path] = CONV1D_SKIP
+            continue
         if not isinstance(module, prunable) or not isinstance(weight, nn.Parameter):
             continue
         if path in skip or id(weight) in seen:
