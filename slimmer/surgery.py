@@ -137,12 +137,13 @@ def remove_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
     for name, dims in plan.removals().items():
         tensor = _get(model, name)
         new = _without(tensor.detach(), dims).clone()
+        parameter = nn.Parameter(new, requires_grad=tensor.requires_grad)  # one object: a tie stays a tie
         for alias in aliases.get(id(tensor), [name]):
             module, attr = _owner(model, alias)
             path = alias.rpartition(".")[0]
             touched.setdefault(path, {k: getattr(module, k) for k in _ATTRIBUTES if hasattr(module, k)})
             if attr in module._parameters:
-                module._parameters[attr] = nn.Parameter(new, requires_grad=tensor.requires_grad)
+                module._parameters[attr] = parameter
             else:
                 module._buffers[attr] = new
     for path, old in touched.items():

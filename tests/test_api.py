@@ -139,6 +139,19 @@ def test_tied_weights_are_pruned_once_and_stay_tied(tmp_path, method):
         assert result.report.sparsity["achieved"] == pytest.approx(0.5, abs=0.01)
 
 
+def test_channel_pruning_keeps_a_tie_and_counts_the_shared_weight_once(tmp_path):
+    """Surgery gave each name of a tied weight its own sliced copy: the tie was lost and
+    ``params.after`` counted the embedding twice."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (1, 5), generator=torch.Generator().manual_seed(1))
+    config = CompressConfig(methods=("channel",), sparsity=0.5, output=tmp_path / "t.onnx")
+    result = api.compress(user_models.TiedLM().eval(), ids, config)
+    assert result.report.status == "ok", result.report.warnings
+    pruned = result.model
+    assert pruned.out.weight is pruned.emb.weight and pruned.emb.weight.shape[1] < 16
+    assert result.report.params["after"] == sum(p.numel() for p in pruned.parameters())  # each tensor once
+
+
 @pytest.mark.parametrize(
     "example, message",
     [
