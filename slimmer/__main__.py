@@ -1,3 +1,3 @@
-from slimmer.cli import main
+from slimmer.entry import main
 
 main()

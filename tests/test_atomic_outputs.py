@@ -87,3 +87,33 @@ def test_row26_unwritable_directory_reported_even_as_root(cli, r20, tmp_path, mo
     run = cli("compress", r20, "--arch", "resnet20-fmnist", "-o", target / "x.onnx")
     assert run.code == 3 and f"{target} is not writable" in run.stderr
     assert list(target.iterdir()) == []
+
+
+@pytest.mark.parametrize("json_flag", [True, False])
+def test_ctrl_c_while_the_command_line_is_still_importing(tmp_path, json_flag):
+    """A Ctrl-C in the seconds torch takes to import ended in a traceback, and with --json in no JSON
+    object. The interrupt is raised at the import of torch (where a real Ctrl-C lands), deterministically."""
+    import json
+    import sys
+
+    child = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        f"sys.argv = ['slimmer', 'compress', 'model.pt'{', ' + repr('--json') if json_flag else ''}]\n"
+        "from slimmer.entry import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr and "interrupted while starting" in proc.stderr
+    if json_flag:
+        (line,) = proc.stdout.splitlines()
+        payload = json.loads(line)
+        assert payload["exit_code"] == 130 and payload["status"] == "failed" and "interrupted" in payload["error"]
+    else:
+        assert proc.stdout == ""
+    assert list(tmp_path.iterdir()) == []

@@ -239,7 +239,7 @@ def _pip_install(needs: set[str] = frozenset()) -> Callable[[str], None]:
         if found[1] is None:
             missing = set(HEADLINE_IMPORTS) - _dependencies(PYPROJECT["project"]["dependencies"])
             assert missing == set(), f"add to [project.dependencies]: {sorted(missing)}"
-            assert PYPROJECT["project"]["scripts"]["slimmer"] == "slimmer.cli:main"
+            assert PYPROJECT["project"]["scripts"]["slimmer"] == "slimmer.entry:main"
         else:
             extras = PYPROJECT["project"]["optional-dependencies"]
             assert found[1] in extras, f"{command!r}: add [{found[1]}] to [project.optional-dependencies]"
