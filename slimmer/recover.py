@@ -8,6 +8,7 @@ a few training batches before fine-tuning (or instead of it when no steps are as
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -229,6 +230,10 @@ def recover(
             moved = sum(int((final[n] != m).sum()) for n, m in pruned.masks.masks.items())
             done["regrow"] = {"mask_changed": moved / max(1, pruned.masks.total)}
             pruned = pruned.but(masks=MaskSet(final, warnings=pruned.masks.warnings))
+        elif isinstance(hook, SRSTEHook) and pruned.nm is not None and set(hook.names) == set(pruned.nm.layers):
+            # SR-STE moved the N:M pattern: the export's read-back locates the weights by the pattern they ship
+            nm = dataclasses.replace(pruned.nm, masks=MaskSet(hook.masks(), warnings=pruned.nm.masks.warnings))
+            pruned = pruned.but(nm=nm)
     return Recovered(model, pruned, done, after_reconstruct, after_recalibrate)
 
 

@@ -5,9 +5,10 @@ import signal
 import numpy as np
 import onnx
 import pytest
+from conftest import QUICK_EXPORT
 from onnx import numpy_helper
 
-FT = ["--finetune-steps", "4", "--batch-size", "32", "--lr", "0.01"]
+FT = ["--finetune-steps", "4", "--batch-size", "32", "--lr", "0.01", *QUICK_EXPORT]
 
 
 def onnx_zero_fraction(path, names) -> float:
@@ -17,8 +18,9 @@ def onnx_zero_fraction(path, names) -> float:
 
 
 def test_pruned_weights_stay_zero_through_finetuning(cli, r20, fmnist_like_npz):
+    dynamo = FT[: -len(QUICK_EXPORT)]  # the default exporter: initializers keep the parameters' names
     run = cli(
-        "compress", r20, "--arch", "resnet20-fmnist", "--sparsity", "0.9", "--data", fmnist_like_npz, *FT, "--json"
+        "compress", r20, "--arch", "resnet20-fmnist", "--sparsity", "0.9", "--data", fmnist_like_npz, *dynamo, "--json"
     )
     assert run.code == 0, run.stderr
     r = run.json()
@@ -136,10 +138,15 @@ def test_channel_pruning_recalibrates_bn_then_finetunes(cli, r20, fmnist_like_np
 
 
 def test_nm_finetuning_with_srste_keeps_the_pattern(cli, r20, fmnist_like_npz):
+    """With the TorchScript exporter (BatchNorm folded into renamed Conv weights) the read-back located the
+    weights by the one-shot pattern, which SR-STE had moved: none was found, every initializer was held to
+    the pattern, the dense stem among them, and the run failed (exit 5)."""
     run = cli("compress", r20, "--arch", "resnet20-fmnist", "--method", "nm", "--data", fmnist_like_npz, *FT, "--json")
     assert run.code == 0, run.stderr
-    nm = run.json()["pruning"]["nm"]
-    assert nm["onnx_initializers_checked"] == nm["onnx_initializers_with_pattern"] > 0
+    report = run.json()
+    nm = report["pruning"]["nm"]
+    assert report["finetune"]["nm"]["mask_changed"] > 0  # SR-STE moved the pattern
+    assert nm["onnx_initializers_checked"] == nm["onnx_initializers_with_pattern"] == len(nm["layers"]) > 0
 
 
 def test_non_terminal_output_has_periodic_progress_lines(cli, r20, fmnist_like_npz):
