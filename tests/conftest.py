@@ -37,14 +37,6 @@ tests use 64 calibration images instead of 512 to stay quick (same code path, a 
 marked ``full_reconstruction`` keep the default."""
 
 
-QUICK_EXPORT = ("--exporter", "legacy")
-"""For tests whose subject is not the export (fine-tuning, schedules, criteria, int8 gating): the
-TorchScript exporter writes resnet20 in about a twentieth of the default exporter's time (0.2 s against
-4-5 s here), and the verification after it is the same. The default (torch.export-based) exporter stays
-under test wherever the ONNX graph is the subject: test_compress_cli, test_any_model, test_transformers,
-test_hf_folder, the demo and the README commands."""
-
-
 @pytest.fixture(scope="session")
 def resnet20_state(tmp_path_factory) -> Path:
     """A randomly initialized resnet20-fmnist state_dict (BN statistics perturbed so they matter)."""

@@ -5,8 +5,8 @@ import signal
 import numpy as np
 import onnx
 import pytest
-from conftest import QUICK_EXPORT
 from onnx import numpy_helper
+from quick_options import QUICK_EXPORT
 
 FT = ["--finetune-steps", "4", "--batch-size", "32", "--lr", "0.01", *QUICK_EXPORT]
 

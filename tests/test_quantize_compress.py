@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from quick_options import QUICK_EXPORT
 
 LOOSE = ("--min-agreement", "0", "--min-cosine", "0", "--max-quantization-drop", "100", "--quantize-anyway")
 
@@ -34,6 +35,7 @@ def test_int8_accuracy_is_measured_on_the_same_held_out_images_as_the_float_accu
     run, report = compress_json(
         r20, "--arch", "resnet20-fmnist", "--method", "channel", "--sparsity", "0.5", "--data", data,
         "--val-fraction", "0.8", "--finetune-steps", "0", "--quantize", "int8", "--calibration-samples", "32", *LOOSE,
+        *QUICK_EXPORT,
     )  # fmt: skip
     assert run.code == 0, run.stderr
     q, acc = report["quantization"], report["accuracy"]
@@ -45,7 +47,7 @@ def test_int8_accuracy_is_measured_on_the_same_held_out_images_as_the_float_accu
 def test_a_failed_int8_gate_exits_5_with_no_int8_file(compress_json, r20, tmp_path, fmnist_like_npz):
     run, report = compress_json(
         r20, "--arch", "resnet20-fmnist", "--data", fmnist_like_npz, "--quantize", "int8",
-        "--calibration-samples", "16", "--min-cosine", "1.0", "--min-agreement", "0",
+        "--calibration-samples", "16", "--min-cosine", "1.0", "--min-agreement", "0", *QUICK_EXPORT,
     )  # fmt: skip
     assert run.code == 5, run.stderr
     assert report["status"] == "failed" and "cosine" in report["error"]
@@ -55,7 +57,7 @@ def test_a_failed_int8_gate_exits_5_with_no_int8_file(compress_json, r20, tmp_pa
 
 
 def test_int8_without_data_warns_that_random_calibration_is_unreliable(compress_json, r20, tmp_path):
-    run, report = compress_json(r20, "--arch", "resnet20-fmnist", "--quantize", "int8", *LOOSE)
+    run, report = compress_json(r20, "--arch", "resnet20-fmnist", "--quantize", "int8", *LOOSE, *QUICK_EXPORT)
     assert run.code == 0, run.stderr
     assert any("random inputs" in w for w in report["warnings"])
 
@@ -90,7 +92,7 @@ def test_an_interruption_during_int8_names_the_float_file_already_written(compre
         raise KeyboardInterrupt
 
     monkeypatch.setattr("slimmer.api._quantize", stop)
-    run, report = compress_json(r20, "--arch", "resnet20-fmnist", "--quantize", "int8", *LOOSE)
+    run, report = compress_json(r20, "--arch", "resnet20-fmnist", "--quantize", "int8", *LOOSE, *QUICK_EXPORT)
     assert run.code == 130
     assert (tmp_path / "out.onnx").is_file() and not (tmp_path / "out.int8.onnx").exists()
     assert report["error"] == f"interrupted; written before it: {tmp_path / 'out.onnx'}"

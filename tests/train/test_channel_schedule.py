@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from quick_options import QUICK_EXPORT
 
 from slimmer.config import CompressConfig
 from slimmer.errors import ConfigError
@@ -106,6 +107,7 @@ def test_compress_with_a_channel_schedule_removes_channels_once_at_the_end(cli, 
         "6",
         "--batch-size",
         "32",
+        *QUICK_EXPORT,
         "--json",
     )
     assert run.code == 0, run.stderr
