@@ -3,6 +3,7 @@
 import onnx
 import pytest
 from onnx import numpy_helper
+from quick_options import QUICK_EXPORT
 
 from slimmer.structures.nm import check_nm, onnx_weight_layouts
 
@@ -91,6 +92,7 @@ def _fold_run(cli, r20, npz, *extra, steps: int = 4):
         "--batch-size",
         "16",
         "--json",
+        *QUICK_EXPORT,
         *extra,
     )
 
@@ -159,7 +161,7 @@ def test_after_prune_accuracy_includes_the_nm_masks(cli, tmp_path):
     trained = tmp_path / "trained.safetensors"  # the bundled checkpoint: accuracy means something
     trained.write_bytes(bundled_file(DEMO_WEIGHTS).read_bytes())
     sample = bundled_file(DEMO_SAMPLE)  # 2,000 labelled Fashion-MNIST test images
-    args = ("compress", trained, "--arch", "resnet20-fmnist", "--data", sample, "--json", "--force")
+    args = ("compress", trained, "--arch", "resnet20-fmnist", "--data", sample, "--json", "--force", *QUICK_EXPORT)
     dense = cli(*args, "--sparsity", "0.0").json()["accuracy"]
     assert dense["after_prune"] == dense["before"] > 0.8
     run = cli(*args, "--method", "nm", "--nm", "1:8")
@@ -172,7 +174,7 @@ def test_nm_fixed_mask_holds_the_one_shot_pattern_and_the_report_says_how_much_m
     """``--nm-fixed-mask`` fine-tunes with the one-shot N:M pattern held (a MaskHook, no SR-STE): nothing
     of the pattern moves; by default SR-STE may move it and the report measures by how much."""
     args = ("compress", r20, "--arch", "resnet20-fmnist", "--method", "nm", "--data", fmnist_like_npz)
-    args += ("--finetune-steps", "3", "--batch-size", "16", "--lr", "0.5", "--json", "--force")
+    args += ("--finetune-steps", "3", "--batch-size", "16", "--lr", "0.5", "--json", "--force", *QUICK_EXPORT)
     held = cli(*args, "--nm-fixed-mask", "-o", r20.with_name("held.onnx"))
     assert held.code == 0, held.stderr  # exit 0: the pattern read back from the exported file holds (acceptance)
     nm = held.json()["finetune"]["nm"]
