@@ -6,6 +6,7 @@ import onnx
 import onnx.numpy_helper
 import pytest
 import torch
+from quick_options import QUICK_EXPORT
 
 from slimmer.structures.plan import PruningPlan
 from slimmer.surgery import shrink
@@ -50,6 +51,7 @@ def test_channel_sparsity_removes_that_fraction_of_channels(cli, r20):
         "0.25",
         "--round-to",
         "1",
+        *QUICK_EXPORT,
         "--json",
     )
     assert run.code == 0, run.stderr
@@ -76,6 +78,7 @@ def test_channel_with_data_free_criteria(cli, r20, criterion):
         criterion,
         "--sparsity",
         "0.3",
+        *QUICK_EXPORT,
         "--json",
     )
     assert run.code == 0, run.stderr
@@ -100,6 +103,7 @@ def test_data_criteria_need_data_then_work_with_it(cli, r20, fmnist_like_npz):
             "--data",
             fmnist_like_npz,
             "--no-reconstruct",  # not under test here (tests/train/test_reconstruct.py)
+            *QUICK_EXPORT,
             "--force",
             "--json",
         )
