@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from quick_options import QUICK_EXPORT
 from torch import nn
 
 from slimmer.structures.unstructured import MaskSet
@@ -114,7 +115,7 @@ def test_finetuning_with_layer_distillation_pulls_layers_back_and_keeps_pruned_w
 )
 def test_compress_distils_every_layer_when_asked(cli, r20, fmnist_like_npz, method, layers) -> None:
     args = ["compress", r20, "--arch", "resnet20-fmnist", *method, "--data", fmnist_like_npz]
-    run = cli(*args, "--finetune-steps", "2", "--batch-size", "16", "--kd-layers", "0.5", "--json")
+    run = cli(*args, "--finetune-steps", "2", "--batch-size", "16", "--kd-layers", "0.5", "--json", *QUICK_EXPORT)
     assert run.code == 0, run.stderr
     # 19 convs of the three stages and the stem, 2 strided shortcut 1x1 convs, the classifier: all matched,
     # those channel surgery narrowed read at the original's kept channels

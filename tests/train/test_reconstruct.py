@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from quick_options import QUICK_EXPORT
 from torch import nn
 
 from slimmer.train import reconstruct as rec
@@ -122,7 +123,7 @@ def test_too_costly_layers_are_skipped() -> None:
 )
 def test_compress_reconstructs_when_no_finetuning_follows_or_when_asked(cli, r20, fmnist_like_npz, flag, steps, expect):
     args = ["compress", r20, "--arch", "resnet20-fmnist", "--sparsity", "0.8", "--data", fmnist_like_npz]
-    args += ["--finetune-steps", steps, "--batch-size", "16", "--json"] + ([flag] if flag else [])
+    args += ["--finetune-steps", steps, "--batch-size", "16", "--json", *QUICK_EXPORT] + ([flag] if flag else [])
     run = cli(*args)
     assert run.code == 0, run.stderr
     r = run.json()

@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
+from quick_options import QUICK_EXPORT
 from torch import nn
 from torch.nn import functional as F
 
@@ -97,7 +98,18 @@ def test_regrow_where_it_cannot_apply_is_a_usage_error(cli, r20, fmnist_like_npz
 
 def test_regrow_after_greg_starts_from_the_regularized_weights(cli, r20, fmnist_like_npz, tmp_path) -> None:
     args = ["compress", r20, "--arch", "resnet20-fmnist", "--sparsity", "0.8", "--data", fmnist_like_npz, *FT]
-    run = cli(*args, "--regularizer", "greg", "--reg-steps", "2", "--regrow", "-o", tmp_path / "g.onnx", "--json")
+    run = cli(
+        *args,
+        "--regularizer",
+        "greg",
+        "--reg-steps",
+        "2",
+        "--regrow",
+        "-o",
+        tmp_path / "g.onnx",
+        "--json",
+        *QUICK_EXPORT,
+    )
     assert run.code == 0, run.stderr
     r = run.json()
     assert 0 <= r["finetune"]["regrow"]["mask_changed"] < 0.2

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from quick_options import QUICK_EXPORT
 
 from slimmer.api import load
 from slimmer.config import REGULARIZER_METHODS, CompressConfig
@@ -41,6 +42,7 @@ def test_each_regularizer_runs_then_prunes_and_is_recorded(
         "--regularizer",
         regularizer,
         *reg_args(fmnist_like_npz),
+        *QUICK_EXPORT,
         "--json",
     )
     assert run.code == 0, run.stderr
