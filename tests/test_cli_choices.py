@@ -6,6 +6,7 @@ import json
 
 import pytest
 import typer
+from quick_options import QUICK_EXPORT
 
 from slimmer import choices
 from slimmer.cli import app
@@ -106,7 +107,7 @@ def test_replay_never_takes_force_from_the_file_and_never_overwrites_the_report_
     """The recorded run's --force used to be replayed: ``--replay R`` alone replaced R and the ONNX it
     described; and ``-o R --force`` wrote the ONNX over the report being replayed."""
     first = tmp_path / "a.onnx"
-    run = cli("compress", r20, "--arch", "resnet20-fmnist", "-o", first, "--force")
+    run = cli("compress", r20, "--arch", "resnet20-fmnist", "-o", first, "--force", *QUICK_EXPORT)
     assert run.code == 0, run.stderr
     report = tmp_path / "a.onnx.report.json"
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}

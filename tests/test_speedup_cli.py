@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from quick_options import QUICK_EXPORT
 
 
 def test_latency_aware_keeps_the_macs_target_and_is_recorded(cli, r20):
@@ -16,6 +17,7 @@ def test_latency_aware_keeps_the_macs_target_and_is_recorded(cli, r20):
         "--macs-target",
         "0.5",
         "--latency-aware",
+        *QUICK_EXPORT,
         "--json",
     )
     assert run.code == 0, run.stderr
