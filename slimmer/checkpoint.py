@@ -9,7 +9,6 @@ passes ``trust_remote_code=True`` — which only the command-line flag sets.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickletools
 import struct
@@ -23,7 +22,7 @@ from torch import nn
 
 from slimmer.arch import resolve_arch
 from slimmer.errors import ConfigError, InputError, UnsafeCheckpointError
-from slimmer.paths import is_utf8
+from slimmer.paths import is_utf8, sha256_file
 from slimmer.weights import build_with_weights, check_finite, check_tensors, load_into  # noqa: F401
 from slimmer.zoo import ARCHITECTURES, Architecture
 
@@ -45,14 +44,6 @@ class LoadedModel:
     format: str
     arch: Architecture | None
     notes: list[str] = field(default_factory=list)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- format detection

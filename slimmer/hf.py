@@ -177,8 +177,8 @@ def load_folder(config: CompressConfig) -> Loaded:
     remote code would be needed without ``--trust-remote-code``; :class:`InputError` (exit 3)
     when the weights do not match the config or a pickle would run code.
     """
-    from slimmer.checkpoint import sha256_file
     from slimmer.inputs import ExampleInputs
+    from slimmer.paths import sha256_file
     from slimmer.stages import Loaded, resolve_inputs
 
     transformers = _transformers()

@@ -16,6 +16,18 @@ from typing import Any
 
 from slimmer.errors import ConfigError, OutputError
 
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 TEMP_NAME_EXTRA = len(".") + len(".") + 8 + len(".partial")
 """Bytes the temporary name ``.{name}.XXXXXXXX.partial`` adds to an output's file name."""
 
@@ -218,27 +230,29 @@ def is_utf8(path: Path) -> bool:
 
 def written_by_demo(output: Path, weights: Path) -> bool:
     """True when nothing exists at the demo's output names, or what exists is an earlier demo's work:
-    its report (``<output>.report.json``) records the bundled weights as input and, when the ONNX file
-    exists, that file's sha256. Anything else (an unrelated file, a symbolic link) is not the demo's."""
-    import hashlib
+    its report (``<output>.report.json``) records the bundled weights as input and, for the ONNX file
+    and the int8 file (``<output stem>.int8.onnx``) that exist, their sha256. Anything else (an
+    unrelated file, a symbolic link, an int8 file the report does not record) is not the demo's."""
     import json
 
-    def digest(p: Path) -> str:
-        return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+    from slimmer.export.quantize import default_output
 
     output = Path(output)
     report = output.with_name(output.name + ".report.json")
     plan = output.with_name(output.name + ".plan.json")
-    present = [p for p in (output, report, plan) if os.path.lexists(p)]
+    int8 = default_output(output)
+    present = [p for p in (output, report, plan, int8) if os.path.lexists(p)]
     if not present:
         return True
     if any(p.is_symlink() or not p.is_file() for p in present) or report not in present:
         return False
     try:
         recorded = json.loads(report.read_text(encoding="utf-8"))
-        ok = recorded["input"]["sha256"] == digest(weights)
+        ok = recorded["input"]["sha256"] == sha256_file(weights)
         if output in present:
-            ok = ok and recorded["onnx"]["sha256"] == digest(output)
-    except (OSError, ValueError, KeyError, TypeError):
+            ok = ok and recorded["onnx"]["sha256"] == sha256_file(output)
+        if int8 in present:
+            ok = ok and (recorded.get("quantization") or {}).get("sha256_int8") == sha256_file(int8)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
     return bool(ok)

@@ -57,7 +57,7 @@ def run_quantize(job: QuantizeJob) -> Report:
     check_writable(output, job.force)
     check_writable(report_path, job.force)
     calibration, held_out, labels, source = _feeds(graph, job)
-    from slimmer.checkpoint import sha256_file
+    from slimmer.paths import sha256_file
 
     report = Report(
         input={"path": str(graph), "sha256": sha256_file(graph), "format": "onnx"},

@@ -56,3 +56,26 @@ def test_what_counts_as_the_demos_own_output(tmp_path):
     out.unlink()
     os.symlink(tmp_path / "nowhere", out)
     assert not written_by_demo(out, weights)
+
+
+def test_an_int8_file_at_the_demos_int8_name_counts_only_when_its_report_records_it(tmp_path):
+    """The demo also writes ``<stem>.int8.onnx``; an unrelated file there was replaced without a word."""
+    weights = bundled_file(DEMO_WEIGHTS)
+    out, int8 = tmp_path / "d.onnx", tmp_path / "d.int8.onnx"
+    int8.write_bytes(b"someone's int8 model")
+    assert not written_by_demo(out, weights)  # nothing else there: not the demo's, so not replaced
+    report = tmp_path / "d.onnx.report.json"
+    recorded = {"input": {"sha256": _sha(weights)}, "quantization": {"kept": "float", "sha256_int8": None}}
+    report.write_text(json.dumps(recorded))
+    assert not written_by_demo(out, weights)  # the report kept the float file: this int8 file is not its
+    recorded["quantization"] = {"kept": "int8", "sha256_int8": _sha(int8)}
+    report.write_text(json.dumps(recorded))
+    assert written_by_demo(out, weights)
+
+
+def test_the_demo_leaves_an_unrelated_int8_file_alone(cli, tmp_path):
+    out = tmp_path / "d.onnx"
+    (tmp_path / "d.int8.onnx").write_bytes(b"keep me")
+    run = cli("demo", "-o", out, "--json")
+    assert run.code == 3 and "d.int8.onnx" in run.json()["error"]
+    assert (tmp_path / "d.int8.onnx").read_bytes() == b"keep me" and sorted(os.listdir(tmp_path)) == ["d.int8.onnx"]

@@ -38,6 +38,7 @@ from slimmer.export import int8
 from slimmer.export.bench import PairedLatency, paired_latency
 from slimmer.export.files import check_writable, commit, temp_path_for
 from slimmer.export.quantize_config import QuantizationFailed, QuantizeConfig, QuantizeResult, gate_failures
+from slimmer.paths import sha256_file
 
 RANDOM_CALIBRATION_WARNING = (
     "int8 calibration ran on random inputs (no --data): activation ranges calibrated on random inputs are "
@@ -182,6 +183,7 @@ def quantize(
             kept="int8" if keep_int8 else "float",
             artifact=None if failures else str(final if keep_int8 else src),
             int8_path=str(final) if keep_int8 else None,
+            sha256_int8=sha256_file(tmp) if keep_int8 else None,
             float_path=str(src),
             eval_samples=_count(held_out),
             depthwise_convs=depthwise,

@@ -97,6 +97,7 @@ class QuantizeResult:
     depthwise_convs: int
     failures: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    sha256_int8: str | None = None  # of the int8 file at int8_path (what a later run checks before replacing it)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
