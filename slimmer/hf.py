@@ -99,6 +99,28 @@ def _align(state: dict[str, torch.Tensor], own: set[str], prefix: str) -> dict[s
     return state
 
 
+def _load_converted(auto: Any, folder: Path, hf_config: Any, trust_remote_code: bool, mismatch: InputError):
+    """The model loaded by transformers' own ``from_pretrained``, which applies its checkpoint conversion
+    (key renames such as ViT's ``encoder.layer.N.attention.attention.query`` → ``layers.N.attention.q_proj``)
+    where slimmer's exact matching failed. Only after the weights file passed slimmer's own checks (a
+    pickle was scanned, safetensors read without code). Raises ``mismatch`` when transformers too finds
+    missing, unexpected or mis-shaped weights."""
+    try:
+        model, info = auto.from_pretrained(
+            str(folder),
+            config=hf_config,
+            local_files_only=True,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+            dtype=torch.float32,
+        )
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError):
+        raise mismatch from None
+    if any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):
+        raise mismatch
+    return model, [f"{folder.name}: weights renamed on load by transformers' checkpoint conversion"]
+
+
 def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, task: str) -> list[str]:
     """Load ``state`` into ``model`` exactly (up to known buffers); return notes. Raises InputError."""
     own = model.state_dict()
@@ -219,7 +241,10 @@ def load_folder(config: CompressConfig) -> Loaded:
     if is_pruned_folder(folder):  # written by --save-pretrained: the plan rebuilds the pruned sizes
         model, notes, fmt = load_pruned(folder, task), [f"{folder}: a pruned model written by slimmer"], "hf-pruned"
     else:
-        notes = _load_weights(model, state, path, task)
+        try:
+            notes = _load_weights(model, state, path, task)
+        except InputError as mismatch:  # transformers ≥ 5 renames some models' keys on load (ViT: layers.N...)
+            model, notes = _load_converted(auto, folder, hf_config, config.trust_remote_code, mismatch)
     model.eval()
     if config.inputs or config.example_inputs is not None or config.input_shape:
         inputs = resolve_inputs(config, model, None)

@@ -93,6 +93,25 @@ def test_a_decoder_folder_with_conv1d_layers_and_a_cache(compress_json, tmp_path
     assert run.code == 2 and "Conv1D" in run.json()["error"] and "--method unstructured" in run.json()["hint"]
 
 
+def test_a_folder_whose_keys_transformers_renames_on_load(tmp_path):
+    """transformers ≥ 5 saves ViT under its checkpoint names (``encoder.layer.0.attention.attention.query``)
+    and renames them on load (``layers.0.attention.q_proj``): slimmer's exact matching refused the folder
+    that transformers itself had just written (exit 3). The weights must be the saved ones, not random."""
+    from slimmer.config import CompressConfig
+    from slimmer.hf import load_folder
+
+    torch.manual_seed(0)
+    saved = hf_models.tiny_vit()
+    folder = tmp_path / "tiny-vit"
+    saved.save_pretrained(folder)
+    loaded = load_folder(CompressConfig(model=folder))
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = saved(pixel_values=pixels).last_hidden_state
+        got = loaded.model(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(got, want)
+
+
 def test_weights_that_do_not_match_the_config_are_refused(compress_json, bert_folder, tmp_path):
     state = {"pooler.dense.weight": torch.zeros(32, 32), "extra.weight": torch.zeros(3)}
     save_file(state, bert_folder / "model.safetensors")
