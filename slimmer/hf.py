@@ -10,7 +10,10 @@ Weights are read by slimmer itself, like any checkpoint: ``model.safetensors`` a
 ``pytorch_model.bin`` after the pickle scan of :mod:`slimmer.checkpoint` (refused when it would
 run code). Keys are matched exactly, up to the base-model prefix (``bert.``) a task head adds;
 the one mismatch accepted is ``position_ids``, a non-persistent buffer that older transformers
-versions saved and newer ones rebuild, which is noted in the report.
+versions saved and newer ones rebuild, which is noted in the report. When the keys do not match
+because transformers renames them on load (transformers ≥ 5 keeps a model's checkpoint names on disk,
+e.g. ViT), the checked file is loaded by transformers' ``from_pretrained`` with its checkpoint
+conversion instead; a weight still missing, unexpected or of another shape refuses the folder.
 
 The example inputs come from the forward signature and the config, so no ``--input`` is needed:
 ``input_ids`` int64 in ``[0, vocab_size)``, ``attention_mask`` of ones and ``token_type_ids`` of
