@@ -14,7 +14,6 @@ Nothing here prints or exits; progress is reported through the optional ``progre
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimmer import acceptance
+from slimmer import acceptance, quantize_run
 from slimmer.assemble import Scores, assemble
 from slimmer.config import CompressConfig
 from slimmer.errors import ConfigError
@@ -37,6 +36,7 @@ from slimmer.recover import recover
 from slimmer.report import Report
 from slimmer.runplan import VERIFY_BATCHES, RunPlan
 from slimmer.sources import check_sources
+from slimmer.stage_data import read_data
 from slimmer.stages import (
     Loaded,
     Measured,
@@ -49,7 +49,6 @@ from slimmer.stages import (
     measure,
     measure_latency,
     onnx_info,
-    read_data,
 )
 from slimmer.train.data import DataSplits
 from slimmer.train.distributed import barrier, init_from_env
@@ -362,51 +361,10 @@ def _finish(
             verified.temp_path.unlink(missing_ok=True)
     if committed and config.quantize is not None:
         say("quantize", f"int8: calibrating on {'--data' if data is not None else 'random inputs'} and verifying")
-        _quantize(config, report, loaded, measured, data)
+        quantize_run.after_compress(config, report, loaded, measured, data)
         clock.lap("quantize")
     report.timings_s = clock.timings
     files.write_atomic(config.report_path, report.to_json().encode(), replace=config.force)
-
-
-def _quantize(
-    config: CompressConfig, report: Report, loaded: Loaded, measured: Measured, data: DataSplits | None
-) -> None:
-    """``--quantize int8`` on the committed float file: calibrated on the training split of ``--data``
-    (random inputs otherwise, with a warning), verified on the held-out split; a failed gate fails the
-    run (exit 5) with nothing under the int8 name, a slower int8 file keeps the float one."""
-    from slimmer.export.quantize import quantize, quantize_after_compress
-    from slimmer.export.quantize_config import QuantizationFailed
-    from slimmer.quantize_run import fill_report
-
-    qcfg = config.quantize_config
-    if measured.eval_x is not None and len(measured.eval_x):  # the images the float accuracy was measured on
-        qcfg = dataclasses.replace(qcfg, eval_samples=len(measured.eval_x))
-    try:
-        if loaded.inputs.single_float:
-            result = quantize_after_compress(
-                config.output_path,
-                data.train.x.numpy() if data is not None and len(data.train) else None,
-                measured.eval_y.numpy() if measured.eval_y is not None else None,
-                qcfg,
-                eval_inputs=measured.eval_x.numpy() if measured.eval_x is not None else None,
-                output_path=config.int8_path,
-                force=config.force,
-            )
-        else:  # several or integer inputs: named feeds of the example inputs
-            feeds = [
-                {k: v.numpy() for k, v in loaded.inputs.tensors(loaded.inputs.args(loaded.inputs.batch, seed)).items()}
-                for seed in range(config.seed + 100, config.seed + 100 + min(qcfg.calibration_samples, 32))
-            ]
-            result = quantize(config.output_path, feeds, qcfg, config.int8_path, force=config.force)
-            report.warnings.append(
-                "int8 calibration ran on the example inputs: activation ranges calibrated on random inputs are "
-                "unreliable; pass --example-inputs with real samples"
-            )
-    except QuantizationFailed as exc:
-        fill_report(report, exc.result)
-        report.status, report.exit_code, report.error = "failed", 5, exc.message
-        return
-    fill_report(report, result)
 
 
 def plan_path(output: Path) -> Path:

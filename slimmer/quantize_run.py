@@ -9,8 +9,10 @@ verification; with neither, calibration runs on random inputs and the report war
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +23,11 @@ from slimmer.export.quantize import default_output, quantize
 from slimmer.export.quantize_config import QuantizationFailed, QuantizeConfig, QuantizeResult
 from slimmer.paths import check_paths, data_reads
 from slimmer.report import Report
+
+if TYPE_CHECKING:
+    from slimmer.config import CompressConfig
+    from slimmer.stages import Loaded, Measured
+    from slimmer.train.data import DataSplits
 
 
 @dataclass(frozen=True)
@@ -178,3 +185,43 @@ def _named_arrays(path: Path, specs, val_fraction: float, batch: int):
         ]
 
     return chunk(0, cut), chunk(cut, total)
+
+
+def after_compress(
+    config: CompressConfig, report: Report, loaded: Loaded, measured: Measured, data: DataSplits | None
+) -> None:
+    """``compress --quantize int8``'s stage, on the committed float file: calibrated on the training split of ``--data``
+    (random inputs otherwise, with a warning), verified on the held-out split; a failed gate fails the
+    run (exit 5) with nothing under the int8 name, a slower int8 file keeps the float one."""
+    from slimmer.export.quantize import quantize, quantize_after_compress
+    from slimmer.export.quantize_config import QuantizationFailed
+
+    qcfg = config.quantize_config
+    if measured.eval_x is not None and len(measured.eval_x):  # the images the float accuracy was measured on
+        qcfg = dataclasses.replace(qcfg, eval_samples=len(measured.eval_x))
+    try:
+        if loaded.inputs.single_float:
+            result = quantize_after_compress(
+                config.output_path,
+                data.train.x.numpy() if data is not None and len(data.train) else None,
+                measured.eval_y.numpy() if measured.eval_y is not None else None,
+                qcfg,
+                eval_inputs=measured.eval_x.numpy() if measured.eval_x is not None else None,
+                output_path=config.int8_path,
+                force=config.force,
+            )
+        else:  # several or integer inputs: named feeds of the example inputs
+            feeds = [
+                {k: v.numpy() for k, v in loaded.inputs.tensors(loaded.inputs.args(loaded.inputs.batch, seed)).items()}
+                for seed in range(config.seed + 100, config.seed + 100 + min(qcfg.calibration_samples, 32))
+            ]
+            result = quantize(config.output_path, feeds, qcfg, config.int8_path, force=config.force)
+            report.warnings.append(
+                "int8 calibration ran on the example inputs: activation ranges calibrated on random inputs are "
+                "unreliable; pass --example-inputs with real samples"
+            )
+    except QuantizationFailed as exc:
+        fill_report(report, exc.result)
+        report.status, report.exit_code, report.error = "failed", 5, exc.message
+        return
+    fill_report(report, result)

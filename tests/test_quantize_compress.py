@@ -91,7 +91,7 @@ def test_an_interruption_during_int8_names_the_float_file_already_written(compre
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("slimmer.api._quantize", stop)
+    monkeypatch.setattr("slimmer.quantize_run.after_compress", stop)
     run, report = compress_json(r20, "--arch", "resnet20-fmnist", "--quantize", "int8", *LOOSE, *QUICK_EXPORT)
     assert run.code == 130
     assert (tmp_path / "out.onnx").is_file() and not (tmp_path / "out.int8.onnx").exists()
