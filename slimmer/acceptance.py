@@ -81,15 +81,25 @@ def nm_failures(path: Path, pruned: PruneResult) -> tuple[list[str], dict]:
     from slimmer.structures.nm import check_onnx_nm, compressed_size, locate_pruned_weights
 
     located = locate_pruned_weights(path, pruned.nm.masks.masks)
+    figures: dict = {"weights_located": located is not None}
     if located is not None:  # every pruned weight found: those are the ones held to the pattern
         checked = check_onnx_nm(path, pruned.nm.n, pruned.nm.m, names=sorted(set(located.values())))
-    else:  # one was transformed on export: every weight initializer but the layers left dense
-        skipped = {f"{layer}.weight" for layer in pruned.nm.skipped}
-        checked = {k: v for k, v in check_onnx_nm(path, pruned.nm.n, pruned.nm.m).items() if k not in skipped}
-    bad = sorted(name for name, ok in checked.items() if not ok)
-    figures = {
-        "onnx_initializers_checked": len(checked),
-        "onnx_initializers_with_pattern": len(checked) - len(bad),
-        "compressed_size_bytes": compressed_size(path),
-    }
-    return ([f"N:M pattern broken in the exported initializers: {', '.join(bad[:5])}"] if bad else []), figures
+        bad = sorted(name for name, ok in checked.items() if not ok)
+        failures = [f"N:M pattern broken in the exported initializers: {', '.join(bad[:5])}"] if bad else []
+    else:  # one was transformed on export (renamed, reshaped): count the initializers that hold the pattern;
+        # the layers left dense may be renamed too, so they cannot be told apart by name
+        checked = check_onnx_nm(path, pruned.nm.n, pruned.nm.m)
+        bad = sorted(name for name, ok in checked.items() if not ok)
+        wanted = len(pruned.nm.masks.masks)
+        failures = []
+        if len(checked) - len(bad) < wanted:
+            failures = [
+                f"N:M pattern found in {len(checked) - len(bad)} exported weight initializers, fewer than the "
+                f"{wanted} weights pruned (without it: {', '.join(bad[:5])})"
+            ]
+    figures.update(
+        onnx_initializers_checked=len(checked),
+        onnx_initializers_with_pattern=len(checked) - len(bad),
+        compressed_size_bytes=compressed_size(path),
+    )
+    return failures, figures

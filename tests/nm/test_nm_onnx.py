@@ -144,3 +144,37 @@ def test_a_pruned_weight_that_lost_its_pattern_in_the_file_is_still_caught(tmp_p
     onnx.save(graph, str(path))
     failures, figures = nm_failures(path, PruneResult(nm=result))
     assert len(failures) == 1 and "N:M pattern broken in the exported initializers" in failures[0]
+
+
+def test_weights_that_cannot_be_located_are_counted_and_renamed_dense_layers_do_not_fail(tmp_path, monkeypatch):
+    """When a pruned weight cannot be located in the file, every weight initializer was held to the
+    pattern except the layers N:M skipped, told apart by name; the TorchScript exporter renames a
+    BatchNorm-folded conv (``onnx::Conv_12``), so the dense stem failed a good export (exit 5)."""
+    from slimmer.acceptance import nm_failures
+    from slimmer.prune_result import PruneResult
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 10),
+    ).eval()  # fmt: skip
+    result = nm_masks(model, 2, 4)
+    assert result.layers == ["3.weight", "7.weight"] and list(result.skipped) == ["0"]
+    result.masks.apply(model)
+    path = tmp_path / "folded.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 1, 8, 8),), str(path), dynamo=False)
+    monkeypatch.setattr("slimmer.structures.nm.locate_pruned_weights", lambda *a: None)
+    failures, figures = nm_failures(path, PruneResult(nm=result))
+    assert failures == [], failures
+    assert figures["weights_located"] is False and figures["onnx_initializers_with_pattern"] == 2
+
+    graph = onnx.load(str(path))  # the pruned weights made dense: caught by the count
+    layouts = onnx_weight_layouts(graph)
+    for init in graph.graph.initializer:
+        if init.name in layouts:
+            init.CopyFrom(numpy_helper.from_array(np.ones_like(numpy_helper.to_array(init)), init.name))
+    onnx.save(graph, str(path))
+    failures, _ = nm_failures(path, PruneResult(nm=result))
+    assert failures and "fewer than the 2 weights pruned" in failures[0]
