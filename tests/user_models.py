@@ -107,6 +107,14 @@ class DictScalarsOut(_ConvNet):
         return {"temperature": 0.5, "logits": self.head(self.features(x)), "normalized": True, "kind": "cls"}
 
 
+class TupleMixedOut(_ConvNet):
+    """A tuple whose leaves are named ``0`` and ``1.t`` (and an int the graph leaves out)."""
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        f = self.features(x)
+        return self.head(f), {"aux": 3, "t": f}
+
+
 class ModelOutputLike(collections.OrderedDict):
     """The shape of Hugging Face's ``ModelOutput``: an ``OrderedDict`` subclass with attribute access."""
 
