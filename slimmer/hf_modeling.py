@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 MODELING_FILE = "modeling_slimmer_pruned.py"
-RESIZABLE = ("Linear", "LayerNorm", "Embedding", "Conv1d", "Conv2d")
+RESIZABLE = ("Linear", "LayerNorm", "Embedding", "Conv1d", "Conv2d", "Conv1D")  # Conv1D: transformers'
 
 _TEMPLATE = '''"""{base} with the per-layer sizes of a model pruned by slimmer (written by --save-pretrained).
 
@@ -42,6 +42,10 @@ def _resize(root, path, spec):
         new = nn.LayerNorm(shape, eps=old.eps, elementwise_affine=old.elementwise_affine, bias=old.bias is not None)
     elif kind == "Embedding":
         new = nn.Embedding(spec["num_embeddings"], spec["embedding_dim"], padding_idx=old.padding_idx)
+    elif kind == "Conv1D":  # transformers' GPT-2 layer: a Linear storing its weight as [nx, nf]
+        from transformers.pytorch_utils import Conv1D
+
+        new = Conv1D(spec["nf"], spec["nx"])
     elif kind in ("Conv1d", "Conv2d"):
         new = getattr(nn, kind)(
             spec["in_channels"], spec["out_channels"], old.kernel_size, old.stride, old.padding, old.dilation,
@@ -68,6 +72,9 @@ class {cls}(transformers.{base}):
 
 def _shape_spec(module: nn.Module) -> dict[str, Any] | None:
     kind = type(module).__name__
+    if kind == "Conv1D" and type(module).__module__.startswith("transformers") and hasattr(module, "nf"):
+        nx, nf = module.weight.shape
+        return {"type": kind, "nx": int(nx), "nf": int(nf)}
     if kind not in RESIZABLE or type(module).__module__.split(".")[0] != "torch":
         return None
     if isinstance(module, nn.Linear):

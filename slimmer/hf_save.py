@@ -71,7 +71,13 @@ def _config_with_class(model: nn.Module, source: Path, task: str) -> tuple[dict,
     fresh = getattr(transformers, base)(hf_config)
     auto = AUTO_CLASSES[task]
     cls, code = modeling_source(base, auto)
-    raw["slimmer_pruned"] = pruned_sizes(model, fresh)
+    try:
+        raw["slimmer_pruned"] = pruned_sizes(model, fresh)
+    except ValueError as error:  # a pruned layer of a type the saved class cannot rebuild: not a bug (exit 3)
+        raise InputError(
+            f"--save-pretrained: {error}",
+            hint="drop --save-pretrained (the ONNX file does not need it), or prune with --method unstructured",
+        ) from None
     raw["auto_map"] = {auto: f"{MODELING_FILE.removesuffix('.py')}.{cls}"}
     raw["architectures"] = [cls]
     return raw, code
@@ -179,6 +185,8 @@ def load_pruned(folder: Path, task: str | None = None) -> nn.Module:
         if hasattr(config, key):
             delattr(config, key)
     config.architectures = None
+    if getattr(config, "use_cache", False):  # as slimmer.hf.load_folder: no key/value cache in the graph
+        config.use_cache = False
     auto = transformers.AutoModel if task == "feature-extraction" else transformers.AutoModelForSequenceClassification
     model = auto.from_config(config).eval()
     if (folder / PLAN_FILE).is_file():

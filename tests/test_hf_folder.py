@@ -84,9 +84,18 @@ def test_a_decoder_folder_with_conv1d_layers_and_a_cache(compress_json, tmp_path
     torch.manual_seed(0)
     folder = tmp_path / "tiny-gpt2"
     hf_models.tiny_gpt2().save_pretrained(folder)
-    run, report = compress_json(folder, "--method", "channel", "--sparsity", "0.5")
+    saved = tmp_path / "pruned-gpt2"  # --save-pretrained exited 1: Conv1D "cannot be rebuilt from config"
+    run, report = compress_json(folder, "--method", "channel", "--sparsity", "0.5", "--save-pretrained", saved)
     assert run.code == 0, run.stderr
     assert report["surgery"]["channels_removed"] > 0 and report["params"]["after"] < report["params"]["before"]
+    ids = torch.randint(0, hf_models.VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+    session = ort.InferenceSession(report["onnx"]["path"])
+    feeds = {i.name: ids.numpy() if i.name == "input_ids" else np.ones((2, 16), np.int64) for i in session.get_inputs()}
+    (want,) = session.run(None, feeds)
+    for rebuilt in (load_pruned(saved), AutoModel.from_pretrained(saved, trust_remote_code=True, use_cache=False)):
+        with torch.no_grad():
+            got = rebuilt.eval()(input_ids=ids, attention_mask=torch.ones(2, 16, dtype=torch.long)).last_hidden_state
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
     assert report["verification"]["passed"] and [n for n in report["input"]["outputs"]] == ["last_hidden_state"]
     assert any("h.0.attn.c_attn" in w and "kept whole" in w for w in report["warnings"])
     run = compress_json(folder, "--method", "nm", "-o", tmp_path / "nm.onnx")[0]
@@ -110,6 +119,22 @@ def test_a_folder_whose_keys_transformers_renames_on_load(tmp_path):
         want = saved(pixel_values=pixels).last_hidden_state
         got = loaded.model(pixel_values=pixels).last_hidden_state
     torch.testing.assert_close(got, want)
+
+
+def test_a_pruned_layer_the_saved_class_cannot_rebuild_is_exit_3_not_a_bug(
+    compress_json, bert_folder, tmp_path, monkeypatch
+):
+    """--save-pretrained on a model with a layer type the saved class cannot resize ended in exit 1
+    ("internal error: ValueError") after the ONNX file was written; it is exit 3 naming the layer and the file."""
+
+    def unresizable(pruned, fresh):
+        raise ValueError("encoder.layer.0.odd (OddLayer) changed shape and cannot be rebuilt from config")
+
+    monkeypatch.setattr("slimmer.hf_modeling.pruned_sizes", unresizable)
+    saved = tmp_path / "pruned"
+    run, report = compress_json(bert_folder, "--method", "channel", "--sparsity", "0.3", "--save-pretrained", saved)
+    assert run.code == 3, run.stderr
+    assert "OddLayer" in report["error"] and "written before it" in report["error"] and not saved.exists()
 
 
 def test_weights_that_do_not_match_the_config_are_refused(compress_json, bert_folder, tmp_path):
