@@ -106,8 +106,8 @@ def _load_converted(auto: Any, folder: Path, hf_config: Any, trust_remote_code: 
     """The model loaded by transformers' own ``from_pretrained``, which applies its checkpoint conversion
     (key renames such as ViT's ``encoder.layer.N.attention.attention.query`` → ``layers.N.attention.q_proj``)
     where slimmer's exact matching failed. Only after the weights file passed slimmer's own checks (a
-    pickle was scanned, safetensors read without code). Raises ``mismatch`` when transformers too finds
-    missing, unexpected or mis-shaped weights."""
+    pickle was scanned, safetensors read without code). Raises :class:`InputError` naming the weights
+    transformers too finds missing, unexpected or mis-shaped (``mismatch`` when it cannot load at all)."""
     try:
         model, info = auto.from_pretrained(
             str(folder),
@@ -119,8 +119,21 @@ def _load_converted(auto: Any, folder: Path, hf_config: Any, trust_remote_code: 
         )
     except (OSError, ValueError, RuntimeError, KeyError, TypeError):
         raise mismatch from None
-    if any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):
-        raise mismatch
+    parts = []
+    for label, key in (
+        ("missing", "missing_keys"),
+        ("unexpected", "unexpected_keys"),
+        ("of another shape", "mismatched_keys"),
+    ):
+        found = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(key) or ())
+        if found:
+            parts.append(f"{label} {len(found)} ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''})")
+    if parts:  # named after transformers' conversion: the keys that are really wrong, not the renamed ones
+        raise InputError(
+            f"{folder} does not match the model built from config.json (keys as transformers renames them): "
+            + "; ".join(parts),
+            hint=mismatch.hint,
+        )
     return model, [f"{folder.name}: weights renamed on load by transformers' checkpoint conversion"]
 
 

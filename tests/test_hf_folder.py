@@ -120,6 +120,17 @@ def test_a_folder_whose_keys_transformers_renames_on_load(tmp_path):
         got = loaded.model(pixel_values=pixels).last_hidden_state
     torch.testing.assert_close(got, want)
 
+    from safetensors.torch import load_file
+
+    from slimmer.errors import InputError
+
+    state = load_file(folder / "model.safetensors")  # one weight missing: refused, naming that weight
+    del state["encoder.layer.0.attention.attention.query.weight"]
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(InputError) as refused:
+        load_folder(CompressConfig(model=folder))
+    assert "missing 1 (layers.0.attention.q_proj.weight)" in str(refused.value), refused.value
+
 
 def test_a_pruned_layer_the_saved_class_cannot_rebuild_is_exit_3_not_a_bug(
     compress_json, bert_folder, tmp_path, monkeypatch
