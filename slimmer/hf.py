@@ -65,6 +65,34 @@ def _transformers() -> Any:
     return transformers
 
 
+def model_class(transformers: Any, architectures: Any, task: str) -> Any:
+    """What builds the model: for feature extraction, the base class the config names when transformers
+    has it and it is not a task head (``T5EncoderModel``, which ``AutoModel`` would build as the whole
+    encoder-decoder ``T5Model``); else ``AutoModel`` / ``AutoModelForSequenceClassification``. Both
+    answer ``from_config``."""
+    if task == "feature-extraction":
+        name = architectures[0] if isinstance(architectures, list) and architectures else None
+        named = getattr(transformers, name, None) if isinstance(name, str) else None
+        if named is not None and name.endswith("Model") and "For" not in name and "Head" not in name:
+            return _FromConfig(named)
+        return transformers.AutoModel
+    return transformers.AutoModelForSequenceClassification
+
+
+class _FromConfig:
+    """A model class with the Auto classes' ``from_config(config, trust_remote_code=...)``."""
+
+    def __init__(self, cls: Any) -> None:
+        self.cls = cls
+
+    def from_config(self, config: Any, trust_remote_code: bool = False) -> Any:
+        return self.cls(config)
+
+    def from_pretrained(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("trust_remote_code", None)
+        return self.cls.from_pretrained(*args, **kwargs)
+
+
 def default_task(raw_config: dict[str, Any]) -> str:
     """``sequence-classification`` when the config names such an architecture, else feature-extraction."""
     architectures = raw_config.get("architectures") or []
@@ -244,7 +272,7 @@ def load_folder(config: CompressConfig) -> Loaded:
         ) from None
     if getattr(hf_config, "use_cache", False):  # a decoder's key/value cache is no output of a pruned graph
         hf_config.use_cache = False
-    auto = transformers.AutoModel if task == "feature-extraction" else transformers.AutoModelForSequenceClassification
+    auto = model_class(transformers, raw.get("architectures"), task)
     try:
         model = auto.from_config(hf_config, trust_remote_code=config.trust_remote_code)
     except ValueError as error:

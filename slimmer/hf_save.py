@@ -121,6 +121,7 @@ def save_pretrained(model: nn.Module, plan: Any, source: Path, target: Path, tas
             shutil.copyfile(source / name, tmp / name)
         note = NOTE.format(auto=AUTO_CLASSES[task])
         info = {"format": "slimmer-pruned-hf", "task": task, "note": note, "sizes": _sizes(model)}
+        info["class"] = type(model).__name__  # the transformers class load_pruned rebuilds (T5EncoderModel)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
         if target.exists():
             shutil.rmtree(target)
@@ -171,7 +172,7 @@ def load_pruned(folder: Path, task: str | None = None) -> nn.Module:
     from safetensors.torch import load_file
 
     from slimmer.graph import build_groups
-    from slimmer.hf import _transformers, example_specs, read_json_object
+    from slimmer.hf import _transformers, example_specs, model_class, read_json_object
     from slimmer.inputs import ExampleInputs
     from slimmer.structures.plan import PruningPlan
     from slimmer.surgery import remove_channels
@@ -187,7 +188,7 @@ def load_pruned(folder: Path, task: str | None = None) -> nn.Module:
     config.architectures = None
     if getattr(config, "use_cache", False):  # as slimmer.hf.load_folder: no key/value cache in the graph
         config.use_cache = False
-    auto = transformers.AutoModel if task == "feature-extraction" else transformers.AutoModelForSequenceClassification
+    auto = model_class(transformers, [info["class"]] if isinstance(info.get("class"), str) else None, task)
     model = auto.from_config(config).eval()
     if (folder / PLAN_FILE).is_file():
         specs, axes = example_specs(model, config)

@@ -9,6 +9,8 @@ from transformers import (
     DistilBertModel,
     GPT2Config,
     GPT2Model,
+    T5Config,
+    T5EncoderModel,
     ViTConfig,
     ViTModel,
 )
@@ -56,3 +58,9 @@ def tiny_gpt2() -> GPT2Model:
         vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
     )
     return GPT2Model(config).eval()
+
+
+def tiny_t5_encoder() -> T5EncoderModel:
+    """T5's encoder alone: d_model 32, 2 layers, 4 heads of 8, FFN 64, vocabulary 100."""
+    config = T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+    return T5EncoderModel(config).eval()

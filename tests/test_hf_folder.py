@@ -132,6 +132,28 @@ def test_a_folder_whose_keys_transformers_renames_on_load(tmp_path):
     assert "missing 1 (layers.0.attention.q_proj.weight)" in str(refused.value), refused.value
 
 
+def test_an_encoder_only_folder_is_built_as_the_class_its_config_names(compress_json, tmp_path):
+    """config.json names T5EncoderModel; AutoModel built the whole encoder-decoder T5Model and the folder
+    was refused as not matching it (exit 3, with a --task hint neither task could satisfy)."""
+    torch.manual_seed(0)
+    folder = tmp_path / "t5-encoder"
+    hf_models.tiny_t5_encoder().save_pretrained(folder)
+    saved = tmp_path / "pruned-t5"
+    run, report = compress_json(folder, "--method", "channel", "--sparsity", "0.5", "--save-pretrained", saved)
+    assert run.code == 0, run.stderr
+    assert report["input"]["arch"] == "transformers:T5EncoderModel (feature-extraction)"
+    assert report["params"]["after"] < report["params"]["before"]
+    ids = torch.randint(0, hf_models.VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+    session = ort.InferenceSession(report["onnx"]["path"])
+    feeds = {i.name: ids.numpy() if i.name == "input_ids" else np.ones((2, 16), np.int64) for i in session.get_inputs()}
+    (want,) = session.run(None, feeds)
+    rebuilt = load_pruned(saved)  # the saved folder names the class too
+    assert type(rebuilt).__name__ == "T5EncoderModel"
+    with torch.no_grad():
+        got = rebuilt(input_ids=ids, attention_mask=torch.ones(2, 16, dtype=torch.long)).last_hidden_state
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
+
+
 def test_a_pruned_layer_the_saved_class_cannot_rebuild_is_exit_3_not_a_bug(
     compress_json, bert_folder, tmp_path, monkeypatch
 ):
