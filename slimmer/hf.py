@@ -3,7 +3,8 @@
 The model is built from ``config.json`` with transformers' Auto classes (``--task``:
 ``feature-extraction`` → ``AutoModel``, ``sequence-classification`` →
 ``AutoModelForSequenceClassification``; the default is sequence-classification when the config
-names a ``*ForSequenceClassification`` architecture, else feature-extraction). Remote code
+names a ``*ForSequenceClassification`` architecture, else feature-extraction; for feature extraction
+the base class the config names, such as ``T5EncoderModel``, when transformers has it). Remote code
 (``auto_map`` in the config) is never run unless ``--trust-remote-code``.
 
 Weights are read by slimmer itself, like any checkpoint: ``model.safetensors`` as tensors only,
