@@ -234,9 +234,9 @@ class CompressConfig:
         """Where ``--quantize int8`` writes: ``<output stem>.int8.onnx`` beside the float file."""
         if self.quantize is None:
             return None
-        from slimmer.export.quantize import default_output
+        from slimmer.paths import int8_output
 
-        return default_output(self.output_path)
+        return int8_output(self.output_path)
 
     @property
     def target_sparsity(self) -> float:

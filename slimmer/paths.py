@@ -28,6 +28,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def int8_output(onnx_path: Path) -> Path:
+    """``model.onnx`` → ``model.int8.onnx`` beside it: where int8 is written by default."""
+    p = Path(onnx_path)
+    return p.with_name(f"{p.stem}.int8{p.suffix or '.onnx'}")
+
+
 TEMP_NAME_EXTRA = len(".") + len(".") + 8 + len(".partial")
 """Bytes the temporary name ``.{name}.XXXXXXXX.partial`` adds to an output's file name."""
 
@@ -235,12 +241,10 @@ def written_by_demo(output: Path, weights: Path) -> bool:
     unrelated file, a symbolic link, an int8 file the report does not record) is not the demo's."""
     import json
 
-    from slimmer.export.quantize import default_output
-
     output = Path(output)
     report = output.with_name(output.name + ".report.json")
     plan = output.with_name(output.name + ".plan.json")
-    int8 = default_output(output)
+    int8 = int8_output(output)
     present = [p for p in (output, report, plan, int8) if os.path.lexists(p)]
     if not present:
         return True

@@ -19,9 +19,9 @@ import numpy as np
 from slimmer.errors import ConfigError, InputError
 from slimmer.export import int8
 from slimmer.export.files import check_writable, write_atomic
-from slimmer.export.quantize import default_output, quantize
+from slimmer.export.quantize import quantize
 from slimmer.export.quantize_config import QuantizationFailed, QuantizeConfig, QuantizeResult
-from slimmer.paths import check_paths, data_reads
+from slimmer.paths import check_paths, data_reads, int8_output
 from slimmer.report import Report
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def run_quantize(job: QuantizeJob) -> Report:
     graph = Path(job.graph)
     if not graph.is_file():
         raise InputError(f"{graph}: no such ONNX file")
-    output = Path(job.output) if job.output is not None else default_output(graph)
+    output = Path(job.output) if job.output is not None else int8_output(graph)
     report_path = Path(job.report) if job.report is not None else output.with_name(output.name + ".report.json")
     paths = [p.resolve() for p in (graph, output, report_path)]
     if len(set(paths)) != 3:

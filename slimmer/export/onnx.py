@@ -195,8 +195,8 @@ def export_onnx(
                         dynamo=False,
                         opset_version=opset or LEGACY_OPSET,
                         input_names=input_names,
-                        output_names=_legacy_names(names or ["output"]),
-                        dynamic_axes=_legacy_axes(legacy_axes),
+                        output_names=[_legacy_name(n) for n in names or ["output"]],
+                        dynamic_axes=legacy_axes and {_legacy_name(k): v for k, v in legacy_axes.items()},
                     )
         except (KeyboardInterrupt, MemoryError):
             raise
@@ -269,14 +269,10 @@ def _move_into(src: Path, dst: Path) -> None:
         shutil.copyfileobj(fin, fout)
 
 
-def _legacy_names(names: list[str]) -> list[str]:
+def _legacy_name(name: str) -> str:
     """The TorchScript exporter refuses a value name that starts with a digit (a tuple's leaves ``0``,
     ``1.t``): those get an ``output_`` prefix there (outputs are verified by position, not by name)."""
-    return [f"output_{n}" if n[:1].isdigit() else n for n in names]
-
-
-def _legacy_axes(axes: dict[str, dict] | None) -> dict[str, dict] | None:
-    return None if axes is None else {(_legacy_names([k])[0]): v for k, v in axes.items()}
+    return f"output_{name}" if name[:1].isdigit() else name
 
 
 def _unique_outputs(names: list[str], input_names: list[str]) -> list[str]:

@@ -38,7 +38,7 @@ from slimmer.export import int8
 from slimmer.export.bench import PairedLatency, paired_latency
 from slimmer.export.files import check_writable, commit, temp_path_for
 from slimmer.export.quantize_config import QuantizationFailed, QuantizeConfig, QuantizeResult, gate_failures
-from slimmer.paths import sha256_file
+from slimmer.paths import int8_output, sha256_file
 
 RANDOM_CALIBRATION_WARNING = (
     "int8 calibration ran on random inputs (no --data): activation ranges calibrated on random inputs are "
@@ -46,12 +46,6 @@ RANDOM_CALIBRATION_WARNING = (
 )
 
 Timer = Callable[[Path, Path], PairedLatency]
-
-
-def default_output(onnx_path: Path) -> Path:
-    """``model.onnx`` → ``model.int8.onnx`` beside it."""
-    p = Path(onnx_path)
-    return p.with_name(f"{p.stem}.int8{p.suffix or '.onnx'}")
 
 
 def feeds_from_array(x: np.ndarray, input_name: str, batch_size: int) -> list[dict[str, np.ndarray]]:
@@ -103,7 +97,7 @@ def quantize(
     src = Path(onnx_path)
     if not src.is_file():
         raise InputError(f"{src}: no such ONNX file")
-    final = Path(output_path) if output_path is not None else default_output(src)
+    final = Path(output_path) if output_path is not None else int8_output(src)
     if final.resolve() == src.resolve():
         raise ConfigError(f"the int8 output {final} is the float input; choose another -o/--output")
     check_writable(final, force)
